@@ -1,0 +1,219 @@
+//! The one error type every provider and layer returns.
+//!
+//! Each variant is either *retryable* (the same call may succeed later: the backend was
+//! unreachable, slow, or overloaded) or *permanent* (repeating the call cannot help: bad input,
+//! a missing queue, an unsupported operation). Retry policies and circuit breakers use
+//! [`MessagingError::is_retryable`]; bad input must never open a circuit.
+
+use std::time::Duration;
+
+use crate::service::{Capability, ProviderKind};
+
+/// Result alias used across the crate.
+pub type Result<T, E = MessagingError> = std::result::Result<T, E>;
+
+/// Whether repeating an operation can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// A transient fault: retry with backoff, count towards the circuit breaker.
+    Retryable,
+    /// The call itself is wrong or impossible: do not retry, do not trip a breaker.
+    Permanent,
+}
+
+/// Every failure the messaging layer reports.
+///
+/// Messages never contain secrets: connection errors are built from redacted URLs.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessagingError {
+    /// The queue name breaks the naming rule (see [`crate::QueueName`]); nothing was sent.
+    #[error("invalid queue name {name:?}: {reason}")]
+    InvalidQueueName { name: String, reason: String },
+
+    /// The queue does not exist (create it first).
+    #[error("queue {queue:?} not found")]
+    QueueNotFound { queue: String },
+
+    /// The payload exceeds what the provider (or configuration) accepts.
+    #[error("payload of {size} bytes exceeds the limit of {max} bytes")]
+    PayloadTooLarge { size: usize, max: usize },
+
+    /// A value could not be encoded to, or decoded from, a payload.
+    #[error("{direction} of {type_name} failed: {message}")]
+    Serialization {
+        direction: SerdeDirection,
+        type_name: &'static str,
+        message: String,
+    },
+
+    /// The backend could not be reached or the connection broke.
+    #[error("{provider} connection failed: {message}")]
+    Connection {
+        provider: ProviderKind,
+        message: String,
+    },
+
+    /// The backend did not answer in time.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        operation: &'static str,
+        after: Duration,
+    },
+
+    /// The receipt handle does not name a current lease: it is malformed, belongs to another
+    /// queue, or its lease expired and the message was handed to another receiver since.
+    #[error("invalid receipt for queue {queue:?}: {reason}")]
+    InvalidReceipt { queue: String, reason: String },
+
+    /// The provider does not offer this capability.
+    #[error("{provider} does not support {capability}")]
+    Unsupported {
+        provider: ProviderKind,
+        capability: Capability,
+    },
+
+    /// A resource budget would be exceeded (connections, memory, in-flight messages).
+    #[error("{resource}: {required} required but only {available} available")]
+    ResourcesExceeded {
+        resource: String,
+        required: u64,
+        available: u64,
+    },
+
+    /// A configuration key is missing or has a bad value.
+    #[error("configuration error at `{key}`: {message}")]
+    Configuration { key: String, message: String },
+
+    /// A circuit breaker is open for this service; the backend was not called.
+    #[error("circuit {name:?} is open; failing fast")]
+    CircuitOpen { name: String },
+
+    /// The system is shedding load (global backpressure).
+    #[error("backpressure: {reason}")]
+    Backpressure { reason: String },
+
+    /// Any other backend error; `retryable` records the provider's own classification.
+    #[error("{provider} error during {operation}: {message}")]
+    Provider {
+        provider: ProviderKind,
+        operation: &'static str,
+        message: String,
+        retryable: bool,
+    },
+
+    /// The service was used before `initialize` or after `shutdown`.
+    #[error("service not initialized: {0}")]
+    NotInitialized(String),
+}
+
+/// Direction of a failed serde operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SerdeDirection {
+    Encode,
+    Decode,
+}
+
+impl std::fmt::Display for SerdeDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SerdeDirection::Encode => "encoding",
+            SerdeDirection::Decode => "decoding",
+        })
+    }
+}
+
+impl MessagingError {
+    /// Retryable or permanent (see the module docs).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            MessagingError::Connection { .. }
+            | MessagingError::Timeout { .. }
+            | MessagingError::CircuitOpen { .. }
+            | MessagingError::Backpressure { .. } => ErrorClass::Retryable,
+            MessagingError::Provider { retryable, .. } => {
+                if *retryable {
+                    ErrorClass::Retryable
+                } else {
+                    ErrorClass::Permanent
+                }
+            }
+            MessagingError::InvalidQueueName { .. }
+            | MessagingError::QueueNotFound { .. }
+            | MessagingError::PayloadTooLarge { .. }
+            | MessagingError::Serialization { .. }
+            | MessagingError::InvalidReceipt { .. }
+            | MessagingError::Unsupported { .. }
+            | MessagingError::ResourcesExceeded { .. }
+            | MessagingError::Configuration { .. }
+            | MessagingError::NotInitialized(_) => ErrorClass::Permanent,
+        }
+    }
+
+    /// Shorthand for `class() == ErrorClass::Retryable`.
+    pub fn is_retryable(&self) -> bool {
+        self.class() == ErrorClass::Retryable
+    }
+
+    /// Whether this error should count as a backend failure for a circuit breaker.
+    /// A fast-fail from an already open circuit or from backpressure is not a new failure.
+    pub fn is_backend_failure(&self) -> bool {
+        self.is_retryable()
+            && !matches!(
+                self,
+                MessagingError::CircuitOpen { .. } | MessagingError::Backpressure { .. }
+            )
+    }
+
+    pub(crate) fn queue_not_found(queue: &str) -> Self {
+        MessagingError::QueueNotFound {
+            queue: queue.to_owned(),
+        }
+    }
+
+    pub(crate) fn invalid_receipt(queue: &str, reason: impl Into<String>) -> Self {
+        MessagingError::InvalidReceipt {
+            queue: queue.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
+        MessagingError::Configuration {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_separates_transient_from_bad_input() {
+        let transient = MessagingError::Connection {
+            provider: ProviderKind::Pgmq,
+            message: "refused".into(),
+        };
+        assert!(transient.is_retryable());
+        assert!(transient.is_backend_failure());
+
+        let open = MessagingError::CircuitOpen { name: "x".into() };
+        assert!(open.is_retryable());
+        assert!(!open.is_backend_failure());
+
+        for permanent in [
+            MessagingError::queue_not_found("q"),
+            MessagingError::PayloadTooLarge { size: 2, max: 1 },
+            MessagingError::invalid_receipt("q", "stale"),
+            MessagingError::InvalidQueueName {
+                name: "A".into(),
+                reason: "upper case".into(),
+            },
+        ] {
+            assert_eq!(permanent.class(), ErrorClass::Permanent, "{permanent}");
+            assert!(!permanent.is_backend_failure());
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! # tasker-messaging
+//!
+//! One pull-based queue interface for a workflow orchestrator, over many backends (PGMQ on
+//! PostgreSQL, RabbitMQ, Redis, SQS, NATS JetStream, Kafka, and an embedded in-memory queue),
+//! chosen at runtime from configuration.
+//!
+//! * [`MessagingService`] is the object-safe contract, used as `Arc<dyn MessagingService>`.
+//!   It moves payload bytes with the metadata every provider carries (message id, correlation
+//!   id, receive count, lease).
+//! * [`MessagingServiceExt`] adds typed send and receive for serde types, and [`ConsumerExt`]
+//!   a consumer stream that waits without spinning.
+//! * [`Capabilities`] says what a provider supports; provider-specific operations
+//!   ([`PgmqExtensions`], [`AmqpExtensions`]) are reached through [`MessagingService::pgmq`] and
+//!   [`MessagingService::amqp`], never by downcasting.
+//! * The contract is written in `docs/semantics.md` and checked by the one conformance suite
+//!   (feature `conformance`) that every provider instantiates.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tasker_messaging::{build_service, MessagingConfig, MessagingServiceExt, QueueName, StepMessage};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> tasker_messaging::Result<()> {
+//! let service = build_service(&MessagingConfig::default()).await?; // in-memory by default
+//! let queue = QueueName::new("fulfillment_queue")?;
+//! service.create_queue(&queue).await?;
+//! service.send_message(&queue, &StepMessage::random()).await?;
+//! for msg in service.receive_messages::<StepMessage>(&queue, 10, Duration::from_secs(30)).await? {
+//!     // ... run the step ...
+//!     service.ack(&queue, &msg).await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod factory;
+pub mod message;
+pub mod providers;
+pub mod queue_name;
+pub mod resources;
+pub mod routing;
+pub mod secret;
+pub mod service;
+pub mod typed;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use config::{
+    CircuitBreakerConfig, ConnectionConfig, MessagingConfig, QueueConfig,
+    ResourceValidationConfig, RetryPolicy,
+};
+pub use error::{ErrorClass, MessagingError, Result};
+pub use factory::{available_providers, build_service, build_service_with_limits, create_service};
+pub use message::{
+    CorrelationId, DeadLetterInfo, DeadLetterReason, MessageId, OutgoingMessage, QueueMessage,
+    QueuedMessage, QueuedMessageMetadata, ReceiptHandle, ReceivedMessage, StepMessage,
+};
+pub use queue_name::QueueName;
+pub use resources::{ResourceRequirements, SystemResourceLimits};
+pub use routing::{ExecutorType, MessageRouter, NamespaceQueueRouter};
+pub use secret::SecretUrl;
+pub use service::{
+    AmqpExtensions, Capabilities, Capability, ConsumerOptions, DeleteOutcome, ExchangeKind,
+    MessageStream, MessagingHealth, MessagingService, PgmqExtensions, ProviderKind, QueueOptions,
+    QueueStats,
+};
+pub use typed::{ConsumerExt, MessagingServiceExt, UndecodableMessage};
+
+#[cfg(feature = "in-memory")]
+pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
