@@ -18,6 +18,7 @@ pub fn available_providers() -> Vec<ProviderKind> {
 fn is_available(provider: ProviderKind) -> bool {
     match provider {
         ProviderKind::InMemory => cfg!(feature = "in-memory"),
+        ProviderKind::Pgmq => cfg!(feature = "pgmq"),
         _ => false,
     }
 }
@@ -32,6 +33,10 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
                 crate::providers::in_memory::InMemorySettings::from_config(config),
             ),
         )),
+        #[cfg(feature = "pgmq")]
+        ProviderKind::Pgmq => Ok(Arc::new(crate::providers::pgmq::PgmqMessageService::new(
+            crate::providers::pgmq::PgmqSettings::from_config(config)?,
+        )?)),
         other => Err(MessagingError::Unsupported {
             provider: other,
             capability: Capability::Provider,

@@ -70,3 +70,8 @@ pub use typed::{ConsumerExt, MessagingServiceExt, UndecodableMessage};
 
 #[cfg(feature = "in-memory")]
 pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
+
+#[cfg(feature = "pgmq")]
+pub use providers::pgmq::{
+    InstallOutcome, PgmqInstallation, PgmqMessageService, PgmqSettings,
+};
