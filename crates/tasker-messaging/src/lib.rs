@@ -48,8 +48,8 @@ pub mod typed;
 pub mod conformance;
 
 pub use config::{
-    CircuitBreakerConfig, ConnectionConfig, MessagingConfig, QueueConfig,
-    ResourceValidationConfig, RetryPolicy,
+    CircuitBreakerConfig, ConnectionConfig, MessagingConfig, QueueConfig, ResourceValidationConfig,
+    RetryPolicy,
 };
 pub use error::{ErrorClass, MessagingError, Result};
 pub use factory::{available_providers, build_service, build_service_with_limits, create_service};
