@@ -546,6 +546,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let text = include_str!("../../../config/tasker-mq.example.toml");
+        let c = MessagingConfig::from_toml_str(text).unwrap();
+        let d = MessagingConfig::default();
+        assert_eq!(c.provider, d.provider);
+        assert_eq!(c.retry_policy, d.retry_policy);
+        assert_eq!(c.circuit_breaker, d.circuit_breaker);
+        assert_eq!(c.resource_validation, d.resource_validation);
+        assert_eq!(c.queues.max_receive_count, d.queues.max_receive_count);
+        assert_eq!(c.queues.max_payload_bytes, d.queues.max_payload_bytes);
+    }
+
+    #[test]
     fn missing_file_is_an_error() {
         let err = MessagingConfig::load(Some(Path::new("/nonexistent/mq.toml"))).unwrap_err();
         assert_eq!(key_of(err), "--config");
