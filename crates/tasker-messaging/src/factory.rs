@@ -19,7 +19,11 @@ fn is_available(provider: ProviderKind) -> bool {
     match provider {
         ProviderKind::InMemory => cfg!(feature = "in-memory"),
         ProviderKind::Pgmq => cfg!(feature = "pgmq"),
-        _ => false,
+        ProviderKind::Rabbitmq
+        | ProviderKind::Sqs
+        | ProviderKind::Redis
+        | ProviderKind::Kafka
+        | ProviderKind::Nats => false,
     }
 }
 
@@ -51,7 +55,10 @@ pub async fn build_service_with_limits(
     limits: &SystemResourceLimits,
 ) -> Result<Arc<dyn MessagingService>> {
     let service = create_service(config)?;
-    limits.validate(&service.resource_requirements(), &config.resource_validation)?;
+    limits.validate(
+        &service.resource_requirements(),
+        &config.resource_validation,
+    )?;
     service.initialize().await?;
     tracing::info!(provider = %service.provider(), "messaging service ready");
     Ok(service)
@@ -80,7 +87,10 @@ mod tests {
         )
         .unwrap();
         match build_service(&config).await {
-            Err(MessagingError::Unsupported { provider, capability }) => {
+            Err(MessagingError::Unsupported {
+                provider,
+                capability,
+            }) => {
                 assert_eq!(provider, ProviderKind::Kafka);
                 assert_eq!(capability, Capability::Provider);
             }
