@@ -963,6 +963,10 @@ impl MessagingService for PgmqMessageService {
         self.dead_letter_raw(queue, meta, msg_id, read_ct, &reason).await
     }
 
+    fn dead_letter_queue_name(&self, queue: &QueueName) -> Result<QueueName> {
+        queue.dead_letter(&self.settings.dead_letter_suffix)
+    }
+
     async fn redrive_dead_letters(&self, queue: &QueueName, max_messages: usize) -> Result<u64> {
         let meta = self.meta(queue).await?;
         let (Some(statement), Some(dlq)) = (meta.sql.redrive.as_deref(), &meta.dead_letter_queue) else {
