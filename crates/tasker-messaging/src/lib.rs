@@ -72,9 +72,7 @@ pub use typed::{ConsumerExt, MessagingServiceExt, UndecodableMessage};
 pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
 
 #[cfg(feature = "pgmq")]
-pub use providers::pgmq::{
-    InstallOutcome, PgmqInstallation, PgmqMessageService, PgmqSettings,
-};
+pub use providers::pgmq::{InstallOutcome, PgmqInstallation, PgmqMessageService, PgmqSettings};
 
 /// Compiles the README's examples as doc tests, so they stay true.
 #[cfg(doctest)]

@@ -13,7 +13,9 @@ use tasker_messaging::{MessagingService, PgmqMessageService};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_pgmq() {
     // Installs pgmq's SQL when the database has none, and fails (in CI) when unreachable.
-    let Some(probe) = support::service().await else { return };
+    let Some(probe) = support::service().await else {
+        return;
+    };
     probe.shutdown().await.unwrap();
     let factory: ProviderFactory = Arc::new(|| {
         Box::pin(async {

@@ -13,7 +13,9 @@ const VT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn plain_sql_send_is_received_with_its_json_and_a_stable_derived_id() {
-    let Some(svc) = support::service().await else { return };
+    let Some(svc) = support::service().await else {
+        return;
+    };
     let pool = support::raw_pool().await;
     let queue = support::queue("interop_in");
     svc.create_queue_with(&queue, &QueueOptions::with_max_receive_count(1))
@@ -45,12 +47,18 @@ async fn plain_sql_send_is_received_with_its_json_and_a_stable_derived_id() {
     let dead = svc.receive(&dlq, 10, VT).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].metadata.message_id, expected_id);
-    let info = dead[0].metadata.dead_letter.as_ref().expect("dead-letter info");
+    let info = dead[0]
+        .metadata
+        .dead_letter
+        .as_ref()
+        .expect("dead-letter info");
     assert_eq!(info.source_queue, queue);
     assert_eq!(info.receive_count, 1);
     assert_eq!(
         info.reason,
-        DeadLetterReason::MaxReceiveCountExceeded { max_receive_count: 1 }
+        DeadLetterReason::MaxReceiveCountExceeded {
+            max_receive_count: 1
+        }
     );
     assert_eq!(info.original_enqueued_at, m.metadata.enqueued_at);
     svc.change_message_visibility(&dlq, dead[0].receipt(), Duration::ZERO)
@@ -68,7 +76,9 @@ async fn plain_sql_send_is_received_with_its_json_and_a_stable_derived_id() {
 
 #[tokio::test]
 async fn our_messages_are_readable_with_plain_pgmq_read() {
-    let Some(svc) = support::service().await else { return };
+    let Some(svc) = support::service().await else {
+        return;
+    };
     let pool = support::raw_pool().await;
     let queue = support::queue("interop_out");
     svc.create_queue(&queue).await.unwrap();
@@ -102,7 +112,9 @@ async fn our_messages_are_readable_with_plain_pgmq_read() {
 
 #[tokio::test]
 async fn payload_bytes_round_trip_exactly_in_every_form() {
-    let Some(svc) = support::service().await else { return };
+    let Some(svc) = support::service().await else {
+        return;
+    };
     let queue = support::queue("fidelity");
     svc.create_queue(&queue).await.unwrap();
     let payloads: Vec<Vec<u8>> = vec![
@@ -114,16 +126,24 @@ async fn payload_bytes_round_trip_exactly_in_every_form() {
         br#"{"nul":"\u0000"}"#.to_vec(),                  // valid JSON jsonb refuses
         b"not json at all".to_vec(),
         "ünïcödé text 🚀".as_bytes().to_vec(),
-        vec![0, 159, 146, 150, 255, 0],                   // binary
+        vec![0, 159, 146, 150, 255, 0], // binary
         b"nul\0inside".to_vec(),
         Vec::new(),
     ];
-    let outgoing: Vec<_> = payloads.iter().map(|p| OutgoingMessage::new(p.clone())).collect();
+    let outgoing: Vec<_> = payloads
+        .iter()
+        .map(|p| OutgoingMessage::new(p.clone()))
+        .collect();
     let ids = svc.send_batch(&queue, outgoing).await.unwrap();
     let got = svc.receive(&queue, 100, VT).await.unwrap();
     assert_eq!(got.len(), payloads.len());
     for ((m, expected), id) in got.iter().zip(&payloads).zip(&ids) {
-        assert_eq!(&m.payload[..], &expected[..], "{:?}", String::from_utf8_lossy(expected));
+        assert_eq!(
+            &m.payload[..],
+            &expected[..],
+            "{:?}",
+            String::from_utf8_lossy(expected)
+        );
         assert_eq!(m.metadata.message_id, *id);
     }
     svc.delete_queue(&queue).await.unwrap();
@@ -131,7 +151,9 @@ async fn payload_bytes_round_trip_exactly_in_every_form() {
 
 #[tokio::test]
 async fn an_undecodable_foreign_row_is_dead_lettered_not_lost_or_panicking() {
-    let Some(svc) = support::service().await else { return };
+    let Some(svc) = support::service().await else {
+        return;
+    };
     let pool = support::raw_pool().await;
     let queue = support::queue("undecodable");
     svc.create_queue(&queue).await.unwrap();
@@ -155,12 +177,19 @@ async fn an_undecodable_foreign_row_is_dead_lettered_not_lost_or_panicking() {
     let dead = svc.receive(&dlq, 10, VT).await.unwrap();
     // Still undecodable there; a dead-letter queue has no further queue, so it stays put.
     assert_eq!(dead.len(), 0);
-    let headers: serde_json::Value = sqlx::query_scalar(&format!("SELECT headers FROM pgmq.q_{dlq}"))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(headers["tasker_dead_letter"]["reason"]["kind"], "undecodable");
-    assert_eq!(headers["tasker_dead_letter"]["source_queue"], queue.as_str());
+    let headers: serde_json::Value =
+        sqlx::query_scalar(&format!("SELECT headers FROM pgmq.q_{dlq}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        headers["tasker_dead_letter"]["reason"]["kind"],
+        "undecodable"
+    );
+    assert_eq!(
+        headers["tasker_dead_letter"]["source_queue"],
+        queue.as_str()
+    );
     let stats = svc.get_queue_stats(&queue).await.unwrap();
     assert_eq!(stats.dead_letter_count, Some(1));
     svc.delete_queue(&queue).await.unwrap();

@@ -42,7 +42,9 @@ pub enum InstallOutcome {
 /// processes (an arbitrary constant: "tasker_m" in ASCII).
 const SETUP_LOCK: i64 = 0x7461_736b_6572_5f6d;
 
-pub(super) async fn detect(conn: &mut PgConnection) -> std::result::Result<PgmqInstallation, sqlx::Error> {
+pub(super) async fn detect(
+    conn: &mut PgConnection,
+) -> std::result::Result<PgmqInstallation, sqlx::Error> {
     let extension: Option<String> =
         sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'pgmq'")
             .fetch_optional(&mut *conn)
@@ -127,13 +129,19 @@ impl From<sqlx::Error> for InstallError {
 
 /// Everything `initialize` needs from the database before the pool is used: limits checked,
 /// pgmq found (or installed when configured), our schema in place. One connection, one lock.
-pub(super) async fn prepare(settings: &PgmqSettings, options: &PgConnectOptions, required: u32) -> Result<()> {
+pub(super) async fn prepare(
+    settings: &PgmqSettings,
+    options: &PgConnectOptions,
+    required: u32,
+) -> Result<()> {
     let url = &settings.database_url;
     let mut conn = PgConnection::connect_with(options)
         .await
         .map_err(|e| map_sqlx(e, "connect", None, url))?;
 
-    let limits = read_limits(&mut conn).await.map_err(|e| map_sqlx(e, "read limits", None, url))?;
+    let limits = read_limits(&mut conn)
+        .await
+        .map_err(|e| map_sqlx(e, "read limits", None, url))?;
     limits.validate(
         &crate::resources::ResourceRequirements {
             db_connections: required,
@@ -147,7 +155,11 @@ pub(super) async fn prepare(settings: &PgmqSettings, options: &PgConnectOptions,
     result
 }
 
-async fn setup(conn: &mut PgConnection, settings: &PgmqSettings, options: &PgConnectOptions) -> Result<()> {
+async fn setup(
+    conn: &mut PgConnection,
+    settings: &PgmqSettings,
+    options: &PgConnectOptions,
+) -> Result<()> {
     let url = &settings.database_url;
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(SETUP_LOCK)
@@ -162,10 +174,15 @@ async fn setup(conn: &mut PgConnection, settings: &PgmqSettings, options: &PgCon
     result
 }
 
-
-async fn setup_locked(conn: &mut PgConnection, settings: &PgmqSettings, options: &PgConnectOptions) -> Result<()> {
+async fn setup_locked(
+    conn: &mut PgConnection,
+    settings: &PgmqSettings,
+    options: &PgConnectOptions,
+) -> Result<()> {
     let url = &settings.database_url;
-    let installation = detect(conn).await.map_err(|e| map_sqlx(e, "detect pgmq", None, url))?;
+    let installation = detect(conn)
+        .await
+        .map_err(|e| map_sqlx(e, "detect pgmq", None, url))?;
     if !installation.is_present() {
         if !settings.install_sql {
             return Err(MessagingError::config(
@@ -179,7 +196,10 @@ async fn setup_locked(conn: &mut PgConnection, settings: &PgmqSettings, options:
             .map_err(|e| install_error(e, url))?;
         tracing::info!("installed pgmq's SQL API");
     }
-    if !has_headers(conn).await.map_err(|e| map_sqlx(e, "detect pgmq", None, url))? {
+    if !has_headers(conn)
+        .await
+        .map_err(|e| map_sqlx(e, "detect pgmq", None, url))?
+    {
         return Err(MessagingError::config(
             "connection.pgmq.database_url",
             "the installed pgmq has no message headers (pgmq >= 1.5 is required)",
@@ -200,7 +220,10 @@ async fn setup_locked(conn: &mut PgConnection, settings: &PgmqSettings, options:
         None
     };
     if version != Some(SCHEMA_VERSION) {
-        let mut tx = conn.begin().await.map_err(|e| map_sqlx(e, "schema", None, url))?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(|e| map_sqlx(e, "schema", None, url))?;
         // Several statements: the simple query protocol (a &str executes as such).
         sqlx::Executor::execute(&mut *tx, SCHEMA_SQL)
             .await
@@ -214,10 +237,11 @@ async fn setup_locked(conn: &mut PgConnection, settings: &PgmqSettings, options:
             .execute(&mut *tx)
             .await
             .map_err(|e| map_sqlx(e, "schema", None, url))?;
-        tx.commit().await.map_err(|e| map_sqlx(e, "schema", None, url))?;
+        tx.commit()
+            .await
+            .map_err(|e| map_sqlx(e, "schema", None, url))?;
     }
     Ok(())
-
 }
 
 pub(super) fn install_error(e: InstallError, url: &crate::secret::SecretUrl) -> MessagingError {
@@ -254,7 +278,9 @@ pub(super) async fn install_with_lock(
 
 /// The server's `max_connections` and the connections it keeps back from ordinary clients
 /// (`superuser_reserved_connections`, plus `reserved_connections` on PostgreSQL 16+).
-pub(super) async fn read_limits(conn: &mut PgConnection) -> std::result::Result<SystemResourceLimits, sqlx::Error> {
+pub(super) async fn read_limits(
+    conn: &mut PgConnection,
+) -> std::result::Result<SystemResourceLimits, sqlx::Error> {
     let (max, superuser_reserved, reserved): (i32, i32, i32) = sqlx::query_as(
         "SELECT current_setting('max_connections')::int,
                 current_setting('superuser_reserved_connections')::int,
@@ -268,4 +294,3 @@ pub(super) async fn read_limits(conn: &mut PgConnection) -> std::result::Result<
         available_memory_mb: None,
     })
 }
-

@@ -108,12 +108,12 @@ pub(super) fn spawn(
             match listen(&pool, &wakeups).await {
                 Ok(mut listener) => {
                     tracing::debug!("pgmq listener connected");
+                    let mut stopping = false;
                     loop {
                         tokio::select! {
                             _ = stop.changed() => {
-                                wakeups.connected.store(false, Ordering::Release);
-                                pool.close().await;
-                                return;
+                                stopping = true;
+                                break;
                             }
                             received = listener.try_recv() => match received {
                                 Ok(Some(n)) => wakeups.wake(n.payload()),
@@ -128,8 +128,13 @@ pub(super) fn spawn(
                             }
                         }
                     }
+                    // The listener holds the pool's connection: release it before closing.
+                    drop(listener);
                     wakeups.connected.store(false, Ordering::Release);
                     wakeups.wake_all();
+                    if stopping {
+                        break;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "pgmq listener cannot connect; consumers poll meanwhile");

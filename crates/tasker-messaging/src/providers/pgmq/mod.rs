@@ -81,8 +81,8 @@ use crate::queue_name::QueueName;
 use crate::resources::{ResourceRequirements, SystemResourceLimits};
 use crate::secret::{scrub, SecretUrl};
 use crate::service::{
-    Capabilities, DeleteOutcome, MessagingHealth, MessagingService, PgmqExtensions,
-    ProviderKind, QueueOptions, QueueStats,
+    Capabilities, DeleteOutcome, MessagingHealth, MessagingService, PgmqExtensions, ProviderKind,
+    QueueOptions, QueueStats,
 };
 
 /// Largest batch for one send or receive: one statement with arrays of this length.
@@ -223,11 +223,16 @@ pub(crate) fn map_sqlx(
             operation,
             after: Duration::from_secs(10),
         },
-        sqlx::Error::PoolClosed => MessagingError::NotInitialized("pgmq service was shut down".into()),
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
-            MessagingError::Connection { provider, message }
+        sqlx::Error::PoolClosed => {
+            MessagingError::NotInitialized("pgmq service was shut down".into())
         }
-        sqlx::Error::Configuration(_) => MessagingError::config("connection.pgmq.database_url", message),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => MessagingError::Connection { provider, message },
+        sqlx::Error::Configuration(_) => {
+            MessagingError::config("connection.pgmq.database_url", message)
+        }
         _ => MessagingError::Provider {
             provider,
             operation,
@@ -282,7 +287,11 @@ struct Undecodable {
     error: String,
 }
 
-fn decode_row(queue: &QueueName, tag: u32, row: &PgRow) -> std::result::Result<ReceivedMessage, Undecodable> {
+fn decode_row(
+    queue: &QueueName,
+    tag: u32,
+    row: &PgRow,
+) -> std::result::Result<ReceivedMessage, Undecodable> {
     let msg_id: i64 = row.try_get(0).unwrap_or_default();
     let read_ct: i32 = row.try_get(1).unwrap_or_default();
     let undecodable = |error: String| Undecodable {
@@ -297,7 +306,9 @@ fn decode_row(queue: &QueueName, tag: u32, row: &PgRow) -> std::result::Result<R
     let enqueued_at: DateTime<Utc> = row
         .try_get(2)
         .map_err(|e| undecodable(format!("enqueued_at: {e}")))?;
-    let vt: DateTime<Utc> = row.try_get(3).map_err(|e| undecodable(format!("vt: {e}")))?;
+    let vt: DateTime<Utc> = row
+        .try_get(3)
+        .map_err(|e| undecodable(format!("vt: {e}")))?;
     let body = get(4)?;
     let encoding = get(5)?;
     let payload = match encoding.as_deref() {
@@ -311,7 +322,9 @@ fn decode_row(queue: &QueueName, tag: u32, row: &PgRow) -> std::result::Result<R
                 .map_err(|e| undecodable(format!("payload is not valid base64: {e}")))?
         }
         Some(other) => {
-            return Err(undecodable(format!("unknown tasker_payload_encoding {other:?}")));
+            return Err(undecodable(format!(
+                "unknown tasker_payload_encoding {other:?}"
+            )));
         }
     };
     let message_id = match get(6)?.and_then(|s| Uuid::from_str(&s).ok()) {
@@ -406,7 +419,9 @@ impl PgmqMessageService {
     /// The connection pool, to begin transactions for [`Self::send_in_transaction`].
     pub fn pool(&self) -> Result<&PgPool> {
         if self.shut_down.load(Ordering::Acquire) {
-            return Err(MessagingError::NotInitialized("pgmq service was shut down".into()));
+            return Err(MessagingError::NotInitialized(
+                "pgmq service was shut down".into(),
+            ));
         }
         self.running
             .get()
@@ -432,8 +447,9 @@ impl PgmqMessageService {
     /// What the database at `url` has of pgmq.
     pub async fn detect_installation(url: &SecretUrl) -> Result<PgmqInstallation> {
         use sqlx::Connection;
-        let options = PgConnectOptions::from_str(url.expose())
-            .map_err(|e| MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url)))?;
+        let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
+            MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url))
+        })?;
         let mut conn = sqlx::PgConnection::connect_with(&options)
             .await
             .map_err(|e| map_sqlx(e, "connect", None, url))?;
@@ -447,8 +463,9 @@ impl PgmqMessageService {
     /// Installs pgmq's embedded SQL into the database at `url` unless the extension or the SQL
     /// is already there (`tasker-mq pgmq install`). Offline; safe to run concurrently.
     pub async fn install_sql(url: &SecretUrl) -> Result<InstallOutcome> {
-        let options = PgConnectOptions::from_str(url.expose())
-            .map_err(|e| MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url)))?;
+        let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
+            MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url))
+        })?;
         install::install_with_lock(&options, url).await
     }
 
@@ -456,8 +473,9 @@ impl PgmqMessageService {
     /// [`crate::build_service_with_limits`].
     pub async fn system_limits(url: &SecretUrl) -> Result<SystemResourceLimits> {
         use sqlx::Connection;
-        let options = PgConnectOptions::from_str(url.expose())
-            .map_err(|e| MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url)))?;
+        let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
+            MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url))
+        })?;
         let mut conn = sqlx::PgConnection::connect_with(&options)
             .await
             .map_err(|e| map_sqlx(e, "connect", None, url))?;
@@ -468,7 +486,12 @@ impl PgmqMessageService {
         limits
     }
 
-    fn err(&self, e: sqlx::Error, operation: &'static str, queue: Option<&QueueName>) -> MessagingError {
+    fn err(
+        &self,
+        e: sqlx::Error,
+        operation: &'static str,
+        queue: Option<&QueueName>,
+    ) -> MessagingError {
         let mapped = map_sqlx(e, operation, queue, &self.settings.database_url);
         if let (MessagingError::QueueNotFound { .. }, Some(q)) = (&mapped, queue) {
             self.queues.write().remove(q);
@@ -546,15 +569,21 @@ impl PgmqMessageService {
     }
 
     /// Creates the pgmq queue (and registers it) in one transaction, with its trigger.
-    async fn create_tables(&self, queue: &QueueName, register: Option<(u32, Option<&QueueName>)>) -> Result<()> {
+    async fn create_tables(
+        &self,
+        queue: &QueueName,
+        register: Option<(u32, Option<&QueueName>)>,
+    ) -> Result<()> {
         let pool = self.pool()?;
         let e = |e| self.err(e, "create queue", None);
         let mut tx = pool.begin().await.map_err(e)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tasker_messaging.create'), hashtext($1))")
-            .bind(queue.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(e)?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtext('tasker_messaging.create'), hashtext($1))",
+        )
+        .bind(queue.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(e)?;
         sqlx::query("SELECT pgmq.create($1)")
             .bind(queue.as_str())
             .execute(&mut *tx)
@@ -582,7 +611,11 @@ impl PgmqMessageService {
 
     /// The dead-letter queue of `queue`, created if missing (explicit dead-lettering on a
     /// queue created without one, or by another client).
-    async fn ensure_dead_letter_queue(&self, queue: &QueueName, meta: Arc<QueueMeta>) -> Result<Arc<QueueMeta>> {
+    async fn ensure_dead_letter_queue(
+        &self,
+        queue: &QueueName,
+        meta: Arc<QueueMeta>,
+    ) -> Result<Arc<QueueMeta>> {
         if meta.dead_letter_queue.is_some() {
             return Ok(meta);
         }
@@ -592,7 +625,13 @@ impl PgmqMessageService {
         self.meta(queue).await
     }
 
-    async fn send_on<'c, E>(&self, executor: E, queue: &QueueName, meta: &QueueMeta, batch: Encoded) -> Result<usize>
+    async fn send_on<'c, E>(
+        &self,
+        executor: E,
+        queue: &QueueName,
+        meta: &QueueMeta,
+        batch: Encoded,
+    ) -> Result<usize>
     where
         E: sqlx::Executor<'c, Database = Postgres>,
     {
@@ -617,7 +656,8 @@ impl PgmqMessageService {
         message: OutgoingMessage,
     ) -> Result<MessageId> {
         let id = message.message_id;
-        self.send_batch_in_transaction(tx, queue, vec![message]).await?;
+        self.send_batch_in_transaction(tx, queue, vec![message])
+            .await?;
         Ok(id)
     }
 
@@ -641,7 +681,12 @@ impl PgmqMessageService {
         Ok(ids)
     }
 
-    fn receipt_parts(&self, queue: &QueueName, meta: &QueueMeta, receipt: &ReceiptHandle) -> Result<(i64, i32)> {
+    fn receipt_parts(
+        &self,
+        queue: &QueueName,
+        meta: &QueueMeta,
+        receipt: &ReceiptHandle,
+    ) -> Result<(i64, i32)> {
         let bad = |why: &str| MessagingError::invalid_receipt(queue.as_str(), why);
         let (msg_id, lease) = receipt.as_pair().ok_or_else(|| bad("not a pgmq receipt"))?;
         if (lease >> 32) as u32 != meta.tag {
@@ -666,7 +711,12 @@ impl PgmqMessageService {
         }
     }
 
-    async fn receive_inner(&self, queue: &QueueName, max_messages: usize, visibility_timeout: Duration) -> Result<Vec<ReceivedMessage>> {
+    async fn receive_inner(
+        &self,
+        queue: &QueueName,
+        max_messages: usize,
+        visibility_timeout: Duration,
+    ) -> Result<Vec<ReceivedMessage>> {
         let meta = self.meta(queue).await?;
         if max_messages == 0 {
             return Ok(Vec::new());
@@ -703,7 +753,10 @@ impl PgmqMessageService {
             }
             tracing::warn!(queue = %queue, msg_id = u.msg_id, error = %u.error, "dead-lettering an undecodable pgmq row");
             let reason = DeadLetterReason::Undecodable { error: u.error };
-            if let Err(e) = self.dead_letter_raw(queue, meta.clone(), u.msg_id, u.read_ct, &reason).await {
+            if let Err(e) = self
+                .dead_letter_raw(queue, meta.clone(), u.msg_id, u.read_ct, &reason)
+                .await
+            {
                 tracing::warn!(queue = %queue, msg_id = u.msg_id, error = %e, "could not dead-letter an undecodable row");
             }
         }
@@ -740,10 +793,20 @@ impl PgmqMessageService {
         })
     }
 
-    async fn dead_letter_raw(&self, queue: &QueueName, meta: Arc<QueueMeta>, msg_id: i64, read_ct: i32, reason: &DeadLetterReason) -> Result<()> {
+    async fn dead_letter_raw(
+        &self,
+        queue: &QueueName,
+        meta: Arc<QueueMeta>,
+        msg_id: i64,
+        read_ct: i32,
+        reason: &DeadLetterReason,
+    ) -> Result<()> {
         let meta = self.ensure_dead_letter_queue(queue, meta).await?;
         let Some(statement) = meta.sql.dead_letter.as_deref() else {
-            return Err(MessagingError::queue_not_found(&format!("{queue}{}", self.settings.dead_letter_suffix)));
+            return Err(MessagingError::queue_not_found(&format!(
+                "{queue}{}",
+                self.settings.dead_letter_suffix
+            )));
         };
         let reason = serde_json::to_value(reason).map_err(|e| MessagingError::Serialization {
             direction: crate::error::SerdeDirection::Encode,
@@ -786,7 +849,9 @@ impl MessagingService for PgmqMessageService {
 
     async fn initialize(&self) -> Result<()> {
         if self.shut_down.load(Ordering::Acquire) {
-            return Err(MessagingError::NotInitialized("pgmq service was shut down".into()));
+            return Err(MessagingError::NotInitialized(
+                "pgmq service was shut down".into(),
+            ));
         }
         let _guard = self.init_lock.lock().await;
         if self.running.get().is_some() {
@@ -864,7 +929,11 @@ impl MessagingService for PgmqMessageService {
         Ok(id)
     }
 
-    async fn send_batch(&self, queue: &QueueName, messages: Vec<OutgoingMessage>) -> Result<Vec<MessageId>> {
+    async fn send_batch(
+        &self,
+        queue: &QueueName,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<Vec<MessageId>> {
         if messages.len() > MAX_BATCH {
             return Err(MessagingError::Provider {
                 provider: ProviderKind::Pgmq,
@@ -882,19 +951,31 @@ impl MessagingService for PgmqMessageService {
         Ok(ids)
     }
 
-    async fn receive(&self, queue: &QueueName, max_messages: usize, visibility_timeout: Duration) -> Result<Vec<ReceivedMessage>> {
-        self.receive_inner(queue, max_messages, visibility_timeout).await
+    async fn receive(
+        &self,
+        queue: &QueueName,
+        max_messages: usize,
+        visibility_timeout: Duration,
+    ) -> Result<Vec<ReceivedMessage>> {
+        self.receive_inner(queue, max_messages, visibility_timeout)
+            .await
     }
 
     async fn delete_message(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Result<()> {
-        let mut outcome = self.delete_messages(queue, std::slice::from_ref(receipt)).await?;
+        let mut outcome = self
+            .delete_messages(queue, std::slice::from_ref(receipt))
+            .await?;
         match outcome.rejected.pop() {
             Some((_, e)) => Err(e),
             None => Ok(()),
         }
     }
 
-    async fn delete_messages(&self, queue: &QueueName, receipts: &[ReceiptHandle]) -> Result<DeleteOutcome> {
+    async fn delete_messages(
+        &self,
+        queue: &QueueName,
+        receipts: &[ReceiptHandle],
+    ) -> Result<DeleteOutcome> {
         let meta = self.meta(queue).await?;
         let mut outcome = DeleteOutcome::default();
         let mut ids = Vec::with_capacity(receipts.len());
@@ -936,17 +1017,23 @@ impl MessagingService for PgmqMessageService {
         Ok(outcome)
     }
 
-    async fn change_message_visibility(&self, queue: &QueueName, receipt: &ReceiptHandle, visibility_timeout: Duration) -> Result<()> {
+    async fn change_message_visibility(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+        visibility_timeout: Duration,
+    ) -> Result<()> {
         let meta = self.meta(queue).await?;
         let (msg_id, read_ct) = self.receipt_parts(queue, &meta, receipt)?;
-        let (updated, _notified, current_ct): (i64, i64, Option<i32>) = sqlx::query_as(&meta.sql.set_vt)
-            .bind(msg_id)
-            .bind(read_ct)
-            .bind(duration_ms(visibility_timeout))
-            .bind(queue.as_str())
-            .fetch_one(self.pool()?)
-            .await
-            .map_err(|e| self.err(e, "change visibility", Some(queue)))?;
+        let (updated, _notified, current_ct): (i64, i64, Option<i32>) =
+            sqlx::query_as(&meta.sql.set_vt)
+                .bind(msg_id)
+                .bind(read_ct)
+                .bind(duration_ms(visibility_timeout))
+                .bind(queue.as_str())
+                .fetch_one(self.pool()?)
+                .await
+                .map_err(|e| self.err(e, "change visibility", Some(queue)))?;
         if updated == 1 {
             Ok(())
         } else {
@@ -954,13 +1041,19 @@ impl MessagingService for PgmqMessageService {
         }
     }
 
-    async fn dead_letter_message(&self, queue: &QueueName, receipt: &ReceiptHandle, reason: &str) -> Result<()> {
+    async fn dead_letter_message(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+        reason: &str,
+    ) -> Result<()> {
         let meta = self.meta(queue).await?;
         let (msg_id, read_ct) = self.receipt_parts(queue, &meta, receipt)?;
         let reason = DeadLetterReason::Rejected {
             reason: reason.to_owned(),
         };
-        self.dead_letter_raw(queue, meta, msg_id, read_ct, &reason).await
+        self.dead_letter_raw(queue, meta, msg_id, read_ct, &reason)
+            .await
     }
 
     fn dead_letter_queue_name(&self, queue: &QueueName) -> Result<QueueName> {
@@ -969,7 +1062,8 @@ impl MessagingService for PgmqMessageService {
 
     async fn redrive_dead_letters(&self, queue: &QueueName, max_messages: usize) -> Result<u64> {
         let meta = self.meta(queue).await?;
-        let (Some(statement), Some(dlq)) = (meta.sql.redrive.as_deref(), &meta.dead_letter_queue) else {
+        let (Some(statement), Some(dlq)) = (meta.sql.redrive.as_deref(), &meta.dead_letter_queue)
+        else {
             return Ok(0);
         };
         if max_messages == 0 {
@@ -1016,11 +1110,13 @@ impl MessagingService for PgmqMessageService {
         let e = |e| self.err(e, "delete queue", Some(queue));
         let dlq = self.dead_letter_name(queue);
         let mut tx = pool.begin().await.map_err(e)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tasker_messaging.create'), hashtext($1))")
-            .bind(queue.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(e)?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtext('tasker_messaging.create'), hashtext($1))",
+        )
+        .bind(queue.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(e)?;
         let existed: bool = sqlx::query_scalar(
             "SELECT CASE WHEN to_regclass('pgmq.q_' || $1) IS NULL THEN false
                          ELSE pgmq.drop_queue($1) END",
@@ -1078,19 +1174,27 @@ impl MessagingService for PgmqMessageService {
 impl PgmqExtensions for PgmqMessageService {
     async fn create_queue_with_vt(&self, queue: &QueueName, vt: Duration) -> Result<()> {
         self.create_queue(queue).await?;
-        let secs = i32::try_from(vt.as_secs() + u64::from(vt.subsec_nanos() > 0)).unwrap_or(i32::MAX);
-        sqlx::query("UPDATE tasker_messaging.queues SET default_vt_secs = $2 WHERE queue_name = $1")
-            .bind(queue.as_str())
-            .bind(secs)
-            .execute(self.pool()?)
-            .await
-            .map_err(|e| self.err(e, "create queue", Some(queue)))?;
+        let secs =
+            i32::try_from(vt.as_secs() + u64::from(vt.subsec_nanos() > 0)).unwrap_or(i32::MAX);
+        sqlx::query(
+            "UPDATE tasker_messaging.queues SET default_vt_secs = $2 WHERE queue_name = $1",
+        )
+        .bind(queue.as_str())
+        .bind(secs)
+        .execute(self.pool()?)
+        .await
+        .map_err(|e| self.err(e, "create queue", Some(queue)))?;
         Ok(())
     }
 
     /// pgmq.read semantics (whole seconds, rounded up; zero takes the queue's default from
     /// `create_queue_with_vt`), with this provider's receipts and dead-lettering.
-    async fn read_batch(&self, queue: &QueueName, vt: Duration, limit: usize) -> Result<Vec<ReceivedMessage>> {
+    async fn read_batch(
+        &self,
+        queue: &QueueName,
+        vt: Duration,
+        limit: usize,
+    ) -> Result<Vec<ReceivedMessage>> {
         let mut secs = vt.as_secs() + u64::from(vt.subsec_nanos() > 0);
         if secs == 0 {
             let default: Option<i32> = sqlx::query_scalar(
@@ -1103,7 +1207,8 @@ impl PgmqExtensions for PgmqMessageService {
             .flatten();
             secs = default.map_or(0, |s| s.max(0) as u64);
         }
-        self.receive_inner(queue, limit, Duration::from_secs(secs)).await
+        self.receive_inner(queue, limit, Duration::from_secs(secs))
+            .await
     }
 
     async fn archive_messages(&self, queue: &QueueName, msg_ids: &[i64]) -> Result<u64> {

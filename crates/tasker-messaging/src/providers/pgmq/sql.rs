@@ -177,7 +177,11 @@ pub(super) struct QueueSql {
 }
 
 impl QueueSql {
-    pub fn new(queue: &QueueName, dead_letter_queue: Option<&QueueName>, dead_lettering: bool) -> Self {
+    pub fn new(
+        queue: &QueueName,
+        dead_letter_queue: Option<&QueueName>,
+        dead_lettering: bool,
+    ) -> Self {
         let q = format!("pgmq.q_{}", queue.as_str());
         let send = format!(
             r#"INSERT INTO {q} (vt, message, headers)
