@@ -19,7 +19,7 @@ async fn conformance_pgmq() {
     probe.shutdown().await.unwrap();
     let factory: ProviderFactory = Arc::new(|| {
         Box::pin(async {
-            let svc = PgmqMessageService::new(support::settings().with_pool_size(3))?;
+            let svc = PgmqMessageService::new(support::settings().with_pool_size(2))?;
             svc.initialize().await?;
             Ok(Arc::new(svc) as Arc<dyn MessagingService>)
         })

@@ -62,8 +62,31 @@ async fn a_send_wakes_a_waiting_consumer_without_polling() {
     let waited = woken_by_send(&svc, &other).await;
     assert!(waited < Duration::from_secs(5), "woken after {waited:?}");
     assert_eq!(svc.listener_connections(), 1);
-    // Releasing a lease (visibility 0) wakes waiters too.
+    // A plain pgmq.send by another client wakes through the trigger.
+    let pool = support::raw_pool().await;
+    svc.wait_for_messages(&other, Duration::from_millis(50))
+        .await;
+    let started = Instant::now();
+    let waiter = {
+        let (svc, other) = (svc.clone(), other.clone());
+        tokio::spawn(async move { svc.wait_for_messages(&other, LONG_WAIT).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query("SELECT pgmq.send($1, '{\"from\": \"sql\"}'::jsonb)")
+        .bind(other.as_str())
+        .execute(&pool)
+        .await
+        .unwrap();
+    waiter.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // With every message leased (nothing receivable), a send wakes waiters.
     let got = svc.receive(&queue, 10, LONG_WAIT).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let waited = woken_by_send(&svc, &queue).await;
+    assert!(waited < Duration::from_secs(5), "woken after {waited:?}");
+
+    // Releasing a lease (visibility 0) wakes waiters too.
     svc.wait_for_messages(&queue, Duration::from_millis(50))
         .await;
     let waiter = {

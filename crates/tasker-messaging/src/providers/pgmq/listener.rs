@@ -1,9 +1,9 @@
 //! One LISTEN connection for every queue of a service, feeding `wait_for_messages`.
 //!
-//! Our statement-level trigger sends `NOTIFY tasker_messaging, '<queue>'` on every insert into
-//! a queue table (sends, dead-letter moves, redrives, plain `pgmq.send` by other clients) and
-//! receipts released with visibility 0 notify too. The listener task wakes the waiters of that
-//! queue. When its connection drops it marks itself disconnected, wakes everyone (a message may
+//! Our statements send `NOTIFY tasker_messaging, '<queue>'` when a queue may have gone from
+//! nothing receivable to something (sends into an idle queue, dead-letter moves, redrives,
+//! releases with visibility 0), and a trigger does for other clients' plain `pgmq.send` (see
+//! `sql.rs`). The listener task wakes the waiters of that queue. When its connection drops it marks itself disconnected, wakes everyone (a message may
 //! have arrived unseen), and reconnects after a short pause; meanwhile `wait_for_messages`
 //! still returns after its bounded `max_wait`, so a consumer polls at its idle backoff and no
 //! message waits forever.

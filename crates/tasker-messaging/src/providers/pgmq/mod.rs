@@ -641,6 +641,7 @@ impl PgmqMessageService {
             .bind(batch.ids)
             .bind(batch.correlation_ids)
             .bind(batch.delays_ms)
+            .bind(queue.as_str())
             .fetch_all(executor)
             .await
             .map_err(|e| self.err(e, "send", Some(queue)))?;
@@ -729,7 +730,8 @@ impl PgmqMessageService {
         if meta.dead_letter_queue.is_some() && meta.max_receive_count > 0 {
             query = query
                 .bind(i32::try_from(meta.max_receive_count).unwrap_or(i32::MAX))
-                .bind(queue.as_str());
+                .bind(queue.as_str())
+                .bind(meta.dead_letter_queue.as_ref().map(|d| d.as_str()));
         }
         let rows = query
             .fetch_all(pool)
@@ -813,11 +815,12 @@ impl PgmqMessageService {
             type_name: "DeadLetterReason",
             message: e.to_string(),
         })?;
-        let (moved, current_ct): (i64, Option<i32>) = sqlx::query_as(statement)
+        let (moved, _woke, current_ct): (i64, i64, Option<i32>) = sqlx::query_as(statement)
             .bind(msg_id)
             .bind(read_ct)
             .bind(queue.as_str())
             .bind(sqlx::types::Json(reason))
+            .bind(meta.dead_letter_queue.as_ref().map(|d| d.as_str()))
             .fetch_one(self.pool()?)
             .await
             .map_err(|e| self.err(e, "dead-letter", Some(queue)))?;
@@ -1069,9 +1072,10 @@ impl MessagingService for PgmqMessageService {
         if max_messages == 0 {
             return Ok(0);
         }
-        let moved: i64 = sqlx::query_scalar(statement)
+        let (moved, _woke): (i64, i64) = sqlx::query_as(statement)
             .bind(max_messages.min(i64::MAX as usize) as i64)
             .bind(dlq.as_str())
+            .bind(queue.as_str())
             .fetch_one(self.pool()?)
             .await
             .map_err(|e| self.err(e, "redrive", Some(queue)))?;

@@ -14,7 +14,7 @@
 use crate::queue_name::QueueName;
 
 /// Bumped when [`SCHEMA_SQL`] changes, so initialize re-applies it once.
-pub(super) const SCHEMA_VERSION: i32 = 1;
+pub(super) const SCHEMA_VERSION: i32 = 3;
 /// The one channel every queue notifies on; the payload is the queue name.
 pub(super) const CHANNEL: &str = "tasker_messaging";
 
@@ -33,10 +33,20 @@ CREATE TABLE IF NOT EXISTS tasker_messaging.queues (
     created_at        timestamptz NOT NULL DEFAULT now()
 );
 
--- One notification per INSERT statement (a batch of 100 is one notification), on one channel
--- for all queues, so one listener connection serves every queue. pgmq's own
--- enable_notify_insert is per row and updates a shared throttle row on every insert, which
--- serializes concurrent senders on one queue.
+-- Wakeups for idle consumers, on one channel for all queues (payload: the queue name), so one
+-- listener connection serves every queue.
+--
+-- Our own statements notify from inside the statement (see QueueSql), and only when it may
+-- end a consumer's idle wait: when nothing of the queue was receivable before it. NOTIFY makes
+-- every notifying commit hold one global lock across its WAL flush, which serializes
+-- concurrent senders (4 clients sending one message each: 3x fewer sends/s with a NOTIFY per
+-- send); while a backlog is receivable no consumer is idle (the stream receives again at once
+-- after a non-empty receive), so sends then pay one index probe and nothing else.
+--
+-- This trigger covers everyone else (plain pgmq.send from other clients): one notification
+-- per INSERT statement. It skips our own connections (application_name tasker_messaging*),
+-- which notify for themselves. pgmq's enable_notify_insert notifies per row and updates a
+-- shared throttle row on every insert, serializing senders even more.
 CREATE OR REPLACE FUNCTION tasker_messaging.notify_insert() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -55,12 +65,31 @@ BEGIN
         WHERE tgrelid = format('pgmq.%I', qtable)::regclass AND tgname = 'tasker_notify'
     ) THEN
         EXECUTE format(
-            'CREATE TRIGGER tasker_notify AFTER INSERT ON pgmq.%I '
-            'FOR EACH STATEMENT EXECUTE FUNCTION tasker_messaging.notify_insert()',
+            'CREATE TRIGGER tasker_notify AFTER INSERT ON pgmq.%I FOR EACH STATEMENT '
+            'WHEN (current_setting(''application_name'') NOT LIKE ''tasker\_messaging%%'') '
+            'EXECUTE FUNCTION tasker_messaging.notify_insert()',
             qtable);
     END IF;
 END
 $fn$;
+
+-- Triggers made by earlier schema versions notified on our own inserts too: make them again.
+DO $do$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT c.relname FROM pg_trigger t
+        JOIN pg_class c ON c.oid = t.tgrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'pgmq' AND t.tgname = 'tasker_notify'
+          AND pg_get_triggerdef(t.oid) NOT LIKE '%application_name%'
+    LOOP
+        EXECUTE format('DROP TRIGGER tasker_notify ON pgmq.%I', r.relname);
+        PERFORM tasker_messaging.ensure_notify(substr(r.relname, 3));
+    END LOOP;
+END
+$do$;
 
 -- Headers as an object: another client may have written NULL, an array or a scalar.
 CREATE OR REPLACE FUNCTION tasker_messaging.object_headers(h jsonb) RETURNS jsonb
@@ -159,18 +188,20 @@ pub(super) const KIND_BASE64: i16 = 2;
 #[derive(Debug)]
 pub(super) struct QueueSql {
     /// $1 text[] bodies, $2 int2[] kinds, $3 uuid[] ids, $4 uuid[] correlation ids,
-    /// $5 int8[] delays in ms. Returns msg_id per row.
+    /// $5 int8[] delays in ms, $6 queue name. Returns msg_id per row.
     pub send: String,
-    /// $1 limit, $2 vt in ms, [$3 max_receive_count, $4 queue name]. Returns DECODE_COLUMNS.
+    /// $1 limit, $2 vt in ms, [$3 max_receive_count, $4 queue name, $5 dead-letter queue
+    /// name]. Returns DECODE_COLUMNS.
     pub receive: String,
     /// $1 int8[] msg ids, $2 int4[] read counts. Returns (id, deleted, current read_ct).
     pub delete: String,
     /// $1 msg id, $2 read_ct, $3 vt in ms, $4 queue name. Returns (updated, current read_ct).
     pub set_vt: String,
-    /// $1 msg id, $2 read_ct, $3 queue name, $4 reason jsonb. Returns (moved, current).
+    /// $1 msg id, $2 read_ct, $3 queue name, $4 reason jsonb, $5 dead-letter queue name.
+    /// Returns (moved, woke, current).
     /// `None` without a dead-letter queue.
     pub dead_letter: Option<String>,
-    /// $1 limit, $2 dead-letter queue name. Returns how many moved. Needs the dead-letter queue.
+    /// $1 limit, $2 dead-letter queue name, $3 queue name. Returns (moved, woke).
     pub redrive: Option<String>,
     /// Returns (visible, in flight, delayed, oldest age in s, dead letters).
     pub stats: String,
@@ -184,7 +215,8 @@ impl QueueSql {
     ) -> Self {
         let q = format!("pgmq.q_{}", queue.as_str());
         let send = format!(
-            r#"INSERT INTO {q} (vt, message, headers)
+            r#"WITH ins AS (
+INSERT INTO {q} (vt, message, headers)
 SELECT clock_timestamp() + u.delay_ms * interval '1 millisecond',
        CASE u.kind WHEN {KIND_JSON} THEN u.body::jsonb ELSE to_jsonb(u.body) END,
        jsonb_strip_nulls(jsonb_build_object(
@@ -198,7 +230,15 @@ SELECT clock_timestamp() + u.delay_ms * interval '1 millisecond',
 FROM unnest($1::text[], $2::int2[], $3::uuid[], $4::uuid[], $5::int8[])
      WITH ORDINALITY AS u(body, kind, id, cid, delay_ms, ord)
 ORDER BY u.ord
-RETURNING msg_id"#
+RETURNING msg_id
+), wake AS (
+    -- The statement's snapshot does not include the rows inserted above: this asks whether
+    -- anything was receivable before (see SCHEMA_SQL on why only then).
+    SELECT pg_notify('{CHANNEL}', $6)
+    WHERE NOT EXISTS (SELECT 1 FROM {q} WHERE vt <= clock_timestamp())
+)
+-- w.n is selected so the planner cannot drop the join (and with it the NOTIFY).
+SELECT ins.msg_id, w.n FROM ins CROSS JOIN (SELECT count(*) AS n FROM wake) w"#
         );
 
         let dlq_table = dead_letter_queue.map(|d| format!("pgmq.q_{}", d.as_str()));
@@ -221,6 +261,8 @@ RETURNING msg_id"#
                jsonb_build_object('kind', 'max_receive_count_exceeded', 'max_receive_count', $3))
     FROM dead ORDER BY dead.msg_id
     RETURNING 1
+), wake AS (
+    SELECT pg_notify('{CHANNEL}', $5) WHERE EXISTS (SELECT 1 FROM moved)
 ), r AS (
     UPDATE {q} m
     SET vt = clock_timestamp() + $2 * interval '1 millisecond',
@@ -231,7 +273,8 @@ RETURNING msg_id"#
     RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers
 )
 SELECT {DECODE_COLUMNS}
-FROM r, {HEADERS_LATERAL}
+FROM r, {HEADERS_LATERAL}, (SELECT count(*) AS n FROM wake) w
+WHERE w.n >= 0
 ORDER BY r.msg_id"#
             ),
             _ => format!(
@@ -266,7 +309,8 @@ ORDER BY r.msg_id"#
     RETURNING m.msg_id
 )
 SELECT rc.id, (d.msg_id IS NOT NULL) AS deleted,
-       (SELECT m.read_ct FROM {q} m WHERE m.msg_id = rc.id) AS current_ct
+       CASE WHEN d.msg_id IS NULL
+            THEN (SELECT m.read_ct FROM {q} m WHERE m.msg_id = rc.id) END AS current_ct
 FROM rc LEFT JOIN d ON d.msg_id = rc.id"#
         );
 
@@ -295,8 +339,10 @@ SELECT (SELECT count(*) FROM u) AS updated,
            tasker_messaging.dead_letter_headers(headers, $3, msg_id, read_ct, enqueued_at, $4)
     FROM dead
     RETURNING 1
+), wake AS (
+    SELECT pg_notify('{CHANNEL}', $5) WHERE EXISTS (SELECT 1 FROM moved)
 )
-SELECT (SELECT count(*) FROM moved) AS moved,
+SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM wake) AS woke,
        (SELECT read_ct FROM {q} WHERE msg_id = $1) AS current_ct"#
             )
         });
@@ -317,8 +363,10 @@ SELECT (SELECT count(*) FROM moved) AS moved,
            tasker_messaging.redrive_headers(headers, $2, msg_id)
     FROM taken ORDER BY msg_id
     RETURNING 1
+), wake AS (
+    SELECT pg_notify('{CHANNEL}', $3) WHERE EXISTS (SELECT 1 FROM back)
 )
-SELECT count(*) FROM back"#
+SELECT (SELECT count(*) FROM back), (SELECT count(*) FROM wake)"#
             )
         });
 
