@@ -164,6 +164,38 @@ async fn main() {
         report(&format!("send_batch(100) x {tasks} task(s)"), &r, &p);
     }
 
+    // The same send_batch with the raw crate carrying the same metadata (message id and
+    // correlation id as pgmq headers), for what the ids alone cost.
+    reset().await;
+    let (mut r, mut p) = (Side::default(), Side::default());
+    let headers: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "tasker_message_id": uuid::Uuid::now_v7(),
+                "tasker_correlation_id": s.correlation_id,
+            })
+        })
+        .collect();
+    for round in 0..rounds {
+        for side in [round % 2, 1 - round % 2] {
+            for _ in 0..20 {
+                let t = Instant::now();
+                if side == 0 {
+                    raw.send_batch_with_delay_with_headers(qr, &steps, Some(&headers), 0)
+                        .await
+                        .expect("send");
+                    r.record(t.elapsed(), 100);
+                } else {
+                    let batch = (0..100).map(|_| message()).collect();
+                    svc.send_batch(&qp, batch).await.expect("send");
+                    p.record(t.elapsed(), 100);
+                }
+            }
+        }
+    }
+    report("send_batch(100), raw with id headers", &r, &p);
+
     // read(100) + delete by id array; refilled untimed.
     reset().await;
     let (mut r, mut p) = (Side::default(), Side::default());
@@ -194,60 +226,109 @@ async fn main() {
     }
     report("read(100) + delete(ids)", &r, &p);
 
-    // Send-to-receive latency with an idle consumer: raw polls every 1 ms; the provider's
-    // stream waits on notifications; the provider polling every 1 ms for reference.
+    // Send-to-receive latency: a consumer task is already waiting when the message is sent
+    // (5 ms idle before each send); the time is from the start of send to the consumer
+    // holding the message. Raw: a poller reading every 1 ms. Provider: the consumer stream
+    // (waits on notifications), and a poller like raw's for reference.
     reset().await;
-    let options = ConsumerOptions {
-        batch_size: 10,
-        visibility_timeout: VT,
-        min_idle_backoff: Duration::from_millis(1),
-        max_idle_backoff: Duration::from_millis(250),
-    };
-    let mut stream = svc.consume(&qp, options);
     let (mut r, mut p, mut pp) = (Side::default(), Side::default(), Side::default());
+    let raw_rx = {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let raw = raw.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(got) = raw.read_batch::<StepMessage>(qr, 30, 1).await else {
+                    break;
+                };
+                if let Some(m) = got.into_iter().next() {
+                    if tx.send(Instant::now()).is_err() {
+                        break;
+                    }
+                    let _ = raw.delete(qr, m.msg_id).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        rx
+    };
+    let stream_rx = {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let (svc, qp) = (svc.clone(), qp.clone());
+        let options = ConsumerOptions {
+            batch_size: 10,
+            visibility_timeout: VT,
+            min_idle_backoff: Duration::from_millis(1),
+            max_idle_backoff: Duration::from_millis(250),
+        };
+        tokio::spawn(async move {
+            let mut stream = svc.consume(&qp, options);
+            // Ends when the queue is deleted at the end (a permanent error ends the stream).
+            while let Some(Ok(m)) = stream.next().await {
+                if tx.send(Instant::now()).is_err() {
+                    break;
+                }
+                let _ = svc.delete_message(&qp, m.receipt()).await;
+            }
+        });
+        rx
+    };
+    let (mut raw_rx, mut stream_rx) = (raw_rx, stream_rx);
     for _ in 0..rounds {
         for _ in 0..25 {
-            tokio::time::sleep(Duration::from_millis(3)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
             let t = Instant::now();
             raw.send(qr, &step).await.expect("send");
-            let m = loop {
-                let got = raw
-                    .read_batch::<StepMessage>(qr, 30, 1)
-                    .await
-                    .expect("read");
-                if let Some(m) = got.into_iter().next() {
-                    break m;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            };
-            r.record(t.elapsed(), 1);
-            raw.delete(qr, m.msg_id).await.expect("ack");
+            let at = raw_rx.recv().await.expect("raw consumer");
+            r.record(at - t, 1);
 
-            tokio::time::sleep(Duration::from_millis(3)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
             let t = Instant::now();
             svc.send(&qp, message()).await.expect("send");
-            let m = stream.next().await.expect("stream").expect("message");
-            p.record(t.elapsed(), 1);
-            svc.delete_message(&qp, m.receipt()).await.expect("ack");
+            let at = stream_rx.recv().await.expect("stream consumer");
+            p.record(at - t, 1);
         }
     }
-    drop(stream);
+    drop(stream_rx);
+    let qp2 = QueueName::new("bench_ratio_p2").expect("name");
+    let _ = svc.delete_queue(&qp2).await;
+    svc.create_queue(&qp2).await.expect("create");
+    let mut poll_rx = {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let (svc, qp2) = (svc.clone(), qp2.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut got) = svc.receive(&qp2, 1, VT).await else {
+                    break;
+                };
+                if let Some(m) = got.pop() {
+                    if tx.send(Instant::now()).is_err() {
+                        break;
+                    }
+                    let _ = svc.delete_message(&qp2, m.receipt()).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        rx
+    };
     for _ in 0..rounds {
         for _ in 0..25 {
-            tokio::time::sleep(Duration::from_millis(3)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
             let t = Instant::now();
-            svc.send(&qp, message()).await.expect("send");
-            let m = loop {
-                let mut got = svc.receive(&qp, 1, VT).await.expect("receive");
-                if let Some(m) = got.pop() {
-                    break m;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            };
-            pp.record(t.elapsed(), 1);
-            svc.delete_message(&qp, m.receipt()).await.expect("ack");
+            svc.send(&qp2, message()).await.expect("send");
+            let at = poll_rx.recv().await.expect("poll consumer");
+            pp.record(at - t, 1);
         }
     }
+    drop(poll_rx);
+    drop(raw_rx);
+    // The pollers stop at their next message; wake them so they notice.
+    raw.send(qr, &step).await.expect("send");
+    svc.send(&qp2, message()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = svc.delete_queue(&qp2).await;
     report("latency: raw poll 1ms | stream+notify", &r, &p);
     report("latency: raw poll 1ms | provider poll", &r, &pp);
     let _ = svc.delete_queue(&qp).await;

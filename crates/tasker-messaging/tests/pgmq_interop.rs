@@ -96,6 +96,10 @@ async fn our_messages_are_readable_with_plain_pgmq_read() {
     let headers: serde_json::Value = row.get("headers");
     assert_eq!(headers["tasker_message_id"], id.to_string());
     assert_eq!(headers["tasker_correlation_id"], cid.to_string());
+    // Compact JSON is stored once: no exact copy, only the key order jsonb forgot.
+    assert!(headers.get("tasker_payload").is_none(), "{headers}");
+    assert_eq!(headers["tasker_payload_encoding"], "compact");
+    assert_eq!(headers["tasker_key_order"], serde_json::json!([[1, 0]]));
     let read_ct: i32 = row.get("read_ct");
     assert_eq!(read_ct, 1);
     // Plain pgmq.delete works on our rows too.
@@ -119,11 +123,19 @@ async fn payload_bytes_round_trip_exactly_in_every_form() {
     svc.create_queue(&queue).await.unwrap();
     let payloads: Vec<Vec<u8>> = vec![
         br#"{"task_uuid":"a","step_uuid":"b"}"#.to_vec(), // compact: jsonb would add spaces
-        br#"{"a": 1}"#.to_vec(),                          // already jsonb's form
-        br#"{"z":1,"a":2,"a":3}"#.to_vec(),               // key order and duplicates
-        br#"  [1.50, 1e3, -0]  "#.to_vec(),               // number forms and whitespace
-        br#""\u00e9\ud83d\ude80""#.to_vec(),              // escapes jsonb would decode
-        br#"{"nul":"\u0000"}"#.to_vec(),                  // valid JSON jsonb refuses
+        // Compact documents stored once and rebuilt from jsonb's text and the key order.
+        br#"{"b":{"zz":1,"a":[{"y":2,"x":3},{}]},"a":null,"ccc":[true,false,1.5,-2,0.1]}"#.to_vec(),
+        "{\"é\":\"ü🚀\",\"e\":\"\\n\\\"\\\\\\t\",\"n\":1e-7}"
+            .as_bytes()
+            .to_vec(),
+        br#"{"x":-0.0,"big":18446744073709551615,"neg":-9223372036854775808}"#.to_vec(),
+        br#"[{"k2":1,"k1":2},"s",[]]"#.to_vec(),
+        serde_json::to_vec(&tasker_messaging::StepMessage::random()).unwrap(),
+        br#"{"a": 1}"#.to_vec(),             // already jsonb's form
+        br#"{"z":1,"a":2,"a":3}"#.to_vec(),  // key order and duplicates
+        br#"  [1.50, 1e3, -0]  "#.to_vec(),  // number forms and whitespace
+        br#""\u00e9\ud83d\ude80""#.to_vec(), // escapes jsonb would decode
+        br#"{"nul":"\u0000"}"#.to_vec(),     // valid JSON jsonb refuses
         b"not json at all".to_vec(),
         "ünïcödé text 🚀".as_bytes().to_vec(),
         vec![0, 159, 146, 150, 255, 0], // binary

@@ -196,6 +196,17 @@ async fn setup_locked(
             .map_err(|e| install_error(e, url))?;
         tracing::info!("installed pgmq's SQL API");
     }
+    let encoding: String = sqlx::query_scalar("SELECT current_setting('server_encoding')")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| map_sqlx(e, "detect encoding", None, url))?;
+    if !encoding.eq_ignore_ascii_case("UTF8") {
+        // Payload bytes round-trip through jsonb text: only UTF-8 keeps every character.
+        return Err(MessagingError::config(
+            "connection.pgmq.database_url",
+            format!("the database encoding is {encoding}; pgmq queues need a UTF8 database"),
+        ));
+    }
     if !has_headers(conn)
         .await
         .map_err(|e| map_sqlx(e, "detect pgmq", None, url))?

@@ -13,10 +13,12 @@
 //! keeps payload bytes exactly. So:
 //!
 //! * a payload that is JSON is stored as that JSON in `message` (other clients see the
-//!   document itself). When jsonb's text form differs from the bytes we were given (for
-//!   example serde's compact output), the exact text is also kept in the header
-//!   `tasker_payload`, and we return it on receive. The comparison is made by PostgreSQL in
-//!   the INSERT itself.
+//!   document itself). When it is serde's compact rendering of itself (what the typed layer
+//!   sends), the header `tasker_key_order` keeps the order of its object keys, which jsonb
+//!   forgets, and on receive the exact bytes are rebuilt from jsonb's text (`codec.rs`): the
+//!   payload is stored once. Other JSON (odd spacing, duplicate keys, number forms serde would
+//!   print differently) keeps its exact text in the header `tasker_payload` when jsonb's text
+//!   differs from it; PostgreSQL makes that comparison in the INSERT itself.
 //! * a payload that is UTF-8 text but not JSON is stored as a JSON string
 //!   (`tasker_payload_encoding: "text"`), and binary payloads as a base64 JSON string
 //!   (`"base64"`): still valid jsonb, still readable by any client.
@@ -45,9 +47,19 @@
 //!
 //! # Wakeups
 //!
-//! A statement-level trigger on every queue we create notifies one channel; one `LISTEN`
-//! connection per service wakes `wait_for_messages` (see `listener.rs`).
+//! One `LISTEN` connection per service wakes `wait_for_messages` for every queue (see
+//! `listener.rs`). Our statements notify only when a queue may go from nothing receivable to
+//! something (NOTIFY serializes committing senders, so it is kept off the busy path), and a
+//! trigger notifies for other clients' plain `pgmq.send` (see `sql.rs`).
+//!
+//! # Why the key order, not a copy
+//!
+//! Under concurrent batch sends PostgreSQL's WAL is the limit, so row size is throughput. A
+//! `StepMessage` row is 228 bytes in plain pgmq; with an exact copy of the payload beside the
+//! document it was 543 (send_batch at about 0.75 of the raw crate); with the ids and the key
+//! order it is about 390 (see docs/benchmarks-pgmq.md).
 
+mod codec;
 mod install;
 mod listener;
 mod sql;
@@ -70,7 +82,7 @@ use uuid::Uuid;
 
 pub use self::install::{InstallOutcome, PgmqInstallation};
 use self::listener::Wakeups;
-use self::sql::{QueueSql, KIND_BASE64, KIND_JSON, KIND_TEXT};
+use self::sql::{QueueSql, KIND_BASE64, KIND_COMPACT, KIND_JSON, KIND_TEXT};
 use crate::config::{MessagingConfig, ResourceValidationConfig};
 use crate::error::{MessagingError, Result};
 use crate::message::{
@@ -254,18 +266,29 @@ fn queue_tag(queue: &QueueName) -> u32 {
     (id.as_u128() >> 96) as u32
 }
 
-/// How a payload is stored (see the module docs).
-fn classify(payload: &[u8]) -> (String, i16) {
+/// How a payload is stored (see the module docs): body, kind, and for compact JSON the key
+/// order that rebuilds it.
+fn classify(payload: &[u8]) -> (String, i16, Option<String>) {
     match std::str::from_utf8(payload) {
         // jsonb refuses \u0000 and PostgreSQL text refuses NUL: those go as base64.
         Ok(text) if !text.contains('\0') => {
-            let is_json = !text.contains("\\u0000")
-                && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
-            (text.to_owned(), if is_json { KIND_JSON } else { KIND_TEXT })
+            if text.contains("\\u0000") {
+                return (text.to_owned(), KIND_TEXT, None);
+            }
+            if let Some(order) = codec::compact_key_order(text) {
+                return (text.to_owned(), KIND_COMPACT, Some(order));
+            }
+            let is_json = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+            (
+                text.to_owned(),
+                if is_json { KIND_JSON } else { KIND_TEXT },
+                None,
+            )
         }
         _ => (
             base64::engine::general_purpose::STANDARD.encode(payload),
             KIND_BASE64,
+            None,
         ),
     }
 }
@@ -278,6 +301,7 @@ struct Encoded {
     ids: Vec<Uuid>,
     correlation_ids: Vec<Option<Uuid>>,
     delays_ms: Vec<i64>,
+    key_orders: Vec<Option<String>>,
 }
 
 /// A leased row we could not turn into a message.
@@ -314,6 +338,13 @@ fn decode_row(
     let payload = match encoding.as_deref() {
         None => Bytes::from(body.unwrap_or_else(|| "null".to_owned())),
         Some("text") => Bytes::from(body.unwrap_or_default()),
+        Some("compact") => {
+            let text = body.unwrap_or_default();
+            let key_order = get(11)?;
+            codec::rebuild_compact(&text, key_order.as_deref())
+                .map(Bytes::from)
+                .map_err(|e| undecodable(format!("cannot rebuild the payload: {e}")))?
+        }
         Some("base64") => {
             let text = body.unwrap_or_default();
             base64::engine::general_purpose::STANDARD
@@ -513,9 +544,10 @@ impl PgmqMessageService {
         let mut out = Encoded::default();
         for m in messages {
             self.check_payload(m.payload.len())?;
-            let (body, kind) = classify(&m.payload);
+            let (body, kind, key_order) = classify(&m.payload);
             out.bodies.push(body);
             out.kinds.push(kind);
+            out.key_orders.push(key_order);
             out.ids.push(m.message_id.0);
             out.correlation_ids.push(m.correlation_id.map(|c| c.0));
             out.delays_ms.push(duration_ms(m.delay));
@@ -642,6 +674,7 @@ impl PgmqMessageService {
             .bind(batch.correlation_ids)
             .bind(batch.delays_ms)
             .bind(queue.as_str())
+            .bind(batch.key_orders)
             .fetch_all(executor)
             .await
             .map_err(|e| self.err(e, "send", Some(queue)))?;
@@ -876,22 +909,43 @@ impl MessagingService for PgmqMessageService {
                 error: "not initialized".into(),
             });
         };
-        let depth: std::result::Result<(i64, i64), _> =
-            sqlx::query_as("SELECT visible, in_flight FROM tasker_messaging.depth()")
-                .fetch_one(&running.pool)
-                .await;
-        match depth {
-            Err(e) => Ok(MessagingHealth::Unhealthy {
+        if let Err(e) = sqlx::query("SELECT 1").execute(&running.pool).await {
+            return Ok(MessagingHealth::Unhealthy {
                 error: self.err(e, "health check", None).to_string(),
-            }),
-            Ok(_) if !self.wakeups.is_connected() => Ok(MessagingHealth::Degraded {
-                reason: "notification listener is reconnecting; consumers poll meanwhile".into(),
-            }),
-            Ok((visible, in_flight)) => Ok(MessagingHealth::Healthy {
-                queue_depth: visible.max(0) as u64,
-                in_flight: in_flight.max(0) as u64,
-            }),
+            });
         }
+        if !self.wakeups.is_connected() {
+            return Ok(MessagingHealth::Degraded {
+                reason: "notification listener is reconnecting; consumers poll meanwhile".into(),
+            });
+        }
+        // Depth of the queues this service uses, one short statement each: counting every
+        // queue in one transaction would hold locks a concurrent drop_queue needs (deadlock).
+        let known: Vec<QueueName> = self.queues.read().keys().cloned().collect();
+        let (mut depth, mut in_flight) = (0u64, 0u64);
+        for queue in known {
+            match self.get_queue_stats(&queue).await {
+                Ok(stats) => {
+                    depth += stats.message_count + stats.delayed_count.unwrap_or(0);
+                    in_flight += stats.in_flight_count.unwrap_or(0);
+                }
+                Err(MessagingError::QueueNotFound { .. }) => {}
+                Err(e) if e.is_retryable() => {
+                    return Ok(MessagingHealth::Unhealthy {
+                        error: e.to_string(),
+                    })
+                }
+                Err(e) => {
+                    return Ok(MessagingHealth::Degraded {
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(MessagingHealth::Healthy {
+            queue_depth: depth,
+            in_flight,
+        })
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -1244,7 +1298,8 @@ mod tests {
 
     #[test]
     fn payload_kinds() {
-        assert_eq!(classify(br#"{"a":1}"#).1, KIND_JSON);
+        assert_eq!(classify(br#"{"a":1}"#).1, KIND_COMPACT);
+        assert_eq!(classify(br#"{"a": 1}"#).1, KIND_JSON);
         assert_eq!(classify(b"plain text").1, KIND_TEXT);
         assert_eq!(classify(br#""\u0000""#).1, KIND_TEXT);
         assert_eq!(classify(&[0xff, 0x00, 0x01]).1, KIND_BASE64);

@@ -124,32 +124,6 @@ RETURNS jsonb LANGUAGE sql VOLATILE AS $fn$
             'original_enqueued_at', enqueued_at))
 $fn$;
 
--- Visible and in-flight messages over every pgmq queue, for health checks. A queue dropped
--- while we count is skipped, not an error.
-CREATE OR REPLACE FUNCTION tasker_messaging.depth(OUT visible bigint, OUT in_flight bigint)
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    q record;
-    v bigint;
-    f bigint;
-BEGIN
-    visible := 0;
-    in_flight := 0;
-    FOR q IN SELECT queue_name FROM pgmq.meta LOOP
-        BEGIN
-            EXECUTE format(
-                'SELECT count(*) FILTER (WHERE vt <= clock_timestamp()),
-                        count(*) FILTER (WHERE vt > clock_timestamp() AND read_ct > 0)
-                 FROM pgmq.%I', 'q_' || q.queue_name) INTO v, f;
-            visible := visible + v;
-            in_flight := in_flight + f;
-        EXCEPTION WHEN undefined_table THEN
-            NULL;
-        END;
-    END LOOP;
-END
-$fn$;
-
 -- Headers of a message redriven back: the dead-letter record is dropped, identity kept.
 CREATE OR REPLACE FUNCTION tasker_messaging.redrive_headers(h jsonb, dlq text, msg_id bigint)
 RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
@@ -166,14 +140,15 @@ const DECODE_COLUMNS: &str = r#"
     r.read_ct,
     r.enqueued_at,
     r.vt,
-    CASE WHEN h.h ? 'tasker_payload_encoding' THEN r.message #>> '{}'
+    CASE WHEN h.h ->> 'tasker_payload_encoding' IN ('text', 'base64') THEN r.message #>> '{}'
          ELSE coalesce(h.h ->> 'tasker_payload', r.message::text) END AS body,
     h.h ->> 'tasker_payload_encoding' AS encoding,
     h.h ->> 'tasker_message_id' AS message_id,
     h.h ->> 'tasker_correlation_id' AS correlation_id,
     h.h -> 'tasker_origin' ->> 0 AS origin_queue,
     h.h -> 'tasker_origin' ->> 1 AS origin_msg_id,
-    (h.h -> 'tasker_dead_letter')::text AS dead_letter
+    (h.h -> 'tasker_dead_letter')::text AS dead_letter,
+    (h.h -> 'tasker_key_order')::text AS key_order
 "#;
 
 const HEADERS_LATERAL: &str = "LATERAL (SELECT CASE WHEN jsonb_typeof(r.headers) = 'object' \
@@ -183,12 +158,14 @@ const HEADERS_LATERAL: &str = "LATERAL (SELECT CASE WHEN jsonb_typeof(r.headers)
 pub(super) const KIND_JSON: i16 = 0;
 pub(super) const KIND_TEXT: i16 = 1;
 pub(super) const KIND_BASE64: i16 = 2;
+/// JSON that is serde's compact rendering of itself: stored once, rebuilt from the key order.
+pub(super) const KIND_COMPACT: i16 = 3;
 
 /// Statements for one queue (and its dead-letter queue, when it has one).
 #[derive(Debug)]
 pub(super) struct QueueSql {
     /// $1 text[] bodies, $2 int2[] kinds, $3 uuid[] ids, $4 uuid[] correlation ids,
-    /// $5 int8[] delays in ms, $6 queue name. Returns msg_id per row.
+    /// $5 int8[] delays in ms, $6 queue name, $7 text[] key orders. Returns msg_id per row.
     pub send: String,
     /// $1 limit, $2 vt in ms, [$3 max_receive_count, $4 queue name, $5 dead-letter queue
     /// name]. Returns DECODE_COLUMNS.
@@ -218,7 +195,8 @@ impl QueueSql {
             r#"WITH ins AS (
 INSERT INTO {q} (vt, message, headers)
 SELECT clock_timestamp() + u.delay_ms * interval '1 millisecond',
-       CASE u.kind WHEN {KIND_JSON} THEN u.body::jsonb ELSE to_jsonb(u.body) END,
+       CASE WHEN u.kind IN ({KIND_JSON}, {KIND_COMPACT}) THEN u.body::jsonb
+            ELSE to_jsonb(u.body) END,
        jsonb_strip_nulls(jsonb_build_object(
            'tasker_message_id', u.id,
            'tasker_correlation_id', u.cid,
@@ -226,9 +204,12 @@ SELECT clock_timestamp() + u.delay_ms * interval '1 millisecond',
            'tasker_payload', CASE WHEN u.kind = {KIND_JSON} THEN
                                  CASE WHEN u.body::jsonb::text <> u.body THEN u.body END END,
            'tasker_payload_encoding', CASE u.kind WHEN {KIND_TEXT} THEN 'text'
-                                                  WHEN {KIND_BASE64} THEN 'base64' END))
-FROM unnest($1::text[], $2::int2[], $3::uuid[], $4::uuid[], $5::int8[])
-     WITH ORDINALITY AS u(body, kind, id, cid, delay_ms, ord)
+                                                  WHEN {KIND_BASE64} THEN 'base64'
+                                                  WHEN {KIND_COMPACT} THEN 'compact' END,
+           'tasker_key_order', CASE WHEN u.kind = {KIND_COMPACT} AND u.key_order <> '[]'
+                                    THEN u.key_order::jsonb END))
+FROM unnest($1::text[], $2::int2[], $3::uuid[], $4::uuid[], $5::int8[], $7::text[])
+     WITH ORDINALITY AS u(body, kind, id, cid, delay_ms, key_order, ord)
 ORDER BY u.ord
 RETURNING msg_id
 ), wake AS (
