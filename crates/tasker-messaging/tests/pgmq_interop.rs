@@ -98,8 +98,11 @@ async fn our_messages_are_readable_with_plain_pgmq_read() {
     assert_eq!(headers["tasker_correlation_id"], cid.to_string());
     // Compact JSON is stored once: no exact copy, only the key order jsonb forgot.
     assert!(headers.get("tasker_payload").is_none(), "{headers}");
-    assert_eq!(headers["tasker_payload_encoding"], "compact");
-    assert_eq!(headers["tasker_key_order"], serde_json::json!([[1, 0]]));
+    assert!(
+        headers.get("tasker_payload_encoding").is_none(),
+        "{headers}"
+    );
+    assert_eq!(headers["tasker_key_order"], "[[1,0]]");
     let read_ct: i32 = row.get("read_ct");
     assert_eq!(read_ct, 1);
     // Plain pgmq.delete works on our rows too.

@@ -145,7 +145,7 @@ fn record(node: &Node, perms: &mut Vec<Vec<u32>>) -> Option<()> {
     Some(())
 }
 
-/// For a JSON payload: the key permutations that rebuild it from jsonb's text, as JSON
+/// For a JSON payload: the key permutations that rebuild it from jsonb's text, as JSON text
 /// (`"[]"` when every object is already in jsonb's order), or `None` when the payload is not
 /// serde's compact rendering of itself or could not be rebuilt exactly.
 pub(super) fn compact_key_order(payload: &str) -> Option<String> {

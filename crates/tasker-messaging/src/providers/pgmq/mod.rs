@@ -335,16 +335,16 @@ fn decode_row(
         .map_err(|e| undecodable(format!("vt: {e}")))?;
     let body = get(4)?;
     let encoding = get(5)?;
+    let key_order = get(11)?;
     let payload = match encoding.as_deref() {
-        None => Bytes::from(body.unwrap_or_else(|| "null".to_owned())),
-        Some("text") => Bytes::from(body.unwrap_or_default()),
-        Some("compact") => {
+        None if key_order.is_some() => {
             let text = body.unwrap_or_default();
-            let key_order = get(11)?;
             codec::rebuild_compact(&text, key_order.as_deref())
                 .map(Bytes::from)
                 .map_err(|e| undecodable(format!("cannot rebuild the payload: {e}")))?
         }
+        None => Bytes::from(body.unwrap_or_else(|| "null".to_owned())),
+        Some("text") => Bytes::from(body.unwrap_or_default()),
         Some("base64") => {
             let text = body.unwrap_or_default();
             base64::engine::general_purpose::STANDARD

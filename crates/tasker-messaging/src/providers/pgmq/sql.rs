@@ -148,7 +148,7 @@ const DECODE_COLUMNS: &str = r#"
     h.h -> 'tasker_origin' ->> 0 AS origin_queue,
     h.h -> 'tasker_origin' ->> 1 AS origin_msg_id,
     (h.h -> 'tasker_dead_letter')::text AS dead_letter,
-    (h.h -> 'tasker_key_order')::text AS key_order
+    h.h ->> 'tasker_key_order' AS key_order
 "#;
 
 const HEADERS_LATERAL: &str = "LATERAL (SELECT CASE WHEN jsonb_typeof(r.headers) = 'object' \
@@ -204,10 +204,9 @@ SELECT clock_timestamp() + u.delay_ms * interval '1 millisecond',
            'tasker_payload', CASE WHEN u.kind = {KIND_JSON} THEN
                                  CASE WHEN u.body::jsonb::text <> u.body THEN u.body END END,
            'tasker_payload_encoding', CASE u.kind WHEN {KIND_TEXT} THEN 'text'
-                                                  WHEN {KIND_BASE64} THEN 'base64'
-                                                  WHEN {KIND_COMPACT} THEN 'compact' END,
-           'tasker_key_order', CASE WHEN u.kind = {KIND_COMPACT} AND u.key_order <> '[]'
-                                    THEN u.key_order::jsonb END))
+                                                  WHEN {KIND_BASE64} THEN 'base64' END,
+           -- Marks compact JSON; a string, not a jsonb array: rows are throughput.
+           'tasker_key_order', CASE WHEN u.kind = {KIND_COMPACT} THEN u.key_order END))
 FROM unnest($1::text[], $2::int2[], $3::uuid[], $4::uuid[], $5::int8[], $7::text[])
      WITH ORDINALITY AS u(body, kind, id, cid, delay_ms, key_order, ord)
 ORDER BY u.ord
