@@ -10,62 +10,93 @@
 //! Anything where that is not provably exact (duplicate keys, `-0.0`, numbers serde would
 //! print differently) keeps the exact copy instead.
 
+use std::borrow::Cow;
+
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
-/// A JSON document that keeps object keys in document order.
+/// A JSON document that keeps object keys in document order. Strings borrow from the input
+/// when they have no escapes (receive rebuilds one per message: allocations count).
 #[derive(Debug)]
-enum Node {
+enum Node<'a> {
     Null,
     Bool(bool),
     Number(serde_json::Number),
-    String(String),
-    Array(Vec<Node>),
-    Object(Vec<(String, Node)>),
+    String(Cow<'a, str>),
+    Array(Vec<Node<'a>>),
+    Object(Vec<(Cow<'a, str>, Node<'a>)>),
 }
 
-impl<'de> Deserialize<'de> for Node {
+/// A string that borrows when it can (serde's own `Cow<str>` always copies).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Node;
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Node<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("JSON")
             }
-            fn visit_unit<E>(self) -> Result<Node, E> {
+            fn visit_unit<E>(self) -> Result<Node<'de>, E> {
                 Ok(Node::Null)
             }
-            fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+            fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
                 Ok(Node::Bool(v))
             }
-            fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+            fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
                 Ok(Node::Number(v.into()))
             }
-            fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+            fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
                 Ok(Node::Number(v.into()))
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node<'de>, E> {
                 serde_json::Number::from_f64(v)
                     .map(Node::Number)
                     .ok_or_else(|| E::custom("non-finite number"))
             }
-            fn visit_str<E>(self, v: &str) -> Result<Node, E> {
-                Ok(Node::String(v.to_owned()))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'de>, E> {
+                Ok(Node::String(Cow::Borrowed(v)))
             }
-            fn visit_string<E>(self, v: String) -> Result<Node, E> {
-                Ok(Node::String(v))
+            fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
+                Ok(Node::String(Cow::Owned(v.to_owned())))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+            fn visit_string<E>(self, v: String) -> Result<Node<'de>, E> {
+                Ok(Node::String(Cow::Owned(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
                 let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
                 while let Some(item) = seq.next_element()? {
                     items.push(item);
                 }
                 Ok(Node::Array(items))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
                 let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some((k, v)) = map.next_entry::<String, Node>()? {
-                    entries.push((k, v));
+                while let Some((k, v)) = map.next_entry::<Text<'de>, Node<'de>>()? {
+                    entries.push((k.0, v));
                 }
                 Ok(Node::Object(entries))
             }
@@ -74,7 +105,7 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-impl Serialize for Node {
+impl Serialize for Node<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Node::Null => s.serialize_unit(),
@@ -100,7 +131,7 @@ impl Serialize for Node {
 }
 
 /// jsonb's key order: shorter keys first, then bytewise.
-fn jsonb_order(entries: &[(String, Node)]) -> Vec<usize> {
+fn jsonb_order(entries: &[(Cow<'_, str>, Node<'_>)]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by(|&a, &b| {
         let (ka, kb) = (entries[a].0.as_bytes(), entries[b].0.as_bytes());
@@ -111,7 +142,7 @@ fn jsonb_order(entries: &[(String, Node)]) -> Vec<usize> {
 
 /// Walks objects in document order (pre-order), recording for each where its keys sit in
 /// jsonb's order. `None` when the document cannot be rebuilt exactly.
-fn record(node: &Node, perms: &mut Vec<Vec<u32>>) -> Option<()> {
+fn record(node: &Node<'_>, perms: &mut Vec<Vec<u32>>) -> Option<()> {
     match node {
         Node::Number(n) => {
             // jsonb's numeric has no negative zero.
@@ -165,7 +196,7 @@ pub(super) fn compact_key_order(payload: &str) -> Option<String> {
     serde_json::to_string(&perms).ok()
 }
 
-fn restore(node: &mut Node, perms: &mut std::slice::Iter<'_, Vec<u32>>) -> Result<(), String> {
+fn restore(node: &mut Node<'_>, perms: &mut std::slice::Iter<'_, Vec<u32>>) -> Result<(), String> {
     match node {
         Node::Array(items) => {
             for item in items {
@@ -177,7 +208,7 @@ fn restore(node: &mut Node, perms: &mut std::slice::Iter<'_, Vec<u32>>) -> Resul
                 if perm.len() != entries.len() {
                     return Err("key order does not match the document".into());
                 }
-                let mut taken: Vec<Option<(String, Node)>> =
+                let mut taken: Vec<Option<(Cow<'_, str>, Node<'_>)>> =
                     std::mem::take(entries).into_iter().map(Some).collect();
                 for &j in perm {
                     let entry = taken
@@ -216,7 +247,7 @@ mod tests {
     use super::*;
 
     /// What jsonb prints for `text`, for the cases below (keys sorted, ", " and ": ").
-    fn jsonb_text(node: &Node) -> String {
+    fn jsonb_text(node: &Node<'_>) -> String {
         match node {
             Node::Object(entries) => {
                 let order = jsonb_order(entries);

@@ -1051,18 +1051,20 @@ impl MessagingService for PgmqMessageService {
         if ids.is_empty() {
             return Ok(outcome);
         }
-        let rows: Vec<(i64, bool, Option<i32>)> = sqlx::query_as(&meta.sql.delete)
+        let rows: Vec<(i64, i32, Option<i32>)> = sqlx::query_as(&meta.sql.delete)
             .bind(&ids)
             .bind(&counts)
             .fetch_all(self.pool()?)
             .await
             .map_err(|e| self.err(e, "delete", Some(queue)))?;
-        let stale: HashMap<i64, bool> = rows
+        // Receipts whose message is still there under another lease.
+        let stale: std::collections::HashSet<(i64, i32)> = rows
             .into_iter()
-            .map(|(id, deleted, current)| (id, !deleted && current.is_some()))
+            .filter(|(_, _, current)| current.is_some())
+            .map(|(id, ct, _)| (id, ct))
             .collect();
-        for (receipt, id) in valid.into_iter().zip(ids) {
-            if stale.get(&id).copied().unwrap_or(false) {
+        for ((receipt, id), ct) in valid.into_iter().zip(ids).zip(counts) {
+            if stale.contains(&(id, ct)) {
                 outcome
                     .rejected
                     .push((receipt.clone(), Self::lease_error(queue, Some(0))));

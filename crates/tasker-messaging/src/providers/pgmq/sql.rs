@@ -170,7 +170,8 @@ pub(super) struct QueueSql {
     /// $1 limit, $2 vt in ms, [$3 max_receive_count, $4 queue name, $5 dead-letter queue
     /// name]. Returns DECODE_COLUMNS.
     pub receive: String,
-    /// $1 int8[] msg ids, $2 int4[] read counts. Returns (id, deleted, current read_ct).
+    /// $1 int8[] msg ids, $2 int4[] read counts. Returns (id, read_ct, current read_ct) of
+    /// the receipts that did not delete.
     pub delete: String,
     /// $1 msg id, $2 read_ct, $3 vt in ms, $4 queue name. Returns (updated, current read_ct).
     pub set_vt: String,
@@ -278,8 +279,9 @@ ORDER BY r.msg_id"#
             ),
         };
 
-        // The outer SELECT sees the table as it was before the DELETE: a row that was not
-        // deleted but is there has another read_ct (stale receipt); one not there is gone.
+        // Only receipts that did not delete come back (usually none). The outer SELECT sees
+        // the table as it was before the DELETE: a row still there has another read_ct (a
+        // stale receipt); one not there was gone already.
         let delete = format!(
             r#"WITH rc AS (
     SELECT * FROM unnest($1::int8[], $2::int4[]) AS rc(id, ct)
@@ -288,10 +290,8 @@ ORDER BY r.msg_id"#
     WHERE m.msg_id = rc.id AND m.read_ct = rc.ct
     RETURNING m.msg_id
 )
-SELECT rc.id, (d.msg_id IS NOT NULL) AS deleted,
-       CASE WHEN d.msg_id IS NULL
-            THEN (SELECT m.read_ct FROM {q} m WHERE m.msg_id = rc.id) END AS current_ct
-FROM rc LEFT JOIN d ON d.msg_id = rc.id"#
+SELECT rc.id, rc.ct, (SELECT m.read_ct FROM {q} m WHERE m.msg_id = rc.id) AS current_ct
+FROM rc WHERE NOT EXISTS (SELECT 1 FROM d WHERE d.msg_id = rc.id)"#
         );
 
         let set_vt = format!(
