@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod health;
+pub mod queue;
+pub mod receive;
+pub mod send;
