@@ -3,6 +3,22 @@
 //! Global options pick the provider (`--config`, `--provider`, the `TASKER_MQ_*` environment);
 //! each subcommand lives in its own module under `commands/`.
 
+/// `println!` that returns the write error (stdout closed by `| head`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` that returns the write error instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod commands;
 mod provider;
 mod table;
@@ -60,6 +76,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`tasker-mq ... | head`): not a failure of ours.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the context chain on one line: "doing X: because Y".
             eprintln!("error: {e:#}");
@@ -76,6 +94,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health(args) => commands::health::run(&cli.global, args).await,
         Command::Bench(args) => commands::bench::run(&cli.global, args).await,
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Logs go to stderr, quiet unless RUST_LOG asks, so stdout stays clean for `--json`.

@@ -60,16 +60,17 @@ pub struct BenchArgs {
 /// One measured operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Step {
     /// send, one message per call.
     Send,
     /// send_batch of --batch-size messages.
     SendBatch,
-    /// receive(--batch-size) then delete_messages of what came, on a pre-filled queue.
+    /// receive(--batch-size) + delete_messages of what came, on a pre-filled queue.
     ReceiveAck,
-    /// send_batch + receive + delete_messages in a loop: the full life of each message.
+    /// send_batch + receive + delete_messages in a loop: each message's whole life.
     SendReceiveAck,
-    /// One producer sends one message at a time; timed until the consumer stream yields it.
+    /// one producer sends one message at a time, timed until the consumer stream yields it.
     Latency,
 }
 
@@ -292,9 +293,9 @@ pub async fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<()> {
         });
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", render(&report));
+        out!("{}", render(&report))?;
     }
     Ok(())
 }
@@ -698,9 +699,9 @@ fn progress_bar(visible: bool, len: u64, label: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{prefix:>16} [{bar:30}] {pos}/{len} {per_sec:>14} {elapsed_precise}",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {elapsed_precise}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(label.to_owned());

@@ -28,7 +28,7 @@ pub async fn run(global: &GlobalOpts, args: HealthArgs) -> anyhow::Result<()> {
             "health": health,
             "capabilities": caps,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     } else {
         let state = match &health {
             MessagingHealth::Healthy {
@@ -38,8 +38,8 @@ pub async fn run(global: &GlobalOpts, args: HealthArgs) -> anyhow::Result<()> {
             MessagingHealth::Degraded { reason } => format!("degraded: {reason}"),
             MessagingHealth::Unhealthy { error } => format!("unhealthy: {error}"),
         };
-        println!("provider: {}", service.provider());
-        println!("health:   {state}\n");
+        outln!("provider: {}", service.provider())?;
+        outln!("health:   {state}\n")?;
         let mut rows: Vec<Vec<String>> = caps
             .flags()
             .into_iter()
@@ -61,7 +61,7 @@ pub async fn run(global: &GlobalOpts, args: HealthArgs) -> anyhow::Result<()> {
             "timer_resolution".into(),
             format!("{:?}", caps.timer_resolution),
         ]);
-        print!("{}", table::render(&["capability", "supported"], &rows));
+        out!("{}", table::render(&["capability", "supported"], &rows))?;
     }
     // Degraded still serves; only an unhealthy provider fails the command (for scripts).
     if let MessagingHealth::Unhealthy { error } = &health {

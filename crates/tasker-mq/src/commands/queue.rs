@@ -56,7 +56,7 @@ pub async fn run(global: &GlobalOpts, command: QueueCommand) -> anyhow::Result<(
                 .create_queue_with(&queue, &options)
                 .await
                 .with_context(|| format!("creating queue {queue}"))?;
-            println!("created {queue}");
+            outln!("created {queue}")?;
         }
         QueueCommand::Stats(args) => {
             let queue = queue_name(&args.queue)?;
@@ -66,9 +66,9 @@ pub async fn run(global: &GlobalOpts, command: QueueCommand) -> anyhow::Result<(
                 .await
                 .with_context(|| format!("reading stats of {queue}"))?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                outln!("{}", serde_json::to_string_pretty(&stats)?)?;
             } else {
-                print!("{}", stats_table(&stats));
+                out!("{}", stats_table(&stats))?;
             }
         }
         QueueCommand::Purge(args) => {
@@ -78,7 +78,7 @@ pub async fn run(global: &GlobalOpts, command: QueueCommand) -> anyhow::Result<(
                 .purge_queue(&queue)
                 .await
                 .with_context(|| format!("purging {queue}"))?;
-            println!("purged {removed} messages from {queue}");
+            outln!("purged {removed} messages from {queue}")?;
         }
         QueueCommand::Delete(args) => {
             let queue = queue_name(&args.queue)?;
@@ -87,7 +87,7 @@ pub async fn run(global: &GlobalOpts, command: QueueCommand) -> anyhow::Result<(
                 .delete_queue(&queue)
                 .await
                 .with_context(|| format!("deleting {queue}"))?;
-            println!("deleted {queue}");
+            outln!("deleted {queue}")?;
         }
     }
     Ok(())

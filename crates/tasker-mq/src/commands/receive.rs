@@ -76,7 +76,7 @@ pub async fn run(global: &GlobalOpts, args: ReceiveArgs) -> anyhow::Result<()> {
     }
     let shown: Vec<Shown<'_>> = messages.iter().map(|m| show(m, args.ack)).collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&shown)?);
+        outln!("{}", serde_json::to_string_pretty(&shown)?)?;
     } else if shown.is_empty() {
         eprintln!("no messages available on {queue}");
     } else {
@@ -92,7 +92,7 @@ pub async fn run(global: &GlobalOpts, args: ReceiveArgs) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        print!(
+        out!(
             "{}",
             table::render(
                 &[
@@ -104,9 +104,9 @@ pub async fn run(global: &GlobalOpts, args: ReceiveArgs) -> anyhow::Result<()> {
                 ],
                 &rows
             )
-        );
+        )?;
         if args.ack {
-            println!("acked {} messages", shown.len());
+            outln!("acked {} messages", shown.len())?;
         }
     }
     Ok(())

@@ -62,7 +62,7 @@ pub async fn run(global: &GlobalOpts, args: SendArgs) -> anyhow::Result<()> {
             .send(&queue, make())
             .await
             .with_context(|| format!("sending to {queue}"))?;
-        println!("{id}");
+        outln!("{id}")?;
         return Ok(());
     }
     let chunk = service.capabilities().max_batch_size.clamp(1, 100) as u64;
@@ -78,7 +78,7 @@ pub async fn run(global: &GlobalOpts, args: SendArgs) -> anyhow::Result<()> {
             )
         })?;
         for id in ids {
-            println!("{id}");
+            outln!("{id}")?;
         }
         left -= n;
     }
