@@ -338,7 +338,10 @@ impl MessagingConfig {
         if r.backoff_multiplier < 1.0 || !r.backoff_multiplier.is_finite() {
             return Err(MessagingError::config(
                 "retry_policy.backoff_multiplier",
-                format!("must be a finite number >= 1.0, got {}", r.backoff_multiplier),
+                format!(
+                    "must be a finite number >= 1.0, got {}",
+                    r.backoff_multiplier
+                ),
             ));
         }
         if r.initial_backoff_ms > r.max_backoff_ms {
@@ -354,7 +357,10 @@ impl MessagingConfig {
         for (key, value) in [
             ("circuit_breaker.failure_threshold", cb.failure_threshold),
             ("circuit_breaker.success_threshold", cb.success_threshold),
-            ("circuit_breaker.half_open_max_calls", cb.half_open_max_calls),
+            (
+                "circuit_breaker.half_open_max_calls",
+                cb.half_open_max_calls,
+            ),
         ] {
             if value == 0 {
                 return Err(MessagingError::config(key, "must be at least 1"));
@@ -391,7 +397,9 @@ impl MessagingConfig {
             ProviderKind::Rabbitmq if c.rabbitmq.is_none() => {
                 missing("connection.rabbitmq.url", "AMQP_URL")
             }
-            ProviderKind::Redis if c.redis.is_none() => missing("connection.redis.url", "REDIS_URL"),
+            ProviderKind::Redis if c.redis.is_none() => {
+                missing("connection.redis.url", "REDIS_URL")
+            }
             ProviderKind::Nats if c.nats.is_none() => missing("connection.nats.url", "NATS_URL"),
             ProviderKind::Kafka if c.kafka.is_none() => {
                 missing("connection.kafka.brokers", "KAFKA_BROKERS")
@@ -498,11 +506,10 @@ mod tests {
         let err =
             MessagingConfig::from_toml_str("[queues]\nmax_receive_count = 'lots'").unwrap_err();
         assert_eq!(key_of(err), "queues.max_receive_count");
-        let err =
-            MessagingConfig::from_toml_str("[queues]\nnamespaces = ['Bad NS']").unwrap_err();
+        let err = MessagingConfig::from_toml_str("[queues]\nnamespaces = ['Bad NS']").unwrap_err();
         assert_eq!(key_of(err), "queues.namespaces[0]");
-        let err = MessagingConfig::from_toml_str("[retry_policy]\nbackoff_multiplier = 0.5")
-            .unwrap_err();
+        let err =
+            MessagingConfig::from_toml_str("[retry_policy]\nbackoff_multiplier = 0.5").unwrap_err();
         assert_eq!(key_of(err), "retry_policy.backoff_multiplier");
     }
 
@@ -510,14 +517,14 @@ mod tests {
     fn missing_provider_section_is_named() {
         let err = MessagingConfig::from_toml_str("provider = 'pgmq'").unwrap_err();
         assert_eq!(key_of(err), "connection.pgmq.database_url");
-        let err = MessagingConfig::from_toml_str(
-            "provider = 'pgmq'\n[connection.pgmq]\npool_size = 3",
-        )
-        .unwrap_err();
+        let err =
+            MessagingConfig::from_toml_str("provider = 'pgmq'\n[connection.pgmq]\npool_size = 3")
+                .unwrap_err();
         assert_eq!(key_of(err), "connection.pgmq.database_url");
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's own test harness signature
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -536,6 +543,19 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let text = include_str!("../../../config/tasker-mq.example.toml");
+        let c = MessagingConfig::from_toml_str(text).unwrap();
+        let d = MessagingConfig::default();
+        assert_eq!(c.provider, d.provider);
+        assert_eq!(c.retry_policy, d.retry_policy);
+        assert_eq!(c.circuit_breaker, d.circuit_breaker);
+        assert_eq!(c.resource_validation, d.resource_validation);
+        assert_eq!(c.queues.max_receive_count, d.queues.max_receive_count);
+        assert_eq!(c.queues.max_payload_bytes, d.queues.max_payload_bytes);
     }
 
     #[test]

@@ -48,8 +48,8 @@ pub mod typed;
 pub mod conformance;
 
 pub use config::{
-    CircuitBreakerConfig, ConnectionConfig, MessagingConfig, QueueConfig,
-    ResourceValidationConfig, RetryPolicy,
+    CircuitBreakerConfig, ConnectionConfig, MessagingConfig, QueueConfig, ResourceValidationConfig,
+    RetryPolicy,
 };
 pub use error::{ErrorClass, MessagingError, Result};
 pub use factory::{available_providers, build_service, build_service_with_limits, create_service};
@@ -70,3 +70,8 @@ pub use typed::{ConsumerExt, MessagingServiceExt, UndecodableMessage};
 
 #[cfg(feature = "in-memory")]
 pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
+
+/// Compiles the README's examples as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
