@@ -234,3 +234,32 @@ fn secrets_in_the_configuration_never_reach_the_output() {
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(!all.contains("hunter2"), "{all}");
 }
+
+#[test]
+fn ctrl_c_stops_a_bench_with_a_clear_error() {
+    let child = tasker_mq()
+        .args([
+            "bench",
+            "--steps",
+            "latency",
+            "--latency-samples",
+            "100000000",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tasker-mq");
+    // Long enough for the process to start and install its handler; the run itself would take
+    // minutes.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait for tasker-mq");
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "no partial report on stdout");
+}

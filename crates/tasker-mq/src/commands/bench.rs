@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -226,7 +226,28 @@ pub struct RawReport {
 
 pub async fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<()> {
     let (config, service) = global.connect().await?;
-    let baseline = raw_baseline(&config)?;
+    // The queue of the step in progress, deleted on Ctrl-C so a server keeps no leftovers.
+    let current = Arc::new(Mutex::new(None));
+    tokio::select! {
+        result = run_steps(&config, &service, args, &current) => result,
+        _ = tokio::signal::ctrl_c() => {
+            let queue = current.lock().ok().and_then(|mut q| q.take());
+            if let Some(queue) = queue {
+                // Best effort: the tasks of the interrupted step may still hold it.
+                let _ = service.delete_queue(&queue).await;
+            }
+            anyhow::bail!("interrupted; the bench queue was deleted")
+        }
+    }
+}
+
+async fn run_steps(
+    config: &MessagingConfig,
+    service: &Arc<dyn MessagingService>,
+    args: BenchArgs,
+    current: &Mutex<Option<QueueName>>,
+) -> anyhow::Result<()> {
+    let baseline = raw_baseline(config)?;
     let steps = if args.steps.is_empty() {
         Step::ALL.to_vec()
     } else {
@@ -259,10 +280,9 @@ pub async fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<()> {
             _ => plan.messages,
         };
         let bar = progress_bar(show_progress, total, step.name());
-        let measured = run_step(&service, step, &plan, &bar)
-            .await
-            .with_context(|| format!("bench step {}", step.name()))?;
+        let measured = run_step(service, step, &plan, &bar, current).await;
         bar.finish_and_clear();
+        let measured = measured.with_context(|| format!("bench step {}", step.name()))?;
         let raw =
             match &baseline {
                 Some(b) => match b.run(step, &plan).await.with_context(|| {
@@ -306,8 +326,10 @@ async fn run_step(
     step: Step,
     plan: &Plan,
     bar: &ProgressBar,
+    current: &Mutex<Option<QueueName>>,
 ) -> anyhow::Result<Measurement> {
     let queue = plan.queue_for(step)?;
+    set_current(current, Some(queue.clone()));
     service
         .create_queue(&queue)
         .await
@@ -323,9 +345,16 @@ async fn run_step(
         .delete_queue(&queue)
         .await
         .with_context(|| format!("deleting {queue}"));
+    set_current(current, None);
     let measured = result?;
     cleanup?;
     Ok(measured)
+}
+
+fn set_current(current: &Mutex<Option<QueueName>>, queue: Option<QueueName>) {
+    if let Ok(mut slot) = current.lock() {
+        *slot = queue;
+    }
 }
 
 fn templates(n: u64) -> anyhow::Result<Vec<OutgoingMessage>> {
