@@ -302,16 +302,33 @@ impl BackpressureConfig {
             ("backpressure.elevated_exit", self.elevated_exit),
             ("backpressure.critical_enter", self.critical_enter),
             ("backpressure.critical_exit", self.critical_exit),
-            ("backpressure.elevated_batch_factor", self.elevated_batch_factor),
-            ("backpressure.critical_batch_factor", self.critical_batch_factor),
+            (
+                "backpressure.elevated_batch_factor",
+                self.elevated_batch_factor,
+            ),
+            (
+                "backpressure.critical_batch_factor",
+                self.critical_batch_factor,
+            ),
         ] {
             if !(0.0..=1.0).contains(&value) {
-                return Err(MessagingError::config(key, format!("must be in [0, 1], got {value}")));
+                return Err(MessagingError::config(
+                    key,
+                    format!("must be in [0, 1], got {value}"),
+                ));
             }
         }
         for (key, exit, enter) in [
-            ("backpressure.elevated_exit", self.elevated_exit, self.elevated_enter),
-            ("backpressure.critical_exit", self.critical_exit, self.critical_enter),
+            (
+                "backpressure.elevated_exit",
+                self.elevated_exit,
+                self.elevated_enter,
+            ),
+            (
+                "backpressure.critical_exit",
+                self.critical_exit,
+                self.critical_enter,
+            ),
         ] {
             if exit >= enter {
                 return Err(MessagingError::config(
@@ -452,7 +469,10 @@ impl MessagingConfig {
         if r.backoff_multiplier < 1.0 || !r.backoff_multiplier.is_finite() {
             return Err(MessagingError::config(
                 "retry_policy.backoff_multiplier",
-                format!("must be a finite number >= 1.0, got {}", r.backoff_multiplier),
+                format!(
+                    "must be a finite number >= 1.0, got {}",
+                    r.backoff_multiplier
+                ),
             ));
         }
         if r.initial_backoff_ms > r.max_backoff_ms {
@@ -468,7 +488,10 @@ impl MessagingConfig {
         for (key, value) in [
             ("circuit_breaker.failure_threshold", cb.failure_threshold),
             ("circuit_breaker.success_threshold", cb.success_threshold),
-            ("circuit_breaker.half_open_max_calls", cb.half_open_max_calls),
+            (
+                "circuit_breaker.half_open_max_calls",
+                cb.half_open_max_calls,
+            ),
         ] {
             if value == 0 {
                 return Err(MessagingError::config(key, "must be at least 1"));
@@ -515,7 +538,9 @@ impl MessagingConfig {
             ProviderKind::Rabbitmq if c.rabbitmq.is_none() => {
                 missing("connection.rabbitmq.url", "AMQP_URL")
             }
-            ProviderKind::Redis if c.redis.is_none() => missing("connection.redis.url", "REDIS_URL"),
+            ProviderKind::Redis if c.redis.is_none() => {
+                missing("connection.redis.url", "REDIS_URL")
+            }
             ProviderKind::Nats if c.nats.is_none() => missing("connection.nats.url", "NATS_URL"),
             ProviderKind::Kafka if c.kafka.is_none() => {
                 missing("connection.kafka.brokers", "KAFKA_BROKERS")
@@ -622,11 +647,10 @@ mod tests {
         let err =
             MessagingConfig::from_toml_str("[queues]\nmax_receive_count = 'lots'").unwrap_err();
         assert_eq!(key_of(err), "queues.max_receive_count");
-        let err =
-            MessagingConfig::from_toml_str("[queues]\nnamespaces = ['Bad NS']").unwrap_err();
+        let err = MessagingConfig::from_toml_str("[queues]\nnamespaces = ['Bad NS']").unwrap_err();
         assert_eq!(key_of(err), "queues.namespaces[0]");
-        let err = MessagingConfig::from_toml_str("[retry_policy]\nbackoff_multiplier = 0.5")
-            .unwrap_err();
+        let err =
+            MessagingConfig::from_toml_str("[retry_policy]\nbackoff_multiplier = 0.5").unwrap_err();
         assert_eq!(key_of(err), "retry_policy.backoff_multiplier");
     }
 
@@ -634,10 +658,9 @@ mod tests {
     fn missing_provider_section_is_named() {
         let err = MessagingConfig::from_toml_str("provider = 'pgmq'").unwrap_err();
         assert_eq!(key_of(err), "connection.pgmq.database_url");
-        let err = MessagingConfig::from_toml_str(
-            "provider = 'pgmq'\n[connection.pgmq]\npool_size = 3",
-        )
-        .unwrap_err();
+        let err =
+            MessagingConfig::from_toml_str("provider = 'pgmq'\n[connection.pgmq]\npool_size = 3")
+                .unwrap_err();
         assert_eq!(key_of(err), "connection.pgmq.database_url");
     }
 
@@ -688,7 +711,8 @@ mod tests {
         assert_eq!(c.backpressure.min_dwell_ms, 5_000);
         let c = MessagingConfig::from_toml_str("[retry_policy]\njitter = false").unwrap();
         assert!(!c.retry_policy.jitter);
-        let err = MessagingConfig::from_toml_str("[backpressure]\nelevated_exit = 0.7").unwrap_err();
+        let err =
+            MessagingConfig::from_toml_str("[backpressure]\nelevated_exit = 0.7").unwrap_err();
         assert_eq!(key_of(err), "backpressure.elevated_exit");
         let err =
             MessagingConfig::from_toml_str("[backpressure]\ncritical_enter = 0.6").unwrap_err();

@@ -195,7 +195,10 @@ pub struct BackpressureService {
 }
 
 impl BackpressureService {
-    pub fn new(inner: Arc<dyn MessagingService>, controller: Arc<GlobalBackpressureController>) -> Self {
+    pub fn new(
+        inner: Arc<dyn MessagingService>,
+        controller: Arc<GlobalBackpressureController>,
+    ) -> Self {
         BackpressureService { inner, controller }
     }
 
@@ -232,7 +235,11 @@ impl MessagingService for BackpressureService {
     ) -> Result<()> {
         self.inner.create_queue_with(queue, options).await
     }
-    async fn send(&self, queue: &crate::QueueName, message: crate::OutgoingMessage) -> Result<crate::MessageId> {
+    async fn send(
+        &self,
+        queue: &crate::QueueName,
+        message: crate::OutgoingMessage,
+    ) -> Result<crate::MessageId> {
         self.inner.send(queue, message).await
     }
     async fn send_batch(
@@ -251,7 +258,11 @@ impl MessagingService for BackpressureService {
         let n = self.controller.batch_size_for(max_messages);
         self.inner.receive(queue, n, visibility_timeout).await
     }
-    async fn delete_message(&self, queue: &crate::QueueName, receipt: &crate::ReceiptHandle) -> Result<()> {
+    async fn delete_message(
+        &self,
+        queue: &crate::QueueName,
+        receipt: &crate::ReceiptHandle,
+    ) -> Result<()> {
         self.inner.delete_message(queue, receipt).await
     }
     async fn delete_messages(
@@ -279,10 +290,17 @@ impl MessagingService for BackpressureService {
     ) -> Result<()> {
         self.inner.dead_letter_message(queue, receipt, reason).await
     }
-    async fn redrive_dead_letters(&self, queue: &crate::QueueName, max_messages: usize) -> Result<u64> {
+    async fn redrive_dead_letters(
+        &self,
+        queue: &crate::QueueName,
+        max_messages: usize,
+    ) -> Result<u64> {
         self.inner.redrive_dead_letters(queue, max_messages).await
     }
-    async fn get_queue_stats(&self, queue: &crate::QueueName) -> Result<crate::service::QueueStats> {
+    async fn get_queue_stats(
+        &self,
+        queue: &crate::QueueName,
+    ) -> Result<crate::service::QueueStats> {
         self.inner.get_queue_stats(queue).await
     }
     async fn purge_queue(&self, queue: &crate::QueueName) -> Result<u64> {
@@ -328,7 +346,11 @@ mod tests {
     }
 
     /// Feeds `signal(t)` every 50 ms for `secs` seconds of paused time; returns the changes.
-    async fn drive(c: &GlobalBackpressureController, secs: u64, signal: impl Fn(u64) -> f64) -> u64 {
+    async fn drive(
+        c: &GlobalBackpressureController,
+        secs: u64,
+        signal: impl Fn(u64) -> f64,
+    ) -> u64 {
         let before = c.transitions();
         for tick in 0..secs * 20 {
             c.update_pressure(signal(tick));
@@ -344,7 +366,10 @@ mod tests {
         let c = GlobalBackpressureController::new(config(5_000));
         let changes = drive(&c, 60, square).await;
         assert!(changes >= 2, "it must still react: {changes}");
-        assert!(changes <= 60_000 / 5_000 + 1, "{changes} changes in 60 s with a 5 s dwell");
+        assert!(
+            changes <= 60_000 / 5_000 + 1,
+            "{changes} changes in 60 s with a 5 s dwell"
+        );
 
         // The same signal without dwell flaps on nearly every flip: the dwell is what bounds it.
         let undamped = GlobalBackpressureController::new(config(0));
@@ -372,7 +397,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.pressure(&sample), 1.0);
-        assert_eq!(c.update(&sample), PressureLevel::Elevated, "one step at a time");
+        assert_eq!(
+            c.update(&sample),
+            PressureLevel::Elevated,
+            "one step at a time"
+        );
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().level, PressureLevel::Elevated);
         assert_eq!(c.update(&sample), PressureLevel::Elevated, "dwell not over");
@@ -380,14 +409,21 @@ mod tests {
         assert_eq!(c.update(&sample), PressureLevel::Critical);
         assert_eq!(c.batch_size_for(100), 10);
         assert_eq!(c.batch_size_for(5), 1, "never zero");
-        assert_eq!(c.poll_interval_for(Duration::from_millis(100)), Duration::from_secs(1));
+        assert_eq!(
+            c.poll_interval_for(Duration::from_millis(100)),
+            Duration::from_secs(1)
+        );
         let latency = PressureSample {
             latency: Duration::from_millis(800),
             ..Default::default()
         };
         assert!((c.pressure(&latency) - 0.8).abs() < 1e-9);
         tokio::time::advance(Duration::from_millis(1_000)).await;
-        assert_eq!(c.update(&latency), PressureLevel::Critical, "0.8 is above critical_exit");
+        assert_eq!(
+            c.update(&latency),
+            PressureLevel::Critical,
+            "0.8 is above critical_exit"
+        );
         let errors = PressureSample {
             error_rate: 0.25,
             ..Default::default()
@@ -412,7 +448,12 @@ mod tests {
         c.update_pressure(1.0);
         assert_eq!(svc.receive(&queue, 20, vt).await.unwrap().len(), 2);
         let start = Instant::now();
-        svc.wait_for_messages(&queue, Duration::from_millis(100)).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(1), "polling stretched tenfold");
+        svc.wait_for_messages(&queue, Duration::from_millis(100))
+            .await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(1),
+            "polling stretched tenfold"
+        );
     }
 }

@@ -30,9 +30,11 @@ impl Ledger {
     fn used(&self) -> ResourceRequirements {
         self.held
             .values()
-            .fold(ResourceRequirements::default(), |acc, (_, r)| ResourceRequirements {
-                db_connections: acc.db_connections + r.db_connections,
-                memory_mb: acc.memory_mb + r.memory_mb,
+            .fold(ResourceRequirements::default(), |acc, (_, r)| {
+                ResourceRequirements {
+                    db_connections: acc.db_connections + r.db_connections,
+                    memory_mb: acc.memory_mb + r.memory_mb,
+                }
             })
     }
 
@@ -155,7 +157,9 @@ impl ResourceBudget {
         }
         ledger.next_id += 1;
         let id = ledger.next_id;
-        ledger.held.insert(id, (owner.to_owned(), requirements.clone()));
+        ledger
+            .held
+            .insert(id, (owner.to_owned(), requirements.clone()));
         Ok(BudgetReservation {
             budget: self.clone(),
             id,
@@ -184,7 +188,10 @@ impl ResourceBudget {
 
 /// What a configured service will hold: the larger of what the service states and what the
 /// configuration implies (the provider's connections, `memory_per_queue_mb` per namespace queue).
-pub fn requirements_for(config: &MessagingConfig, service: &dyn MessagingService) -> ResourceRequirements {
+pub fn requirements_for(
+    config: &MessagingConfig,
+    service: &dyn MessagingService,
+) -> ResourceRequirements {
     let stated = service.resource_requirements();
     let queues = config.queues.namespaces.len().max(1) as u64;
     ResourceRequirements {
@@ -241,13 +248,22 @@ mod tests {
                 available,
             } => {
                 assert_eq!((*required, *available), (20, 10));
-                assert!(resource.contains("budget 40") && resource.contains("executor_pool: 30"), "{resource}");
+                assert!(
+                    resource.contains("budget 40") && resource.contains("executor_pool: 30"),
+                    "{resource}"
+                );
             }
             other => panic!("{other}"),
         }
         let messaging = budget.reserve("messaging", req(10, 64)).unwrap();
-        assert!(budget.reserve("other", req(1, 0)).is_err(), "budget is full");
-        let err = budget.reserve("other", req(0, 449)).unwrap_err().to_string();
+        assert!(
+            budget.reserve("other", req(1, 0)).is_err(),
+            "budget is full"
+        );
+        let err = budget
+            .reserve("other", req(0, 449))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("449") && err.contains("448"), "{err}");
         assert_eq!(budget.snapshot().db_connections_used, 40);
         drop(executors);
@@ -258,7 +274,10 @@ mod tests {
 
     #[test]
     fn unknown_limits_and_unenforced_budgets_admit_everything() {
-        let budget = ResourceBudget::new(&SystemResourceLimits::unknown(), &ResourceValidationConfig::default());
+        let budget = ResourceBudget::new(
+            &SystemResourceLimits::unknown(),
+            &ResourceValidationConfig::default(),
+        );
         let _a = budget.reserve("a", req(10_000, 10_000)).unwrap();
         let limits = SystemResourceLimits {
             database_max_connections: Some(10),
@@ -287,10 +306,16 @@ mod tests {
         };
         let text = err.to_string();
         assert!(text.contains("640") && text.contains("512"), "{text}");
-        assert_eq!(budget.snapshot().memory_mb_used, 0, "a refusal reserves nothing");
+        assert_eq!(
+            budget.snapshot().memory_mb_used,
+            0,
+            "a refusal reserves nothing"
+        );
 
         let budget = ResourceBudget::with_totals(None, Some(1_024));
-        let (svc, reservation) = initialize_within_budget(&config, &budget, "messaging").await.unwrap();
+        let (svc, reservation) = initialize_within_budget(&config, &budget, "messaging")
+            .await
+            .unwrap();
         assert_eq!(reservation.requirements().memory_mb, 640);
         assert!(svc.health_check().await.unwrap().is_healthy());
         assert_eq!(budget.snapshot().memory_mb_used, 640);

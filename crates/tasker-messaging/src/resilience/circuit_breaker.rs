@@ -54,6 +54,10 @@ pub struct CircuitBreaker {
     name: String,
     config: CircuitBreakerConfig,
     state: Mutex<BreakerState>,
+    /// Lock-free fast path for the open state: nanoseconds after `base` until which the breaker
+    /// stays open, 0 when not open. Written under the lock, read without it.
+    open_until: AtomicU64,
+    base: Instant,
     calls: AtomicU64,
     failures: AtomicU64,
     rejected: AtomicU64,
@@ -74,12 +78,14 @@ pub struct CallPermit<'a> {
 impl CallPermit<'_> {
     pub fn success(mut self) {
         self.done = true;
-        self.breaker.on_result(self.generation, self.half_open, true);
+        self.breaker
+            .on_result(self.generation, self.half_open, true);
     }
 
     pub fn failure(mut self) {
         self.done = true;
-        self.breaker.on_result(self.generation, self.half_open, false);
+        self.breaker
+            .on_result(self.generation, self.half_open, false);
     }
 }
 
@@ -125,6 +131,8 @@ impl CircuitBreaker {
                 last_change: Instant::now(),
                 generation: 0,
             }),
+            open_until: AtomicU64::new(0),
+            base: Instant::now(),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -154,6 +162,16 @@ impl CircuitBreaker {
         s.generation += 1;
         s.half_open_successes = 0;
         s.half_open_in_flight = 0;
+        let open_until = match to {
+            CircuitState::Open => {
+                let until = now
+                    .saturating_duration_since(self.base)
+                    .saturating_add(self.timeout());
+                u64::try_from(until.as_nanos()).unwrap_or(u64::MAX).max(1)
+            }
+            _ => 0,
+        };
+        self.open_until.store(open_until, Ordering::Release);
         match to {
             CircuitState::Open => {
                 s.opened_at = Some(now);
@@ -187,6 +205,13 @@ impl CircuitBreaker {
     /// Asks to make one call: a permit, or `CircuitOpen` without calling anything.
     pub fn try_acquire(&self) -> Result<CallPermit<'_>> {
         let now = Instant::now();
+        let open_until = self.open_until.load(Ordering::Acquire);
+        if open_until != 0
+            && now.saturating_duration_since(self.base).as_nanos() < open_until as u128
+        {
+            // Open and not yet due for a probe: refuse without touching the lock.
+            return Err(self.reject());
+        }
         let mut s = self.state.lock();
         self.refresh(&mut s, now);
         let half_open = match s.state {
@@ -325,7 +350,11 @@ impl CircuitBreakerManager {
     }
 
     /// The breaker named `name`, created with `config` if new (an existing one keeps its own).
-    pub fn get_or_create_with(&self, name: &str, config: CircuitBreakerConfig) -> Arc<CircuitBreaker> {
+    pub fn get_or_create_with(
+        &self,
+        name: &str,
+        config: CircuitBreakerConfig,
+    ) -> Arc<CircuitBreaker> {
         if let Some(b) = self.breakers.read().get(name) {
             return b.clone();
         }
@@ -398,7 +427,11 @@ mod tests {
     use crate::queue_name::QueueName;
     use crate::resilience::fault::{FaultControl, FaultInjectingService};
 
-    fn config(failure_threshold: u32, success_threshold: u32, half_open_max_calls: u32) -> CircuitBreakerConfig {
+    fn config(
+        failure_threshold: u32,
+        success_threshold: u32,
+        half_open_max_calls: u32,
+    ) -> CircuitBreakerConfig {
         CircuitBreakerConfig {
             failure_threshold,
             success_threshold,
@@ -407,13 +440,16 @@ mod tests {
         }
     }
 
-    async fn protected(cfg: CircuitBreakerConfig) -> (CircuitBreakerService, Arc<FaultControl>, QueueName) {
+    async fn protected(
+        cfg: CircuitBreakerConfig,
+    ) -> (CircuitBreakerService, Arc<FaultControl>, QueueName) {
         let mem: Arc<dyn MessagingService> = Arc::new(InMemoryMessageService::default());
         let queue = QueueName::new("cb_queue").unwrap();
         mem.create_queue(&queue).await.unwrap();
         let fault = FaultInjectingService::new(mem);
         let control = fault.control();
-        let svc = CircuitBreakerService::new(Arc::new(fault), Arc::new(CircuitBreaker::new("test", cfg)));
+        let svc =
+            CircuitBreakerService::new(Arc::new(fault), Arc::new(CircuitBreaker::new("test", cfg)));
         (svc, control, queue)
     }
 
@@ -423,8 +459,15 @@ mod tests {
         let b = svc.breaker().clone();
         control.fail_always();
         for i in 0..3 {
-            assert_eq!(b.state(), CircuitState::Closed, "still closed after {i} failures");
-            let err = svc.receive(&queue, 1, Duration::from_secs(1)).await.unwrap_err();
+            assert_eq!(
+                b.state(),
+                CircuitState::Closed,
+                "still closed after {i} failures"
+            );
+            let err = svc
+                .receive(&queue, 1, Duration::from_secs(1))
+                .await
+                .unwrap_err();
             assert!(matches!(err, MessagingError::Connection { .. }), "{err}");
         }
         assert_eq!(b.state(), CircuitState::Open);
@@ -433,10 +476,17 @@ mod tests {
         // Open: fails fast, the backend is not touched.
         let reached = control.calls();
         for _ in 0..100 {
-            let err = svc.receive(&queue, 1, Duration::from_secs(1)).await.unwrap_err();
+            let err = svc
+                .receive(&queue, 1, Duration::from_secs(1))
+                .await
+                .unwrap_err();
             assert!(matches!(err, MessagingError::CircuitOpen { ref name } if name == "test"));
         }
-        assert_eq!(control.calls(), reached, "open circuit must not call the backend");
+        assert_eq!(
+            control.calls(),
+            reached,
+            "open circuit must not call the backend"
+        );
 
         tokio::time::advance(Duration::from_millis(999)).await;
         assert_eq!(b.state(), CircuitState::Open);
@@ -444,15 +494,21 @@ mod tests {
         assert_eq!(b.state(), CircuitState::HalfOpen);
 
         // A failing probe reopens it and restarts the timeout.
-        svc.receive(&queue, 1, Duration::from_secs(1)).await.unwrap_err();
+        svc.receive(&queue, 1, Duration::from_secs(1))
+            .await
+            .unwrap_err();
         assert_eq!(b.state(), CircuitState::Open);
         tokio::time::advance(Duration::from_millis(1_000)).await;
         assert_eq!(b.state(), CircuitState::HalfOpen);
 
         control.heal();
-        svc.receive(&queue, 1, Duration::from_secs(1)).await.unwrap();
+        svc.receive(&queue, 1, Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(b.state(), CircuitState::HalfOpen, "one success of two");
-        svc.receive(&queue, 1, Duration::from_secs(1)).await.unwrap();
+        svc.receive(&queue, 1, Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(b.state(), CircuitState::Closed);
         let snap = b.snapshot();
         assert_eq!(snap.times_opened, 2);
@@ -467,7 +523,10 @@ mod tests {
         let (svc, _control, _queue) = protected(config(2, 1, 1)).await;
         let missing = QueueName::new("no_such_queue").unwrap();
         for _ in 0..20 {
-            let err = svc.send(&missing, OutgoingMessage::new("x")).await.unwrap_err();
+            let err = svc
+                .send(&missing, OutgoingMessage::new("x"))
+                .await
+                .unwrap_err();
             assert!(matches!(err, MessagingError::QueueNotFound { .. }));
             let err = svc
                 .delete_message(&missing, &crate::ReceiptHandle::from_text("bogus"))
@@ -505,7 +564,9 @@ mod tests {
         };
         let (svc, control, queue) = protected(cfg).await;
         control.fail_next(1);
-        svc.receive(&queue, 1, Duration::from_secs(1)).await.unwrap_err();
+        svc.receive(&queue, 1, Duration::from_secs(1))
+            .await
+            .unwrap_err();
         // timeout 0: the next call finds it half-open.
         control.set_latency(Duration::from_millis(50));
         let before = control.calls();
@@ -522,9 +583,16 @@ mod tests {
                 fast_failed += 1;
             }
         }
-        assert!(control.max_concurrent() <= 2, "{} probes at once", control.max_concurrent());
+        assert!(
+            control.max_concurrent() <= 2,
+            "{} probes at once",
+            control.max_concurrent()
+        );
         assert!(control.calls() - before >= 2);
-        assert!(fast_failed >= 1, "some of 32 concurrent calls must be refused");
+        assert!(
+            fast_failed >= 1,
+            "some of 32 concurrent calls must be refused"
+        );
     }
 
     #[tokio::test]

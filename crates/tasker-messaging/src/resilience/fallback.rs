@@ -26,7 +26,11 @@ pub struct FallbackService {
 }
 
 impl FallbackService {
-    pub fn new(inner: Arc<dyn MessagingService>, primary: ProviderKind, reason: impl Into<String>) -> Self {
+    pub fn new(
+        inner: Arc<dyn MessagingService>,
+        primary: ProviderKind,
+        reason: impl Into<String>,
+    ) -> Self {
         FallbackService {
             inner,
             primary,
@@ -79,12 +83,15 @@ impl Layer for FallbackService {
 
 layered_service!(FallbackService, health = fallback_health);
 
+/// Builds a service on demand (the fallback is only built when needed).
+pub type ServiceFactory = Box<dyn FnOnce() -> Result<Arc<dyn MessagingService>> + Send>;
+
 /// Initializes `primary`; if that fails, initializes `secondary` and returns it wrapped in a
 /// [`FallbackService`] carrying the primary's error as the reason.
 pub async fn start_with_fallback(
     primary: Result<Arc<dyn MessagingService>>,
     primary_kind: ProviderKind,
-    secondary: Option<Box<dyn FnOnce() -> Result<Arc<dyn MessagingService>> + Send>>,
+    secondary: Option<ServiceFactory>,
 ) -> Result<Arc<dyn MessagingService>> {
     let primary_error = match primary {
         Ok(service) => match service.initialize().await {
@@ -108,7 +115,11 @@ pub async fn start_with_fallback(
         .await
         .map_err(|e| both_failed(primary_kind, &reason, e))?;
     tracing::warn!(primary = %primary_kind, fallback = %secondary_kind, %reason, "running on the fallback messaging provider");
-    Ok(Arc::new(FallbackService::new(service, primary_kind, reason)))
+    Ok(Arc::new(FallbackService::new(
+        service,
+        primary_kind,
+        reason,
+    )))
 }
 
 fn both_failed(primary: ProviderKind, reason: &str, secondary: MessagingError) -> MessagingError {
@@ -118,14 +129,16 @@ fn both_failed(primary: ProviderKind, reason: &str, secondary: MessagingError) -
 }
 
 /// Builds the configured provider, or the `[fallback]` provider when it cannot start.
-pub async fn build_service_with_fallback(config: &MessagingConfig) -> Result<Arc<dyn MessagingService>> {
+pub async fn build_service_with_fallback(
+    config: &MessagingConfig,
+) -> Result<Arc<dyn MessagingService>> {
     config.validate()?;
     let secondary = config.fallback.as_ref().map(|f| {
         let mut secondary = config.clone();
         secondary.provider = f.provider;
         secondary.fallback = None;
         Box::new(move || create_service(&secondary))
-            as Box<dyn FnOnce() -> Result<Arc<dyn MessagingService>> + Send>
+            as ServiceFactory
     });
     start_with_fallback(create_service(config), config.provider, secondary).await
 }
@@ -166,7 +179,9 @@ mod tests {
         }
         let q = QueueName::new("fallback_q").unwrap();
         svc.create_queue(&q).await.unwrap();
-        svc.send(&q, crate::OutgoingMessage::new("works")).await.unwrap();
+        svc.send(&q, crate::OutgoingMessage::new("works"))
+            .await
+            .unwrap();
         assert_eq!(svc.get_queue_stats(&q).await.unwrap().message_count, 1);
 
         let no_fallback = MessagingConfig::from_toml_str(
@@ -184,9 +199,13 @@ mod tests {
         let (primary, control) = faulty(true);
         let (secondary, _) = faulty(false);
         let secondary2 = secondary.clone();
-        let svc = start_with_fallback(Ok(primary), ProviderKind::Pgmq, Some(Box::new(move || Ok(secondary2))))
-            .await
-            .unwrap();
+        let svc = start_with_fallback(
+            Ok(primary),
+            ProviderKind::Pgmq,
+            Some(Box::new(move || Ok(secondary2))),
+        )
+        .await
+        .unwrap();
         assert_eq!(control.injected(), 1);
         let health = svc.health_check().await.unwrap();
         assert!(
@@ -195,17 +214,33 @@ mod tests {
         );
 
         let (primary, _) = faulty(false);
-        let svc = start_with_fallback(Ok(primary), ProviderKind::InMemory, Some(Box::new(move || Ok(secondary))))
-            .await
-            .unwrap();
-        assert!(svc.health_check().await.unwrap().is_healthy(), "the primary runs undecorated");
+        let svc = start_with_fallback(
+            Ok(primary),
+            ProviderKind::InMemory,
+            Some(Box::new(move || Ok(secondary))),
+        )
+        .await
+        .unwrap();
+        assert!(
+            svc.health_check().await.unwrap().is_healthy(),
+            "the primary runs undecorated"
+        );
 
         let (primary, _) = faulty(true);
         let (bad_secondary, _) = faulty(true);
-        let err = match start_with_fallback(Ok(primary), ProviderKind::Pgmq, Some(Box::new(move || Ok(bad_secondary)))).await {
+        let err = match start_with_fallback(
+            Ok(primary),
+            ProviderKind::Pgmq,
+            Some(Box::new(move || Ok(bad_secondary))),
+        )
+        .await
+        {
             Err(e) => e.to_string(),
             Ok(_) => panic!("both fail"),
         };
-        assert!(err.contains("pgmq could not start") && err.contains("fallback could not"), "{err}");
+        assert!(
+            err.contains("pgmq could not start") && err.contains("fallback could not"),
+            "{err}"
+        );
     }
 }

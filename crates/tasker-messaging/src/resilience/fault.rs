@@ -115,10 +115,13 @@ impl FaultControl {
     }
 
     fn error(&self, provider: ProviderKind, op: Op) -> MessagingError {
-        self.error.lock().clone().unwrap_or(MessagingError::Connection {
-            provider,
-            message: format!("injected fault during {op}"),
-        })
+        self.error
+            .lock()
+            .clone()
+            .unwrap_or(MessagingError::Connection {
+                provider,
+                message: format!("injected fault during {op}"),
+            })
     }
 }
 
@@ -150,7 +153,6 @@ impl FaultInjectingService {
     pub fn control(&self) -> Arc<FaultControl> {
         self.control.clone()
     }
-
 
     async fn run<T, F, Fut>(&self, op: Op, f: F) -> Result<T>
     where

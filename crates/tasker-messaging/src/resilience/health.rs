@@ -338,12 +338,25 @@ mod tests {
         let mut m = HealthStateMachine::new();
         m.transition(HealthState::Healthy).unwrap();
         let err = m.transition(unhealthy("down")).unwrap_err();
-        assert_eq!(err, InvalidHealthTransition { from: "healthy", to: "unhealthy" });
-        assert_eq!(m.state(), &HealthState::Healthy, "a refused move leaves the state");
+        assert_eq!(
+            err,
+            InvalidHealthTransition {
+                from: "healthy",
+                to: "unhealthy"
+            }
+        );
+        assert_eq!(
+            m.state(),
+            &HealthState::Healthy,
+            "a refused move leaves the state"
+        );
         assert!(m.transition(HealthState::Starting).is_err());
         m.transition(degraded("slow")).unwrap();
         m.transition(unhealthy("down")).unwrap();
-        assert!(m.transition(HealthState::Healthy).is_err(), "recovery goes through degraded");
+        assert!(
+            m.transition(HealthState::Healthy).is_err(),
+            "recovery goes through degraded"
+        );
         m.transition(degraded("recovering")).unwrap();
         m.transition(HealthState::Healthy).unwrap();
         assert_eq!(m.transitions(), 5);
@@ -367,7 +380,8 @@ mod tests {
         ));
         let svc: Arc<dyn MessagingService> =
             Arc::new(CircuitBreakerService::new(Arc::new(fault), breaker.clone()));
-        let monitor = HealthMonitor::new(svc.clone(), HealthPolicy::default()).with_breaker(breaker);
+        let monitor =
+            HealthMonitor::new(svc.clone(), HealthPolicy::default()).with_breaker(breaker);
         assert_eq!(monitor.state(), HealthState::Starting);
         assert_eq!(monitor.evaluate().await, HealthState::Healthy);
 
@@ -378,7 +392,10 @@ mod tests {
             }
             let _ = svc.get_queue_stats(&queue).await;
         }
-        assert!(matches!(monitor.evaluate().await, HealthState::Degraded { .. }));
+        assert!(matches!(
+            monitor.evaluate().await,
+            HealthState::Degraded { .. }
+        ));
         assert!(matches!(monitor.evaluate().await, HealthState::Healthy));
 
         // The backend goes down: the health check fails and the breaker opens.
@@ -387,8 +404,14 @@ mod tests {
             let _ = svc.get_queue_stats(&queue).await;
         }
         let s = monitor.evaluate().await;
-        assert!(matches!(s, HealthState::Degraded { .. }), "one step down first: {s}");
-        assert!(matches!(monitor.evaluate().await, HealthState::Unhealthy { .. }));
+        assert!(
+            matches!(s, HealthState::Degraded { .. }),
+            "one step down first: {s}"
+        );
+        assert!(matches!(
+            monitor.evaluate().await,
+            HealthState::Unhealthy { .. }
+        ));
 
         control.heal();
         tokio::time::advance(Duration::from_millis(1_000)).await;

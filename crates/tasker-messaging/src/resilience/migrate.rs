@@ -82,8 +82,15 @@ pub async fn migrate_queue(
     mut progress: impl FnMut(&MigrationProgress) + Send,
 ) -> Result<MigrationReport> {
     let start = Instant::now();
-    let target_queue = options.target_queue.clone().unwrap_or_else(|| queue.clone());
-    let initial_estimate = from.get_queue_stats(queue).await.ok().map(|s| s.message_count);
+    let target_queue = options
+        .target_queue
+        .clone()
+        .unwrap_or_else(|| queue.clone());
+    let initial_estimate = from
+        .get_queue_stats(queue)
+        .await
+        .ok()
+        .map(|s| s.message_count);
     if options.create_target_queue {
         to.create_queue(&target_queue).await?;
     }
@@ -104,7 +111,9 @@ pub async fn migrate_queue(
             Some(max) => batch_size.min((max - state.moved) as usize),
             None => batch_size,
         };
-        let batch = from.receive(queue, want, options.visibility_timeout).await?;
+        let batch = from
+            .receive(queue, want, options.visibility_timeout)
+            .await?;
         if batch.is_empty() {
             break;
         }

@@ -166,7 +166,10 @@ mod tests {
     /// millisecond: allow one millisecond per sleep.
     fn assert_ms(elapsed: Duration, expected_ms: u64) {
         let ms = elapsed.as_millis() as u64;
-        assert!((expected_ms..=expected_ms + 3).contains(&ms), "{ms} ms, expected {expected_ms}");
+        assert!(
+            (expected_ms..=expected_ms + 3).contains(&ms),
+            "{ms} ms, expected {expected_ms}"
+        );
     }
 
     async fn faulty(name: &str) -> (Arc<dyn MessagingService>, Arc<FaultControl>, QueueName) {
@@ -185,13 +188,19 @@ mod tests {
         let svc = RetryService::new(inner, policy(3, false));
         control.fail_next(3);
         let start = Instant::now();
-        let got = svc.receive(&queue, 10, Duration::from_secs(30)).await.unwrap();
+        let got = svc
+            .receive(&queue, 10, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(control.calls(), 4);
         assert_ms(start.elapsed(), 100 + 200 + 400);
 
         control.fail_next(4);
-        let err = svc.receive(&queue, 10, Duration::from_secs(30)).await.unwrap_err();
+        let err = svc
+            .receive(&queue, 10, Duration::from_secs(30))
+            .await
+            .unwrap_err();
         assert!(matches!(err, MessagingError::Connection { .. }));
         assert_eq!(control.calls(), 4 + 4, "one attempt plus max_retries");
     }
@@ -217,7 +226,9 @@ mod tests {
         let (inner, control, queue) = faulty("retry_permanent").await;
         let svc = RetryService::new(inner, policy(5, false));
         let missing = QueueName::new("retry_missing").unwrap();
-        svc.receive(&missing, 1, Duration::from_secs(1)).await.unwrap_err();
+        svc.receive(&missing, 1, Duration::from_secs(1))
+            .await
+            .unwrap_err();
         assert_eq!(control.calls(), 1);
 
         control.fail_next(1);
@@ -232,7 +243,10 @@ mod tests {
             },
         );
         control.fail_next(1);
-        no_send_retry.send(&queue, OutgoingMessage::new("x")).await.unwrap_err();
+        no_send_retry
+            .send(&queue, OutgoingMessage::new("x"))
+            .await
+            .unwrap_err();
         assert_eq!(control.calls(), 3);
         control.fail_next(1);
         svc.send(&queue, OutgoingMessage::new("x")).await.unwrap();
@@ -256,14 +270,20 @@ mod tests {
         let svc = RetryService::new(protected, policy(10, false)).with_breaker(breaker.clone());
         control.fail_always();
         let start = Instant::now();
-        let err = svc.receive(&queue, 1, Duration::from_secs(1)).await.unwrap_err();
+        let err = svc
+            .receive(&queue, 1, Duration::from_secs(1))
+            .await
+            .unwrap_err();
         assert!(matches!(err, MessagingError::CircuitOpen { .. }), "{err}");
         assert_eq!(control.calls(), 3, "no call after the breaker opened");
         assert_ms(start.elapsed(), 100 + 200);
 
         // Another caller while open: fails at once, no sleeping, no backend call.
         let start = Instant::now();
-        let err = svc.receive(&queue, 1, Duration::from_secs(1)).await.unwrap_err();
+        let err = svc
+            .receive(&queue, 1, Duration::from_secs(1))
+            .await
+            .unwrap_err();
         assert!(matches!(err, MessagingError::CircuitOpen { .. }));
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(control.calls(), 3);

@@ -147,7 +147,9 @@ impl ShadowService {
             Err(_) => format!("{op} timed out after {:?}", self.shadow_timeout),
         };
         tracing::warn!(%op, %error, shadow = %self.shadow.provider(), "shadow call failed");
-        self.counters.shadow_failures.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .shadow_failures
+            .fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock() = Some(format!("{op}: {error}"));
         None
     }
@@ -155,19 +157,31 @@ impl ShadowService {
     async fn mirror_write<T>(&self, op: Op, fut: impl Future<Output = Result<T>>) -> Option<T> {
         let r = self.on_shadow(op, fut).await;
         if r.is_some() {
-            self.counters.writes_mirrored.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .writes_mirrored
+                .fetch_add(1, Ordering::Relaxed);
         }
         r
     }
 
-    fn compare_batches(&self, queue: &QueueName, primary: &[ReceivedMessage], shadow: &[ReceivedMessage]) {
-        self.counters.receives_compared.fetch_add(1, Ordering::Relaxed);
-        let primary_ids: HashSet<MessageId> = primary.iter().map(|m| m.metadata.message_id).collect();
+    fn compare_batches(
+        &self,
+        queue: &QueueName,
+        primary: &[ReceivedMessage],
+        shadow: &[ReceivedMessage],
+    ) {
+        self.counters
+            .receives_compared
+            .fetch_add(1, Ordering::Relaxed);
+        let primary_ids: HashSet<MessageId> =
+            primary.iter().map(|m| m.metadata.message_id).collect();
         let shadow_ids: HashSet<MessageId> = shadow.iter().map(|m| m.metadata.message_id).collect();
         let mut l = self.leases.lock();
         for m in primary {
             if l.primary.len() >= MAX_TRACKED_LEASES {
-                self.counters.untracked_leases.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .untracked_leases
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             l.primary
@@ -194,17 +208,27 @@ impl ShadowService {
     }
 
     /// Forgets the lease of `receipt`; returns the shadow's receipt for the same message.
-    fn take_shadow_receipt(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Option<ReceiptHandle> {
+    fn take_shadow_receipt(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+    ) -> Option<ReceiptHandle> {
         let mut l = self.leases.lock();
         let id = l.primary.remove(&(queue.clone(), receipt.clone()))?;
         let shadow = l.shadow.remove(&(queue.clone(), id));
         if shadow.is_none() {
-            self.counters.acks_without_shadow_copy.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .acks_without_shadow_copy
+                .fetch_add(1, Ordering::Relaxed);
         }
         shadow
     }
 
-    fn peek_shadow_receipt(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Option<ReceiptHandle> {
+    fn peek_shadow_receipt(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+    ) -> Option<ReceiptHandle> {
         let l = self.leases.lock();
         let id = l.primary.get(&(queue.clone(), receipt.clone()))?;
         l.shadow.get(&(queue.clone(), *id)).cloned()
@@ -258,7 +282,10 @@ impl MessagingService for ShadowService {
     }
 
     fn resource_requirements(&self) -> ResourceRequirements {
-        let (p, s) = (self.primary.resource_requirements(), self.shadow.resource_requirements());
+        let (p, s) = (
+            self.primary.resource_requirements(),
+            self.shadow.resource_requirements(),
+        );
         ResourceRequirements {
             db_connections: p.db_connections + s.db_connections,
             memory_mb: p.memory_mb + s.memory_mb,
@@ -267,7 +294,8 @@ impl MessagingService for ShadowService {
 
     async fn initialize(&self) -> Result<()> {
         self.primary.initialize().await?;
-        self.on_shadow(Op::Initialize, self.shadow.initialize()).await;
+        self.on_shadow(Op::Initialize, self.shadow.initialize())
+            .await;
         Ok(())
     }
 
@@ -283,14 +311,20 @@ impl MessagingService for ShadowService {
 
     async fn create_queue_with(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
         self.primary.create_queue_with(queue, options).await?;
-        self.mirror_write(Op::CreateQueue, self.shadow.create_queue_with(queue, options))
-            .await;
+        self.mirror_write(
+            Op::CreateQueue,
+            self.shadow.create_queue_with(queue, options),
+        )
+        .await;
         Ok(())
     }
 
     async fn send(&self, queue: &QueueName, message: OutgoingMessage) -> Result<MessageId> {
         let id = self.primary.send(queue, message.clone()).await?;
-        if let Some(shadow_id) = self.mirror_write(Op::Send, self.shadow.send(queue, message)).await {
+        if let Some(shadow_id) = self
+            .mirror_write(Op::Send, self.shadow.send(queue, message))
+            .await
+        {
             if shadow_id != id {
                 self.counters.id_mismatches.fetch_add(1, Ordering::Relaxed);
             }
@@ -298,7 +332,11 @@ impl MessagingService for ShadowService {
         Ok(id)
     }
 
-    async fn send_batch(&self, queue: &QueueName, messages: Vec<OutgoingMessage>) -> Result<Vec<MessageId>> {
+    async fn send_batch(
+        &self,
+        queue: &QueueName,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<Vec<MessageId>> {
         let ids = self.primary.send_batch(queue, messages.clone()).await?;
         if let Some(shadow_ids) = self
             .mirror_write(Op::SendBatch, self.shadow.send_batch(queue, messages))
@@ -317,10 +355,16 @@ impl MessagingService for ShadowService {
         max_messages: usize,
         visibility_timeout: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
-        let batch = self.primary.receive(queue, max_messages, visibility_timeout).await?;
+        let batch = self
+            .primary
+            .receive(queue, max_messages, visibility_timeout)
+            .await?;
         if !batch.is_empty() {
             let shadow = self
-                .on_shadow(Op::Receive, self.shadow.receive(queue, batch.len(), visibility_timeout))
+                .on_shadow(
+                    Op::Receive,
+                    self.shadow.receive(queue, batch.len(), visibility_timeout),
+                )
                 .await
                 .unwrap_or_default();
             self.compare_batches(queue, &batch, &shadow);
@@ -332,7 +376,10 @@ impl MessagingService for ShadowService {
         self.primary.delete_message(queue, receipt).await?;
         if let Some(shadow_receipt) = self.take_shadow_receipt(queue, receipt) {
             if self
-                .on_shadow(Op::DeleteMessage, self.shadow.delete_message(queue, &shadow_receipt))
+                .on_shadow(
+                    Op::DeleteMessage,
+                    self.shadow.delete_message(queue, &shadow_receipt),
+                )
                 .await
                 .is_some()
             {
@@ -342,7 +389,11 @@ impl MessagingService for ShadowService {
         Ok(())
     }
 
-    async fn delete_messages(&self, queue: &QueueName, receipts: &[ReceiptHandle]) -> Result<DeleteOutcome> {
+    async fn delete_messages(
+        &self,
+        queue: &QueueName,
+        receipts: &[ReceiptHandle],
+    ) -> Result<DeleteOutcome> {
         let outcome = self.primary.delete_messages(queue, receipts).await?;
         let rejected: HashSet<&ReceiptHandle> = outcome.rejected.iter().map(|(r, _)| r).collect();
         let shadow_receipts: Vec<ReceiptHandle> = receipts
@@ -352,7 +403,10 @@ impl MessagingService for ShadowService {
             .collect();
         if !shadow_receipts.is_empty() {
             if let Some(o) = self
-                .on_shadow(Op::DeleteMessages, self.shadow.delete_messages(queue, &shadow_receipts))
+                .on_shadow(
+                    Op::DeleteMessages,
+                    self.shadow.delete_messages(queue, &shadow_receipts),
+                )
                 .await
             {
                 self.counters
@@ -381,26 +435,43 @@ impl MessagingService for ShadowService {
         if let Some(r) = shadow_receipt {
             self.on_shadow(
                 Op::ChangeVisibility,
-                self.shadow.change_message_visibility(queue, &r, visibility_timeout),
+                self.shadow
+                    .change_message_visibility(queue, &r, visibility_timeout),
             )
             .await;
         }
         Ok(())
     }
 
-    async fn dead_letter_message(&self, queue: &QueueName, receipt: &ReceiptHandle, reason: &str) -> Result<()> {
-        self.primary.dead_letter_message(queue, receipt, reason).await?;
+    async fn dead_letter_message(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+        reason: &str,
+    ) -> Result<()> {
+        self.primary
+            .dead_letter_message(queue, receipt, reason)
+            .await?;
         if let Some(r) = self.take_shadow_receipt(queue, receipt) {
-            self.on_shadow(Op::DeadLetter, self.shadow.dead_letter_message(queue, &r, reason))
-                .await;
+            self.on_shadow(
+                Op::DeadLetter,
+                self.shadow.dead_letter_message(queue, &r, reason),
+            )
+            .await;
         }
         Ok(())
     }
 
     async fn redrive_dead_letters(&self, queue: &QueueName, max_messages: usize) -> Result<u64> {
-        let n = self.primary.redrive_dead_letters(queue, max_messages).await?;
-        self.mirror_write(Op::Redrive, self.shadow.redrive_dead_letters(queue, max_messages))
-            .await;
+        let n = self
+            .primary
+            .redrive_dead_letters(queue, max_messages)
+            .await?;
+        self.mirror_write(
+            Op::Redrive,
+            self.shadow.redrive_dead_letters(queue, max_messages),
+        )
+        .await;
         Ok(n)
     }
 
@@ -410,7 +481,8 @@ impl MessagingService for ShadowService {
 
     async fn purge_queue(&self, queue: &QueueName) -> Result<u64> {
         let n = self.primary.purge_queue(queue).await?;
-        self.mirror_write(Op::Purge, self.shadow.purge_queue(queue)).await;
+        self.mirror_write(Op::Purge, self.shadow.purge_queue(queue))
+            .await;
         Ok(n)
     }
 
@@ -425,7 +497,11 @@ impl MessagingService for ShadowService {
         self.primary.wait_for_messages(queue, max_wait).await
     }
 
-    fn native_consumer_stream(&self, queue: &QueueName, options: &ConsumerOptions) -> Option<MessageStream> {
+    fn native_consumer_stream(
+        &self,
+        queue: &QueueName,
+        options: &ConsumerOptions,
+    ) -> Option<MessageStream> {
         // A native stream would bypass the comparison; consumers fall back to receive.
         let _ = (queue, options);
         None
@@ -446,7 +522,14 @@ mod tests {
     use crate::providers::in_memory::InMemoryMessageService;
     use crate::resilience::fault::{FaultControl, FaultInjectingService};
 
-    async fn pair(name: &str) -> (ShadowService, Arc<dyn MessagingService>, Arc<FaultControl>, QueueName) {
+    async fn pair(
+        name: &str,
+    ) -> (
+        ShadowService,
+        Arc<dyn MessagingService>,
+        Arc<FaultControl>,
+        QueueName,
+    ) {
         let primary: Arc<dyn MessagingService> = Arc::new(InMemoryMessageService::default());
         let shadow_mem: Arc<dyn MessagingService> = Arc::new(InMemoryMessageService::default());
         let fault = FaultInjectingService::new(shadow_mem.clone());
@@ -460,7 +543,10 @@ mod tests {
     async fn drain(svc: &ShadowService, queue: &QueueName) -> usize {
         let mut n = 0;
         loop {
-            let got = svc.receive(queue, 7, Duration::from_secs(30)).await.unwrap();
+            let got = svc
+                .receive(queue, 7, Duration::from_secs(30))
+                .await
+                .unwrap();
             if got.is_empty() {
                 return n;
             }
@@ -477,18 +563,27 @@ mod tests {
     async fn a_healthy_shadow_mirrors_everything_and_reports_no_divergence() {
         let (svc, shadow, _control, queue) = pair("shadow_ok").await;
         for i in 0..50u8 {
-            svc.send(&queue, OutgoingMessage::new(vec![i])).await.unwrap();
+            svc.send(&queue, OutgoingMessage::new(vec![i]))
+                .await
+                .unwrap();
         }
         let batch = (0..50u8).map(|i| OutgoingMessage::new(vec![i])).collect();
         svc.send_batch(&queue, batch).await.unwrap();
-        assert_eq!(shadow.get_queue_stats(&queue).await.unwrap().message_count, 100);
+        assert_eq!(
+            shadow.get_queue_stats(&queue).await.unwrap().message_count,
+            100
+        );
         assert!(svc.compare_queue(&queue).await.unwrap().matches());
         assert_eq!(drain(&svc, &queue).await, 100);
         let report = svc.report();
         assert!(report.is_consistent(), "{report:?}");
         assert_eq!(report.acks_mirrored, 100);
         assert_eq!(report.writes_mirrored, 1 + 50 + 1);
-        assert_eq!(shadow.get_queue_stats(&queue).await.unwrap().total(), 0, "shadow drained too");
+        assert_eq!(
+            shadow.get_queue_stats(&queue).await.unwrap().total(),
+            0,
+            "shadow drained too"
+        );
     }
 
     #[tokio::test]
@@ -499,7 +594,10 @@ mod tests {
             if i % 10 == 3 {
                 control.fail_next(1);
             }
-            let id = svc.send(&queue, OutgoingMessage::new(vec![i])).await.unwrap();
+            let id = svc
+                .send(&queue, OutgoingMessage::new(vec![i]))
+                .await
+                .unwrap();
             if i % 10 == 3 {
                 lost.push(id);
             }
@@ -507,20 +605,33 @@ mod tests {
         let cmp = svc.compare_queue(&queue).await.unwrap();
         assert_eq!((cmp.primary_total, cmp.shadow_total), (100, Some(90)));
         assert!(!cmp.matches());
-        assert_eq!(drain(&svc, &queue).await, 100, "the caller sees every message");
+        assert_eq!(
+            drain(&svc, &queue).await,
+            100,
+            "the caller sees every message"
+        );
         let report = svc.report();
         assert_eq!(report.shadow_failures, 10);
         assert_eq!(report.only_in_primary, 10);
         assert_eq!(report.acks_without_shadow_copy, 10);
         lost.sort();
         assert_eq!(report.sample_only_in_primary, lost);
-        assert!(report.last_shadow_error.unwrap().contains("injected fault during send"));
+        assert!(report
+            .last_shadow_error
+            .unwrap()
+            .contains("injected fault during send"));
         assert_eq!(shadow.get_queue_stats(&queue).await.unwrap().total(), 0);
 
         // A shadow that is down entirely still leaves the primary path working.
         control.fail_always();
         svc.send(&queue, OutgoingMessage::new("x")).await.unwrap();
-        assert_eq!(svc.receive(&queue, 10, Duration::from_secs(5)).await.unwrap().len(), 1);
+        assert_eq!(
+            svc.receive(&queue, 10, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[tokio::test(start_paused = true)]
