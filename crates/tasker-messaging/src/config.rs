@@ -665,6 +665,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's own test harness signature
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -717,6 +718,21 @@ mod tests {
         let err =
             MessagingConfig::from_toml_str("[backpressure]\ncritical_enter = 0.6").unwrap_err();
         assert_eq!(key_of(err), "backpressure.critical_exit");
+    }
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let text = include_str!("../../../config/tasker-mq.example.toml");
+        let c = MessagingConfig::from_toml_str(text).unwrap();
+        let d = MessagingConfig::default();
+        assert_eq!(c.provider, d.provider);
+        assert_eq!(c.retry_policy, d.retry_policy);
+        assert_eq!(c.circuit_breaker, d.circuit_breaker);
+        assert_eq!(c.resource_validation, d.resource_validation);
+        assert_eq!(c.backpressure, d.backpressure);
+        assert_eq!(c.fallback, d.fallback);
+        assert_eq!(c.queues.max_receive_count, d.queues.max_receive_count);
+        assert_eq!(c.queues.max_payload_bytes, d.queues.max_payload_bytes);
     }
 
     #[test]

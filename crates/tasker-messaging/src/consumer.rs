@@ -68,7 +68,11 @@ pub fn polling_stream<S: MessagingService + ?Sized>(
             }
             match st
                 .service
-                .receive(&st.queue, st.options.batch_size, st.options.visibility_timeout)
+                .receive(
+                    &st.queue,
+                    st.options.batch_size,
+                    st.options.visibility_timeout,
+                )
                 .await
             {
                 Ok(batch) if !batch.is_empty() => {

@@ -18,7 +18,12 @@ pub fn available_providers() -> Vec<ProviderKind> {
 fn is_available(provider: ProviderKind) -> bool {
     match provider {
         ProviderKind::InMemory => cfg!(feature = "in-memory"),
-        _ => false,
+        ProviderKind::Pgmq
+        | ProviderKind::Rabbitmq
+        | ProviderKind::Sqs
+        | ProviderKind::Redis
+        | ProviderKind::Kafka
+        | ProviderKind::Nats => false,
     }
 }
 
@@ -46,7 +51,10 @@ pub async fn build_service_with_limits(
     limits: &SystemResourceLimits,
 ) -> Result<Arc<dyn MessagingService>> {
     let service = create_service(config)?;
-    limits.validate(&service.resource_requirements(), &config.resource_validation)?;
+    limits.validate(
+        &service.resource_requirements(),
+        &config.resource_validation,
+    )?;
     service.initialize().await?;
     tracing::info!(provider = %service.provider(), "messaging service ready");
     Ok(service)
@@ -75,7 +83,10 @@ mod tests {
         )
         .unwrap();
         match build_service(&config).await {
-            Err(MessagingError::Unsupported { provider, capability }) => {
+            Err(MessagingError::Unsupported {
+                provider,
+                capability,
+            }) => {
                 assert_eq!(provider, ProviderKind::Kafka);
                 assert_eq!(capability, Capability::Provider);
             }

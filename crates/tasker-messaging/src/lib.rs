@@ -71,3 +71,8 @@ pub use typed::{ConsumerExt, MessagingServiceExt, UndecodableMessage};
 
 #[cfg(feature = "in-memory")]
 pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
+
+/// Compiles the README's examples as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

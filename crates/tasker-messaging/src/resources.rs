@@ -110,7 +110,10 @@ mod tests {
             memory_mb: 10,
         };
         let err = limits.validate(&too_many, &config).unwrap_err().to_string();
-        assert!(err.contains("49") && err.contains("48") && err.contains("100"), "{err}");
+        assert!(
+            err.contains("49") && err.contains("48") && err.contains("100"),
+            "{err}"
+        );
 
         let off = ResourceValidationConfig {
             enforce_limits: false,

@@ -195,11 +195,19 @@ mod tests {
 
     #[test]
     fn namespaces_round_trip_and_other_queues_do_not_parse_as_namespaces() {
-        for pattern in ["{namespace}_queue", "tasker_{namespace}", "q_{namespace}_v2"] {
+        for pattern in [
+            "{namespace}_queue",
+            "tasker_{namespace}",
+            "q_{namespace}_v2",
+        ] {
             let router = NamespaceQueueRouter::new(pattern, "_dlq").unwrap();
             for ns in ["fulfillment", "inventory", "payments", "a", "ns_with_9"] {
                 let q = router.route_to_queue(ns).unwrap();
-                assert_eq!(router.extract_namespace(&q).as_deref(), Some(ns), "{pattern}");
+                assert_eq!(
+                    router.extract_namespace(&q).as_deref(),
+                    Some(ns),
+                    "{pattern}"
+                );
                 let dlq = q.dead_letter("_dlq").unwrap();
                 assert_eq!(router.extract_namespace(&dlq), None, "{dlq}");
             }

@@ -391,6 +391,9 @@ pub trait MessagingService: Send + Sync + 'static {
         reason: &str,
     ) -> Result<()>;
 
+    /// The name of `queue`'s dead-letter queue under this service's configuration.
+    fn dead_letter_queue_name(&self, queue: &QueueName) -> Result<QueueName>;
+
     /// Moves up to `max_messages` from the queue's dead-letter queue back to the queue, ids
     /// and payloads preserved, receive count reset. Returns how many moved.
     async fn redrive_dead_letters(&self, queue: &QueueName, max_messages: usize) -> Result<u64>;
@@ -472,7 +475,9 @@ impl std::str::FromStr for ExchangeKind {
             "headers" => Ok(ExchangeKind::Headers),
             other => Err(MessagingError::config(
                 "exchange_type",
-                format!("unknown exchange type {other:?}; expected direct, topic, fanout or headers"),
+                format!(
+                    "unknown exchange type {other:?}; expected direct, topic, fanout or headers"
+                ),
             )),
         }
     }
@@ -482,8 +487,7 @@ impl std::str::FromStr for ExchangeKind {
 #[async_trait]
 pub trait AmqpExtensions: Send + Sync {
     async fn declare_exchange(&self, name: &str, kind: ExchangeKind, durable: bool) -> Result<()>;
-    async fn bind_queue(&self, queue: &QueueName, exchange: &str, routing_key: &str)
-        -> Result<()>;
+    async fn bind_queue(&self, queue: &QueueName, exchange: &str, routing_key: &str) -> Result<()>;
     /// Publishes with publisher confirms; returns once the broker confirmed.
     async fn publish_to_exchange(
         &self,

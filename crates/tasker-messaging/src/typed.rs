@@ -18,7 +18,7 @@ use crate::service::{ConsumerOptions, MessageStream, MessagingService};
 /// lease: dead-letter it, release it, or let the lease run out; it is never dropped.
 #[derive(Debug)]
 pub struct UndecodableMessage {
-    pub message: ReceivedMessage,
+    pub message: Box<ReceivedMessage>,
     pub error: MessagingError,
 }
 
@@ -26,7 +26,11 @@ pub struct UndecodableMessage {
 #[async_trait]
 pub trait MessagingServiceExt: MessagingService {
     /// Encodes `message` as JSON and sends it with its ids.
-    async fn send_message<T: QueueMessage>(&self, queue: &QueueName, message: &T) -> Result<MessageId> {
+    async fn send_message<T: QueueMessage>(
+        &self,
+        queue: &QueueName,
+        message: &T,
+    ) -> Result<MessageId> {
         self.send(queue, OutgoingMessage::json(message)?).await
     }
 
@@ -106,13 +110,20 @@ pub trait MessagingServiceExt: MessagingService {
                     metadata: message.metadata,
                     message: value,
                 }),
-                Err(error) => Err(UndecodableMessage { message, error }),
+                Err(error) => Err(UndecodableMessage {
+                    message: Box::new(message),
+                    error,
+                }),
             })
             .collect())
     }
 
     /// Deletes (acknowledges) a received typed message.
-    async fn ack<T: Send + Sync>(&self, queue: &QueueName, message: &QueuedMessage<T>) -> Result<()> {
+    async fn ack<T: Send + Sync>(
+        &self,
+        queue: &QueueName,
+        message: &QueuedMessage<T>,
+    ) -> Result<()> {
         self.delete_message(queue, message.receipt()).await
     }
 }

@@ -175,8 +175,12 @@ impl GlobalBackpressureController {
         }
     }
 
-    /// The batch size to use instead of `base` (at least 1).
+    /// The batch size to use instead of `base`: at least 1, except that 0 stays 0 (a receive
+    /// of nothing must return nothing).
     pub fn batch_size_for(&self, base: usize) -> usize {
+        if base == 0 {
+            return 0;
+        }
         ((base as f64 * self.factor()).floor() as usize).clamp(1, base.max(1))
     }
 
@@ -289,6 +293,9 @@ impl MessagingService for BackpressureService {
         reason: &str,
     ) -> Result<()> {
         self.inner.dead_letter_message(queue, receipt, reason).await
+    }
+    fn dead_letter_queue_name(&self, queue: &crate::QueueName) -> Result<crate::QueueName> {
+        self.inner.dead_letter_queue_name(queue)
     }
     async fn redrive_dead_letters(
         &self,
@@ -409,6 +416,7 @@ mod tests {
         assert_eq!(c.update(&sample), PressureLevel::Critical);
         assert_eq!(c.batch_size_for(100), 10);
         assert_eq!(c.batch_size_for(5), 1, "never zero");
+        assert_eq!(c.batch_size_for(0), 0, "nothing stays nothing");
         assert_eq!(
             c.poll_interval_for(Duration::from_millis(100)),
             Duration::from_secs(1)

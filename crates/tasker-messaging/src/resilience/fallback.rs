@@ -137,8 +137,7 @@ pub async fn build_service_with_fallback(
         let mut secondary = config.clone();
         secondary.provider = f.provider;
         secondary.fallback = None;
-        Box::new(move || create_service(&secondary))
-            as ServiceFactory
+        Box::new(move || create_service(&secondary)) as ServiceFactory
     });
     start_with_fallback(create_service(config), config.provider, secondary).await
 }

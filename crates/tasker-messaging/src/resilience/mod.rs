@@ -242,6 +242,12 @@ macro_rules! layered_service {
                 })
                 .await
             }
+            fn dead_letter_queue_name(
+                &self,
+                queue: &$crate::queue_name::QueueName,
+            ) -> $crate::error::Result<$crate::queue_name::QueueName> {
+                $crate::resilience::Layer::inner(self).dead_letter_queue_name(queue)
+            }
             async fn redrive_dead_letters(
                 &self,
                 queue: &$crate::queue_name::QueueName,

@@ -462,6 +462,10 @@ impl MessagingService for ShadowService {
         Ok(())
     }
 
+    fn dead_letter_queue_name(&self, queue: &QueueName) -> Result<QueueName> {
+        self.primary.dead_letter_queue_name(queue)
+    }
+
     async fn redrive_dead_letters(&self, queue: &QueueName, max_messages: usize) -> Result<u64> {
         let n = self
             .primary

@@ -127,7 +127,9 @@ impl InMemoryMessageService {
 
     fn check_open(&self) -> Result<()> {
         if self.shut_down.load(Ordering::Relaxed) {
-            return Err(MessagingError::NotInitialized("in-memory service was shut down".into()));
+            return Err(MessagingError::NotInitialized(
+                "in-memory service was shut down".into(),
+            ));
         }
         Ok(())
     }
@@ -164,12 +166,20 @@ impl InMemoryMessageService {
         Ok(queues
             .entry(name.clone())
             .or_insert_with(|| {
-                Arc::new(MemQueue::new(name.clone(), max_receive_count, dead_letter_queue))
+                Arc::new(MemQueue::new(
+                    name.clone(),
+                    max_receive_count,
+                    dead_letter_queue,
+                ))
             })
             .clone())
     }
 
-    fn insert(&self, queue: &MemQueue, messages: impl IntoIterator<Item = NewMessage>) -> Result<()> {
+    fn insert(
+        &self,
+        queue: &MemQueue,
+        messages: impl IntoIterator<Item = NewMessage>,
+    ) -> Result<()> {
         let now = Instant::now();
         let now_utc = Utc::now();
         {
@@ -224,9 +234,9 @@ impl InMemoryMessageService {
     }
 
     fn receipt_parts(queue: &QueueName, receipt: &ReceiptHandle) -> Result<(u64, u64)> {
-        receipt
-            .as_pair()
-            .ok_or_else(|| MessagingError::invalid_receipt(queue.as_str(), "not an in-memory receipt"))
+        receipt.as_pair().ok_or_else(|| {
+            MessagingError::invalid_receipt(queue.as_str(), "not an in-memory receipt")
+        })
     }
 
     fn receipt_error(queue: &QueueName, error: ReceiptError) -> MessagingError {
@@ -355,8 +365,7 @@ impl MessagingService for InMemoryMessageService {
                 max,
                 visibility_timeout,
                 q.max_receive_count,
-                Instant::now(),
-                Utc::now(),
+                (Instant::now(), Utc::now()),
                 &mut out,
                 &mut dead,
             );
@@ -430,6 +439,10 @@ impl MessagingService for InMemoryMessageService {
         self.move_to_dead_letter(&q, vec![message], move |_| DeadLetterReason::Rejected {
             reason: reason.clone(),
         })
+    }
+
+    fn dead_letter_queue_name(&self, queue: &QueueName) -> Result<QueueName> {
+        queue.dead_letter(&self.settings.dead_letter_suffix)
     }
 
     async fn redrive_dead_letters(&self, queue: &QueueName, max_messages: usize) -> Result<u64> {
@@ -571,16 +584,29 @@ mod tests {
         .await
         .unwrap();
 
-        let got = svc.receive(&queue, 10, Duration::from_secs(5)).await.unwrap();
+        let got = svc
+            .receive(&queue, 10, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1);
         tokio::time::advance(Duration::from_millis(4_999)).await;
-        assert!(svc.receive(&queue, 10, Duration::from_secs(5)).await.unwrap().is_empty());
+        assert!(svc
+            .receive(&queue, 10, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_empty());
         tokio::time::advance(Duration::from_millis(1)).await;
-        let again = svc.receive(&queue, 10, Duration::from_secs(60)).await.unwrap();
+        let again = svc
+            .receive(&queue, 10, Duration::from_secs(60))
+            .await
+            .unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].metadata.receive_count, 2);
         tokio::time::advance(Duration::from_secs(5)).await;
-        let delayed = svc.receive(&queue, 10, Duration::from_secs(60)).await.unwrap();
+        let delayed = svc
+            .receive(&queue, 10, Duration::from_secs(60))
+            .await
+            .unwrap();
         assert_eq!(&delayed[0].payload[..], b"b");
     }
 
@@ -593,7 +619,8 @@ mod tests {
             let (svc, queue) = (svc.clone(), queue.clone());
             tokio::spawn(async move {
                 let start = Instant::now();
-                svc.wait_for_messages(&queue, Duration::from_secs(3600)).await;
+                svc.wait_for_messages(&queue, Duration::from_secs(3600))
+                    .await;
                 start.elapsed()
             })
         };
@@ -602,7 +629,10 @@ mod tests {
             .await
             .unwrap();
         let waited = waiter.await.unwrap();
-        assert!(waited >= Duration::from_secs(7) && waited < Duration::from_secs(8), "{waited:?}");
+        assert!(
+            waited >= Duration::from_secs(7) && waited < Duration::from_secs(8),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test]
@@ -611,9 +641,14 @@ mod tests {
         let queue = q("churn");
         svc.create_queue(&queue).await.unwrap();
         for _ in 0..200 {
-            let batch = (0..100).map(|i| OutgoingMessage::new(vec![i as u8])).collect();
+            let batch = (0..100)
+                .map(|i| OutgoingMessage::new(vec![i as u8]))
+                .collect();
             svc.send_batch(&queue, batch).await.unwrap();
-            let got = svc.receive(&queue, 100, Duration::from_secs(30)).await.unwrap();
+            let got = svc
+                .receive(&queue, 100, Duration::from_secs(30))
+                .await
+                .unwrap();
             let receipts: Vec<_> = got.iter().map(|m| m.receipt().clone()).collect();
             let outcome = svc.delete_messages(&queue, &receipts).await.unwrap();
             assert_eq!(outcome.deleted, 100);
@@ -621,7 +656,11 @@ mod tests {
         let q = svc.queue(&queue).unwrap();
         let mut state = q.state.lock();
         // 20,000 leases were taken; deleted ones must not pile up in the timer heap.
-        assert!(state.timer_entries() <= 1024 + 100, "{}", state.timer_entries());
+        assert!(
+            state.timer_entries() <= 1024 + 100,
+            "{}",
+            state.timer_entries()
+        );
         let stats = state.counts(Instant::now());
         assert_eq!((stats.visible, stats.in_flight, stats.delayed), (0, 0, 0));
     }

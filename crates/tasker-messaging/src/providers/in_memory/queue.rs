@@ -19,8 +19,7 @@ use rustc_hash::FxHasher;
 use tokio::time::Instant;
 
 use crate::message::{
-    CorrelationId, DeadLetterInfo, MessageId, QueuedMessageMetadata, ReceiptHandle,
-    ReceivedMessage,
+    CorrelationId, DeadLetterInfo, MessageId, QueuedMessageMetadata, ReceiptHandle, ReceivedMessage,
 };
 
 type SeqMap<V> = HashMap<u64, V, BuildHasherDefault<FxHasher>>;
@@ -198,8 +197,7 @@ impl QueueState {
         max: usize,
         visibility_timeout: Duration,
         max_receive_count: u32,
-        now: Instant,
-        now_utc: DateTime<Utc>,
+        (now, now_utc): (Instant, DateTime<Utc>),
         out: &mut Vec<ReceivedMessage>,
         dead_letters: &mut Vec<StoredMessage>,
     ) {
@@ -270,7 +268,11 @@ impl QueueState {
     }
 
     /// Removes the message of this lease for dead-lettering.
-    pub fn take_leased(&mut self, seq: u64, generation: u64) -> Result<StoredMessage, ReceiptError> {
+    pub fn take_leased(
+        &mut self,
+        seq: u64,
+        generation: u64,
+    ) -> Result<StoredMessage, ReceiptError> {
         self.check_receipt(seq, generation)?;
         self.take(seq).ok_or(ReceiptError::Gone)
     }

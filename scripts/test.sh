@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: starts the services the tests need (failing, not
+# skipping, when one cannot be reached), then runs every test of the workspace and the
+# conformance suite of every provider, printing each case's outcome.
+#
+#   scripts/test.sh
+#
+# Environment: DATABASE_URL, AMQP_URL, REDIS_URL, NATS_URL override the local defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Services: one script per backend the compiled providers need. Each starts its server when it
+# is down and exits non-zero (with the reason) when it cannot.
+for service in scripts/services/*.sh; do
+  [ -e "$service" ] || continue
+  echo "== service: $(basename "$service" .sh)"
+  "$service"
+done
+
+echo "== unit and integration tests"
+cargo test --workspace --all-features --no-fail-fast -- --skip conformance_
+
+echo "== conformance suite (one line per case)"
+cargo test --workspace --all-features --no-fail-fast --test 'conformance_*' -- --nocapture --test-threads 1
