@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tasker_messaging::resilience::{migrate_queue, MigrationOptions, MigrationReport};
-use tasker_messaging::{build_service, MessagingConfig, MessagingService, QueueName};
+use tasker_messaging::{build_service, MessagingConfig, MessagingService, ProviderKind, QueueName};
 
 /// Arguments of `tasker-mq migrate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -78,6 +78,21 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let options = args.options()?;
     let from_config = load_config(&args.from)?;
     let to_config = load_config(&args.to)?;
+    // The embedded provider lives only inside this process: as a target it would take the
+    // messages out of the source and drop them when the command exits; as a source it is empty.
+    for (flag, config) in [("--to", &to_config), ("--from", &from_config)] {
+        anyhow::ensure!(
+            config.provider != ProviderKind::InMemory,
+            "{flag} names the in_memory provider, which lives only inside this process: \
+             migrating {} it would {}",
+            if flag == "--to" { "to" } else { "from" },
+            if flag == "--to" {
+                "lose every message when the command exits"
+            } else {
+                "find nothing"
+            }
+        );
+    }
     let from = build_service(&from_config)
         .await
         .with_context(|| format!("starting the source provider {}", from_config.provider))?;
