@@ -36,6 +36,7 @@ pub mod consumer;
 pub mod error;
 pub mod factory;
 pub mod message;
+pub mod observability;
 pub mod providers;
 pub mod queue_name;
 pub mod resilience;
