@@ -59,6 +59,11 @@ enum Command {
     Health(commands::health::HealthArgs),
     /// Measure throughput and send-to-receive latency of the provider.
     Bench(commands::bench::BenchArgs),
+    /// Move a queue's messages between two providers, ids preserved.
+    ///
+    /// Reads the configuration files given with --from and --to as written: --config,
+    /// --provider and the environment do not apply to this command.
+    Migrate(commands::migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Receive(args) => commands::receive::run(&cli.global, args).await,
         Command::Health(args) => commands::health::run(&cli.global, args).await,
         Command::Bench(args) => commands::bench::run(&cli.global, args).await,
+        Command::Migrate(args) => commands::migrate::run(args).await,
     }
 }
 

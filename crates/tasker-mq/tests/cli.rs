@@ -263,3 +263,18 @@ fn ctrl_c_stops_a_bench_with_a_clear_error() {
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     assert!(out.stdout.is_empty(), "no partial report on stdout");
 }
+
+#[test]
+fn migrate_is_wired_in_and_refuses_the_in_memory_provider() {
+    let memory = temp_file("migrate-memory.toml", "provider = \"in_memory\"\n");
+    let out = run(tasker_mq()
+        .arg("migrate")
+        .arg("--from")
+        .arg(&memory)
+        .arg("--to")
+        .arg(&memory)
+        .args(["--queue", "orders_queue"]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("--to names the in_memory provider"), "{err}");
+}

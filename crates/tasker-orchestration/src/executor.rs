@@ -246,6 +246,7 @@ mod tests {
                 initial_backoff_ms: 1_000,
                 max_backoff_ms: 4_000,
                 backoff_multiplier: 2.0,
+                ..RetryPolicy::default()
             },
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod health;
+pub mod migrate;
 pub mod queue;
 pub mod receive;
 pub mod send;

@@ -63,6 +63,7 @@ impl Default for DemoConfig {
                 initial_backoff_ms: 10,
                 max_backoff_ms: 1_000,
                 backoff_multiplier: 2.0,
+                ..RetryPolicy::default()
             },
             visibility_timeout: Duration::from_secs(30),
             seed: 42,
