@@ -16,7 +16,9 @@ pub mod executor;
 pub mod pool;
 pub mod workflow;
 
-pub use coordinator::{CoordinatorConfig, OrchestrationLoopCoordinator};
+pub use coordinator::{
+    CoordinatorConfig, CoordinatorStatus, OrchestrationLoopCoordinator, Resilience,
+};
 pub use executor::{
     process_with_messaging, ExecutorConfig, ExecutorType, Handled, HandlerError, MessageHandler,
     ProcessBatchResult,

@@ -121,6 +121,8 @@ pub trait Pool: Send + Sync {
     async fn worker_count(&self) -> usize;
     /// Sets the worker count (clamped to min..=max); returns the new count.
     async fn scale_to(&self, workers: usize) -> usize;
+    /// The batch size the pool was configured with.
+    fn configured_batch_size(&self) -> usize;
     /// Batch size workers use from now on (backpressure shrinks it; clamped to 1..=configured).
     fn set_batch_size(&self, batch_size: usize);
     async fn shutdown(&self, drain_timeout: Duration) -> ShutdownReport;
@@ -268,6 +270,10 @@ impl<T: QueueMessage + 'static> Pool for ExecutorPool<T> {
             }
         }
         workers.len()
+    }
+
+    fn configured_batch_size(&self) -> usize {
+        self.config.executor.batch_size
     }
 
     fn set_batch_size(&self, batch_size: usize) {
