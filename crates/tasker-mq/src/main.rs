@@ -20,6 +20,7 @@ macro_rules! out {
 }
 
 mod commands;
+mod progress;
 mod provider;
 mod table;
 
@@ -48,6 +49,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the sample workflow (order fulfilment) for N tasks and print a summary.
+    Demo(commands::demo::DemoArgs),
     /// Create, inspect, purge or delete a queue.
     #[command(subcommand)]
     Queue(commands::queue::QueueCommand),
@@ -59,6 +62,9 @@ enum Command {
     Health(commands::health::HealthArgs),
     /// Measure throughput and send-to-receive latency of the provider.
     Bench(commands::bench::BenchArgs),
+    /// Run the sample workflow's executor pools as a long-lived process with HTTP /health and
+    /// /metrics (Prometheus).
+    Worker(commands::worker::WorkerArgs),
     /// Move a queue's messages between two providers, ids preserved.
     ///
     /// Reads the configuration files given with --from and --to as written: --config,
@@ -93,11 +99,13 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => commands::demo::run(&cli.global, args).await,
         Command::Queue(cmd) => commands::queue::run(&cli.global, cmd).await,
         Command::Send(args) => commands::send::run(&cli.global, args).await,
         Command::Receive(args) => commands::receive::run(&cli.global, args).await,
         Command::Health(args) => commands::health::run(&cli.global, args).await,
         Command::Bench(args) => commands::bench::run(&cli.global, args).await,
+        Command::Worker(args) => commands::worker::run(&cli.global, args).await,
         Command::Migrate(args) => commands::migrate::run(args).await,
     }
 }

@@ -278,3 +278,97 @@ fn migrate_is_wired_in_and_refuses_the_in_memory_provider() {
     let err = stderr(&out);
     assert!(err.contains("--to names the in_memory provider"), "{err}");
 }
+
+#[test]
+fn demo_runs_the_workflow_and_accounts_for_every_task() {
+    let out = run(tasker_mq().args(["demo", "--tasks", "300", "--json"]));
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("demo --json is JSON");
+    let n = |k: &str| {
+        json[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} missing: {json}"))
+    };
+    assert_eq!(n("tasks"), 300);
+    assert_eq!(n("tasks_completed") + n("tasks_failed"), 300);
+    assert_eq!(n("steps_total"), 1200);
+    assert_eq!(n("messages_left"), 0);
+    assert_eq!(n("steps_dead_lettered"), n("dead_letters"));
+    assert_eq!(json["provider"], "in_memory");
+
+    let bad = run(tasker_mq().args(["demo", "--permanent-failure-rate", "1.5"]));
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("--permanent-failure-rate"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+/// GET over a plain TCP connection (no HTTP client dependency for one test).
+fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((code, body))
+}
+
+#[test]
+fn worker_serves_health_and_metrics_then_stops_cleanly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut child = tasker_mq()
+        .args([
+            "worker",
+            "--listen",
+            &address,
+            "--submit-per-sec",
+            "100",
+            "--run-for-secs",
+            "4",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("worker starts");
+    let mut health = None;
+    for _ in 0..100 {
+        if let Some(got) = http_get(&address, "/health") {
+            health = Some(got);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, body) = health.expect("/health answers");
+    let json: Value = serde_json::from_str(&body).expect("/health is JSON");
+    assert!(code == 200 || code == 503, "{code}");
+    assert!(
+        json["pools"].as_array().is_some_and(|p| p.len() == 8),
+        "{json}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, metrics) = http_get(&address, "/metrics").expect("/metrics answers");
+    assert_eq!(code, 200);
+    for name in [
+        "tasker_messages_sent_total",
+        "tasker_messages_received_total",
+        "tasker_messages_acked_total",
+        "tasker_queue_depth",
+        "tasker_circuit_breaker_state",
+        "tasker_messaging_operation_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    let status = child.wait().expect("worker exits");
+    assert!(status.success(), "worker exit status {status}");
+}

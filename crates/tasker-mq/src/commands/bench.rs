@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use tasker_messaging::{
     ConsumerExt, ConsumerOptions, MessageId, MessagingConfig, MessagingService, OutgoingMessage,
@@ -279,7 +279,7 @@ async fn run_steps(
             Step::Latency => plan.latency_samples,
             _ => plan.messages,
         };
-        let bar = progress_bar(show_progress, total, step.name());
+        let bar = crate::progress::bar(show_progress, total, step.name());
         let measured = run_step(service, step, &plan, &bar, current).await;
         bar.finish_and_clear();
         let measured = measured.with_context(|| format!("bench step {}", step.name()))?;
@@ -721,20 +721,6 @@ async fn bench_latency(
     consumer.abort();
     let _ = consumer.await;
     result
-}
-
-fn progress_bar(visible: bool, len: u64, label: &str) -> ProgressBar {
-    if !visible {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {elapsed_precise}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_prefix(label.to_owned());
-    bar
 }
 
 fn render(report: &BenchReport) -> String {

@@ -194,14 +194,11 @@ pub async fn run_demo(
     let queues = WorkflowQueues {
         router: config.router.clone(),
     };
-    // The provider dead-letters on its own only past the executors' attempts, so executors
-    // always see the last attempt and record the failure.
-    let queue_options = QueueOptions::with_max_receive_count(config.max_attempts + 2);
-    for queue in queues.all(&workflow)? {
-        messaging.create_queue_with(&queue, &queue_options).await?;
-    }
+    create_workflow_queues(&*messaging, &workflow, &queues, config.max_attempts).await?;
 
-    let coordinator = build_coordinator(&messaging, &store, &workflow, &queues, &config)?;
+    let pools = workflow_pools(&messaging, &store, &workflow, &queues, &config)?;
+    let coordinator =
+        OrchestrationLoopCoordinator::new(messaging.clone(), pools, CoordinatorConfig::default());
     coordinator.start().await;
 
     let total = config.tasks as u64;
@@ -217,10 +214,7 @@ pub async fn run_demo(
             config.concurrency as u64
         };
         while submitted < total && submitted - finished < window {
-            let plans = plan_failures(&mut rng, workflow.steps.len(), &config);
-            let task = TaskState::new(&workflow, plans);
-            let request = task.request(&queues);
-            store.insert_task(task, request).await?;
+            submit_task(&*store, &workflow, &queues, &mut rng, &config).await?;
             submitted += 1;
         }
         let now = Instant::now();
@@ -247,13 +241,43 @@ pub async fn run_demo(
     summarize(&messaging, &*store, &workflow, &queues, total, elapsed).await
 }
 
-fn build_coordinator(
+/// Creates the workflow's queues (idempotent), with dead-lettering past the executors'
+/// attempts so executors always see the last attempt and record the failure.
+pub async fn create_workflow_queues(
+    messaging: &dyn MessagingService,
+    workflow: &WorkflowDef,
+    queues: &WorkflowQueues,
+    max_attempts: u32,
+) -> Result<(), MessagingError> {
+    let options = QueueOptions::with_max_receive_count(max_attempts + 2);
+    for queue in queues.all(workflow)? {
+        messaging.create_queue_with(&queue, &options).await?;
+    }
+    Ok(())
+}
+
+/// A new task of `workflow` with failures planned by `config`, stored and requested.
+pub async fn submit_task(
+    store: &dyn TaskStore,
+    workflow: &WorkflowDef,
+    queues: &WorkflowQueues,
+    rng: &mut impl Rng,
+    config: &DemoConfig,
+) -> Result<(), StoreError> {
+    let plans = plan_failures(rng, workflow.steps.len(), config);
+    let task = TaskState::new(workflow, plans);
+    let request = task.request(queues);
+    store.insert_task(task, request).await
+}
+
+/// One pool per executor type and one per namespace, all pulling through `messaging`.
+pub fn workflow_pools(
     messaging: &Arc<dyn MessagingService>,
     store: &Arc<dyn TaskStore>,
     workflow: &WorkflowDef,
     queues: &WorkflowQueues,
     config: &DemoConfig,
-) -> Result<OrchestrationLoopCoordinator, MessagingError> {
+) -> Result<Vec<Arc<dyn Pool>>, MessagingError> {
     let pool_config = PoolConfig {
         min_workers: config.min_workers,
         max_workers: config.max_workers,
@@ -295,11 +319,7 @@ fn build_coordinator(
             pool_config.clone(),
         )));
     }
-    Ok(OrchestrationLoopCoordinator::new(
-        messaging.clone(),
-        pools,
-        CoordinatorConfig::default(),
-    ))
+    Ok(pools)
 }
 
 async fn summarize(
