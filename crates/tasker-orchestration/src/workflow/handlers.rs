@@ -99,14 +99,21 @@ impl StepWorker {
 impl MessageHandler<StepMessage> for StepWorker {
     async fn handle(&self, message: &QueuedMessage<StepMessage>) -> Result<Handled, HandlerError> {
         let step = message.message;
+        // The work runs first; its outcome and the report are then one state change.
+        if !self.work.is_zero() {
+            tokio::time::sleep(self.work).await;
+        }
+        let attempt = message.metadata.receive_count;
+        let queues = self.queues.clone();
         let decision = Arc::new(parking_lot::Mutex::new(StepDecision::AlreadyDone));
         let out = decision.clone();
         self.store
             .update_task(
                 step.task_uuid,
                 Box::new(move |t| {
-                    *out.lock() = t.begin_step(step.step_uuid);
-                    Ok(Vec::new())
+                    let (decision, effects) = t.attempt_step(step.step_uuid, attempt, &queues);
+                    *out.lock() = decision;
+                    Ok(effects)
                 }),
             )
             .await
@@ -120,13 +127,7 @@ impl MessageHandler<StepMessage> for StepWorker {
             StepDecision::FailPermanently => {
                 Err(HandlerError::Permanent("injected permanent failure".into()))
             }
-            StepDecision::Run => {
-                if !self.work.is_zero() {
-                    tokio::time::sleep(self.work).await;
-                }
-                self.finish(&step, true).await?;
-                Ok(Handled::Done)
-            }
+            StepDecision::Run => Ok(Handled::Done),
         }
     }
 

@@ -274,27 +274,39 @@ impl TaskState {
         Ok(effects)
     }
 
-    /// Worker: records an attempt and decides what it does.
-    pub fn begin_step(&mut self, step_uuid: Uuid) -> StepDecision {
+    /// Worker: records delivery `attempt` of a step whose work just ran, with the outcome its
+    /// failure plan says; a success completes the step and reports it, in the same change.
+    /// One transaction per attempt: the attempt number is the message's receive count.
+    pub fn attempt_step(
+        &mut self,
+        step_uuid: Uuid,
+        attempt: u32,
+        queues: &WorkflowQueues,
+    ) -> (StepDecision, Effects) {
         let Some(step) = self.step_mut(step_uuid) else {
-            return StepDecision::FailPermanently;
+            return (StepDecision::FailPermanently, Vec::new());
         };
-        match step.status {
+        let decision = match step.status {
             StepStatus::Completed => StepDecision::AlreadyDone,
-            StepStatus::Failed => StepDecision::FailPermanently,
-            StepStatus::Pending => StepDecision::FailPermanently,
+            StepStatus::Failed | StepStatus::Pending => StepDecision::FailPermanently,
             StepStatus::Enqueued | StepStatus::Running => {
                 step.status = StepStatus::Running;
-                step.attempts += 1;
+                step.attempts = step.attempts.max(attempt);
                 if step.plan.permanent {
                     StepDecision::FailPermanently
-                } else if step.attempts <= step.plan.transient {
+                } else if attempt <= step.plan.transient {
                     StepDecision::FailTransiently
                 } else {
                     StepDecision::Run
                 }
             }
-        }
+        };
+        let effects = if decision == StepDecision::Run {
+            self.finish_step(step_uuid, true, queues)
+        } else {
+            Vec::new()
+        };
+        (decision, effects)
     }
 
     /// Worker: the step finished (`completed`) or failed for good; report to the results queue.
@@ -402,10 +414,12 @@ mod tests {
         ];
         for (i, expected) in next_queues.iter().enumerate() {
             let step = t.steps[i].step_uuid;
-            assert_eq!(t.begin_step(step), StepDecision::Run);
-            assert_eq!(t.finish_step(step, true, &q).len(), 1);
+            let (decision, effects) = t.attempt_step(step, 1, &q);
+            assert_eq!(decision, StepDecision::Run);
+            assert_eq!(effects[0].0.as_str(), "step_results_queue");
             assert!(t.finish_step(step, true, &q).is_empty());
-            assert_eq!(t.begin_step(step), StepDecision::AlreadyDone);
+            let (again, none) = t.attempt_step(step, 2, &q);
+            assert_eq!((again, none.len()), (StepDecision::AlreadyDone, 0));
             let next = t.process_result(w, &q).unwrap();
             assert_eq!(next[0].0.as_str(), *expected);
         }
@@ -432,14 +446,14 @@ mod tests {
         t.claim(&q);
         t.enqueue_ready_steps(w, &q).unwrap();
         let s0 = t.steps[0].step_uuid;
-        assert_eq!(t.begin_step(s0), StepDecision::FailTransiently);
-        assert_eq!(t.begin_step(s0), StepDecision::FailTransiently);
-        assert_eq!(t.begin_step(s0), StepDecision::Run);
-        t.finish_step(s0, true, &q);
+        assert_eq!(t.attempt_step(s0, 1, &q).0, StepDecision::FailTransiently);
+        assert_eq!(t.attempt_step(s0, 2, &q).0, StepDecision::FailTransiently);
+        assert_eq!(t.attempt_step(s0, 3, &q).0, StepDecision::Run);
+        assert_eq!(t.steps[0].attempts, 3);
         t.process_result(w, &q).unwrap();
         let s1 = t.steps[1].step_uuid;
-        assert_eq!(t.begin_step(s1), StepDecision::FailPermanently);
-        t.finish_step(s1, false, &q);
+        assert_eq!(t.attempt_step(s1, 1, &q).0, StepDecision::FailPermanently);
+        assert_eq!(t.finish_step(s1, false, &q).len(), 1);
         let fin = t.process_result(w, &q).unwrap();
         assert_eq!(fin[0].0.as_str(), "task_finalizations_queue");
         t.finalize();
