@@ -4,8 +4,12 @@
 pub mod demo;
 pub mod handlers;
 pub mod model;
+#[cfg(feature = "pgmq")]
+pub mod pg_store;
 pub mod store;
 
 pub use demo::{run_demo, DemoConfig, DemoError, DemoSummary};
 pub use model::{TaskState, TaskStatus, WorkflowDef, WorkflowQueues, ORDER_FULFILLMENT};
+#[cfg(feature = "pgmq")]
+pub use pg_store::PgTaskStore;
 pub use store::{InMemoryTaskStore, StoreError, TaskStore};

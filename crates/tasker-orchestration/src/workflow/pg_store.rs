@@ -1,7 +1,8 @@
 //! Task state in PostgreSQL, with the messages a change causes sent by PGMQ in the same
 //! transaction: the state change and its message commit or roll back together.
 //!
-//! One row per task (`tasker_demo.tasks`), its state as jsonb; `update_task` locks the row
+//! One row per task (`tasker_demo.tasks`), its state as jsonb, tagged with the store's run id
+//! so concurrent runs never see each other's tasks; `update_task` locks the row
 //! (`SELECT ... FOR UPDATE`), applies the transition in Rust (the same code as the in-memory
 //! store), writes it back and sends the effects through
 //! `PgmqMessageService::send_batch_in_transaction`, then commits.
@@ -26,48 +27,52 @@ fn backend(e: sqlx::Error) -> StoreError {
 /// Task state in PostgreSQL next to the PGMQ queues.
 pub struct PgTaskStore {
     pool: PgPool,
+    run_id: Uuid,
     pgmq: Arc<PgmqMessageService>,
     finished: tokio::sync::watch::Sender<u64>,
 }
 
 impl PgTaskStore {
-    /// Creates the table if missing; counts the tasks already final.
+    /// Creates the table if missing; the store sees only the tasks it inserts (a new run).
     pub async fn new(pgmq: Arc<PgmqMessageService>) -> Result<Self, StoreError> {
         let pool = pgmq.pool()?.clone();
         for statement in [
             "CREATE SCHEMA IF NOT EXISTS tasker_demo",
             "CREATE TABLE IF NOT EXISTS tasker_demo.tasks (
                 task_uuid uuid PRIMARY KEY,
+                run_id uuid NOT NULL,
                 state jsonb NOT NULL,
                 final boolean NOT NULL DEFAULT false
             )",
+            "CREATE INDEX IF NOT EXISTS tasks_run_id ON tasker_demo.tasks (run_id)",
         ] {
             sqlx::query(statement)
                 .execute(&pool)
                 .await
                 .map_err(backend)?;
         }
-        let finished: i64 = sqlx::query("SELECT count(*) FROM tasker_demo.tasks WHERE final")
-            .fetch_one(&pool)
-            .await
-            .map_err(backend)?
-            .try_get(0)
-            .map_err(backend)?;
         Ok(PgTaskStore {
             pool,
+            run_id: Uuid::now_v7(),
             pgmq,
-            finished: tokio::sync::watch::Sender::new(finished.max(0) as u64),
+            finished: tokio::sync::watch::Sender::new(0),
         })
     }
 
-    /// Removes every task (the demo starts from nothing).
-    pub async fn clear(&self) -> Result<(), StoreError> {
-        sqlx::query("TRUNCATE tasker_demo.tasks")
+    /// The run this store's tasks belong to.
+    pub fn run_id(&self) -> Uuid {
+        self.run_id
+    }
+
+    /// Removes this run's tasks.
+    pub async fn clear_run(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM tasker_demo.tasks WHERE run_id = $1")
+            .bind(self.run_id)
             .execute(&self.pool)
             .await
             .map_err(backend)?;
         self.finished.send_replace(0);
-        Ok(())
+        Ok(done.rows_affected())
     }
 
     async fn send_effects(
@@ -95,8 +100,11 @@ impl PgTaskStore {
 impl TaskStore for PgTaskStore {
     async fn insert_task(&self, task: TaskState, effects: Effects) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        sqlx::query("INSERT INTO tasker_demo.tasks (task_uuid, state, final) VALUES ($1, $2, $3)")
-            .bind(task.task_uuid)
+        sqlx::query(
+            "INSERT INTO tasker_demo.tasks (task_uuid, run_id, state, final) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(task.task_uuid)
+        .bind(self.run_id)
             .bind(Json(&task))
             .bind(task.status.is_final())
             .execute(&mut *tx)
@@ -109,12 +117,13 @@ impl TaskStore for PgTaskStore {
 
     async fn update_task(&self, task: Uuid, mutation: Mutation) -> Result<TaskState, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let row = sqlx::query("SELECT state FROM tasker_demo.tasks WHERE task_uuid = $1 FOR UPDATE")
-            .bind(task)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound(task))?;
+        let row =
+            sqlx::query("SELECT state FROM tasker_demo.tasks WHERE task_uuid = $1 FOR UPDATE")
+                .bind(task)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?
+                .ok_or(StoreError::NotFound(task))?;
         let Json(mut state): Json<TaskState> = row.try_get(0).map_err(backend)?;
         let was_final = state.status.is_final();
         let before = state.clone();
@@ -137,7 +146,8 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn all_tasks(&self) -> Result<Vec<TaskState>, StoreError> {
-        let rows = sqlx::query("SELECT state FROM tasker_demo.tasks")
+        let rows = sqlx::query("SELECT state FROM tasker_demo.tasks WHERE run_id = $1")
+            .bind(self.run_id)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
