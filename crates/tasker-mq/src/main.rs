@@ -65,6 +65,10 @@ enum Command {
     /// Run the sample workflow's executor pools as a long-lived process with HTTP /health and
     /// /metrics (Prometheus).
     Worker(commands::worker::WorkerArgs),
+    /// Install or inspect pgmq's SQL API on the configured PostgreSQL.
+    #[cfg(feature = "pgmq")]
+    #[command(subcommand)]
+    Pgmq(commands::pgmq::PgmqCommand),
     /// Move a queue's messages between two providers, ids preserved.
     ///
     /// Reads the configuration files given with --from and --to as written: --config,
@@ -106,6 +110,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health(args) => commands::health::run(&cli.global, args).await,
         Command::Bench(args) => commands::bench::run(&cli.global, args).await,
         Command::Worker(args) => commands::worker::run(&cli.global, args).await,
+        #[cfg(feature = "pgmq")]
+        Command::Pgmq(cmd) => commands::pgmq::run(&cli.global, cmd).await,
         Command::Migrate(args) => commands::migrate::run(args).await,
     }
 }

@@ -57,6 +57,15 @@ impl GlobalOpts {
         Ok(config)
     }
 
+    /// The configuration with `provider` forced (for provider-specific subcommands).
+    pub fn load_config_for_provider(&self, provider: &str) -> anyhow::Result<MessagingConfig> {
+        GlobalOpts {
+            config: self.config.clone(),
+            provider: Some(provider.to_owned()),
+        }
+        .load_config()
+    }
+
     /// The configured service, built and initialized.
     pub async fn connect(&self) -> anyhow::Result<(MessagingConfig, Arc<dyn MessagingService>)> {
         let config = self.load_config()?;

@@ -372,3 +372,38 @@ fn worker_serves_health_and_metrics_then_stops_cleanly() {
     let status = child.wait().expect("worker exits");
     assert!(status.success(), "worker exit status {status}");
 }
+
+/// The machine's PostgreSQL (scripts/test.sh starts it), with a password that must never print.
+fn pg_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".into())
+}
+
+#[cfg(feature = "pgmq")]
+#[test]
+fn pgmq_status_and_install_name_the_database_without_its_password() {
+    let url = pg_url().replacen("postgres:postgres@", "postgres:s3cretpw@", 1);
+    for sub in ["status", "install"] {
+        let out = run(tasker_mq().args(["pgmq", sub]).env("DATABASE_URL", &url));
+        assert!(out.status.success(), "pgmq {sub}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("pgmq"), "{text}");
+        assert!(!text.contains("s3cretpw") && !stderr(&out).contains("s3cretpw"), "{text}");
+    }
+}
+
+#[cfg(feature = "pgmq")]
+#[test]
+fn demo_runs_on_pgmq_with_state_in_postgres() {
+    let out = run(tasker_mq()
+        .args(["--provider", "pgmq", "demo", "--tasks", "40", "--concurrency", "8", "--json"])
+        .env("DATABASE_URL", pg_url()));
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("demo --json is JSON");
+    assert_eq!(json["provider"], "pgmq");
+    assert_eq!(
+        json["tasks_completed"].as_u64().unwrap() + json["tasks_failed"].as_u64().unwrap(),
+        40
+    );
+    assert_eq!(json["messages_left"], 0);
+}

@@ -87,17 +87,41 @@ pub fn demo_router(config: &MessagingConfig) -> anyhow::Result<NamespaceQueueRou
     )?)
 }
 
-/// Where task state lives for this provider.
-pub async fn task_store(
-    _config: &MessagingConfig,
-    messaging: &Arc<dyn MessagingService>,
-) -> anyhow::Result<Arc<dyn TaskStore>> {
-    Ok(Arc::new(InMemoryTaskStore::new(messaging.clone())))
+/// The service and where task state lives: PostgreSQL next to the queues for PGMQ (state
+/// changes and their messages in one transaction), process memory for the others.
+pub async fn connect_with_store(
+    global: &GlobalOpts,
+) -> anyhow::Result<(
+    MessagingConfig,
+    Arc<dyn MessagingService>,
+    Arc<dyn TaskStore>,
+)> {
+    let config = global.load_config()?;
+    #[cfg(feature = "pgmq")]
+    if config.provider == tasker_messaging::ProviderKind::Pgmq {
+        use tasker_messaging::{PgmqMessageService, PgmqSettings};
+        use tasker_orchestration::workflow::PgTaskStore;
+        let pgmq = Arc::new(PgmqMessageService::new(PgmqSettings::from_config(
+            &config,
+        )?)?);
+        pgmq.initialize()
+            .await
+            .context("starting the pgmq provider")?;
+        let store = PgTaskStore::new(pgmq.clone())
+            .await
+            .context("preparing the task table")?;
+        return Ok((config, pgmq, Arc::new(store)));
+    }
+    let messaging = tasker_messaging::build_service(&config)
+        .await
+        .with_context(|| format!("starting the {} provider", config.provider))?;
+    let store: Arc<dyn TaskStore> = Arc::new(InMemoryTaskStore::new(messaging.clone()));
+    Ok((config, messaging, store))
 }
 
 pub async fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let (config, messaging) = global.connect().await?;
+    let (config, messaging, store) = connect_with_store(global).await?;
     let router = demo_router(&config)?;
     let queues = WorkflowQueues {
         router: router.clone(),
@@ -109,7 +133,6 @@ pub async fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<()> {
             let _ = messaging.purge_queue(&dlq).await;
         }
     }
-    let store = task_store(&config, &messaging).await?;
     let demo = DemoConfig {
         tasks: args.tasks as usize,
         concurrency: args.concurrency,

@@ -4,6 +4,8 @@ pub mod bench;
 pub mod demo;
 pub mod health;
 pub mod migrate;
+#[cfg(feature = "pgmq")]
+pub mod pgmq;
 pub mod queue;
 pub mod receive;
 pub mod send;

@@ -28,11 +28,13 @@ use tasker_messaging::resilience::{
 use tasker_messaging::MessagingService;
 use tasker_orchestration::coordinator::Resilience;
 use tasker_orchestration::workflow::demo::{create_workflow_queues, submit_task, workflow_pools};
-use tasker_orchestration::workflow::{DemoConfig, WorkflowQueues, ORDER_FULFILLMENT};
+use tasker_orchestration::workflow::{
+    DemoConfig, InMemoryTaskStore, TaskStore, WorkflowQueues, ORDER_FULFILLMENT,
+};
 use tasker_orchestration::{CoordinatorConfig, OrchestrationLoopCoordinator};
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::demo::{demo_router, task_store};
+use crate::commands::demo::{connect_with_store, demo_router};
 use crate::provider::GlobalOpts;
 
 #[derive(Debug, Args)]
@@ -72,12 +74,19 @@ pub async fn run(global: &GlobalOpts, args: WorkerArgs) -> anyhow::Result<()> {
     let prometheus = PrometheusBuilder::new()
         .install_recorder()
         .context("installing the Prometheus recorder")?;
-    let (config, provider) = global.connect().await?;
+    let (config, provider, store) = connect_with_store(global).await?;
     let breakers = Arc::new(CircuitBreakerManager::new(config.circuit_breaker.clone()));
     let breaker = breakers.get_or_create(provider.provider().as_str());
     let protected: Arc<dyn MessagingService> =
         Arc::new(breakers.protect(provider.provider().as_str(), provider.clone()));
     let messaging: Arc<dyn MessagingService> = Arc::new(MetricsService::new(protected));
+    // The in-memory store sends through the service it is given: give it the wrapped one so
+    // its sends are counted. (The PostgreSQL store sends inside its own transactions.)
+    let store = if config.provider == tasker_messaging::ProviderKind::Pgmq {
+        store
+    } else {
+        Arc::new(InMemoryTaskStore::new(messaging.clone())) as Arc<dyn TaskStore>
+    };
 
     let queues = WorkflowQueues {
         router: demo_router(&config)?,
@@ -90,7 +99,6 @@ pub async fn run(global: &GlobalOpts, args: WorkerArgs) -> anyhow::Result<()> {
         ..DemoConfig::default()
     };
     create_workflow_queues(&*messaging, &ORDER_FULFILLMENT, &queues, demo.max_attempts).await?;
-    let store = task_store(&config, &messaging).await?;
     let pools = workflow_pools(&messaging, &store, &ORDER_FULFILLMENT, &queues, &demo)?;
     let health =
         HealthMonitor::new(messaging.clone(), HealthPolicy::default()).with_breaker(breaker);
