@@ -1,5 +1,5 @@
 //! The PGMQ provider against the raw `pgmq` crate (`PGMQueueExt`), same operations, same
-//! database, same run (see docs/benchmarks-pgmq.md). Needs PostgreSQL at DATABASE_URL
+//! database, same run (see docs/benchmarks.md, "PGMQ provider"). Needs PostgreSQL at DATABASE_URL
 //! (default postgres://postgres:postgres@127.0.0.1:5432/test); installs pgmq's SQL if missing.
 //!
 //!   cargo bench -p tasker-messaging --features pgmq --bench pgmq

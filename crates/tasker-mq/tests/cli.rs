@@ -388,7 +388,10 @@ fn pgmq_status_and_install_name_the_database_without_its_password() {
         assert!(out.status.success(), "pgmq {sub}: {}", stderr(&out));
         let text = stdout(&out);
         assert!(text.contains("pgmq"), "{text}");
-        assert!(!text.contains("s3cretpw") && !stderr(&out).contains("s3cretpw"), "{text}");
+        assert!(
+            !text.contains("s3cretpw") && !stderr(&out).contains("s3cretpw"),
+            "{text}"
+        );
     }
 }
 
@@ -396,7 +399,16 @@ fn pgmq_status_and_install_name_the_database_without_its_password() {
 #[test]
 fn demo_runs_on_pgmq_with_state_in_postgres() {
     let out = run(tasker_mq()
-        .args(["--provider", "pgmq", "demo", "--tasks", "40", "--concurrency", "8", "--json"])
+        .args([
+            "--provider",
+            "pgmq",
+            "demo",
+            "--tasks",
+            "40",
+            "--concurrency",
+            "8",
+            "--json",
+        ])
         .env("DATABASE_URL", pg_url()));
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let json: Value = serde_json::from_slice(&out.stdout).expect("demo --json is JSON");

@@ -57,7 +57,7 @@
 //! Under concurrent batch sends PostgreSQL's WAL is the limit, so row size is throughput. A
 //! `StepMessage` row is 228 bytes in plain pgmq; with an exact copy of the payload beside the
 //! document it was 543 (send_batch at about 0.75 of the raw crate); with the ids and the key
-//! order it is about 390 (see docs/benchmarks-pgmq.md).
+//! order it is about 390 (see docs/benchmarks.md, "PGMQ provider").
 
 mod codec;
 mod install;
