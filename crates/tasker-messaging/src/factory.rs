@@ -18,8 +18,8 @@ pub fn available_providers() -> Vec<ProviderKind> {
 fn is_available(provider: ProviderKind) -> bool {
     match provider {
         ProviderKind::InMemory => cfg!(feature = "in-memory"),
+        ProviderKind::Rabbitmq => cfg!(feature = "rabbitmq"),
         ProviderKind::Pgmq
-        | ProviderKind::Rabbitmq
         | ProviderKind::Sqs
         | ProviderKind::Redis
         | ProviderKind::Kafka
@@ -36,6 +36,10 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
             crate::providers::in_memory::InMemoryMessageService::new(
                 crate::providers::in_memory::InMemorySettings::from_config(config),
             ),
+        )),
+        #[cfg(feature = "rabbitmq")]
+        ProviderKind::Rabbitmq => Ok(Arc::new(
+            crate::providers::rabbitmq::RabbitMqMessageService::from_config(config)?,
         )),
         other => Err(MessagingError::Unsupported {
             provider: other,

@@ -48,8 +48,8 @@ pub mod typed;
 pub mod conformance;
 
 pub use config::{
-    CircuitBreakerConfig, ConnectionConfig, MessagingConfig, QueueConfig, ResourceValidationConfig,
-    RetryPolicy,
+    CircuitBreakerConfig, ConnectionConfig, MessagingConfig, QueueConfig, RabbitMqQueueType,
+    ResourceValidationConfig, RetryPolicy,
 };
 pub use error::{ErrorClass, MessagingError, Result};
 pub use factory::{available_providers, build_service, build_service_with_limits, create_service};
@@ -70,6 +70,9 @@ pub use typed::{ConsumerExt, MessagingServiceExt, UndecodableMessage};
 
 #[cfg(feature = "in-memory")]
 pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
+
+#[cfg(feature = "rabbitmq")]
+pub use providers::rabbitmq::{RabbitMqMessageService, RabbitMqSettings};
 
 /// Compiles the README's examples as doc tests, so they stay true.
 #[cfg(doctest)]

@@ -3,3 +3,6 @@
 
 #[cfg(feature = "in-memory")]
 pub mod in_memory;
+
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
