@@ -81,6 +81,18 @@ pub(super) fn moved_properties(
     props.clone().with_headers(headers).with_delivery_mode(2)
 }
 
+/// The same properties with one header set.
+pub(super) fn with_header(props: &BasicProperties, key: &str, value: AMQPValue) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(key.into(), value);
+    props.clone().with_headers(headers)
+}
+
+/// Whether the delivery came from a quorum queue (which counts deliveries itself).
+pub(super) fn counted_by_broker(props: &BasicProperties) -> bool {
+    header(props, H_DELIVERY_COUNT).is_some()
+}
+
 pub(super) fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }

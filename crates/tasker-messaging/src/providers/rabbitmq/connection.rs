@@ -177,6 +177,7 @@ pub(super) struct Connector {
     pub errors: ErrorMapper,
     connect_timeout: Duration,
     publisher_channels: usize,
+    connection_name: String,
     current: Mutex<Option<Arc<Link>>>,
     reconnect: tokio::sync::Mutex<()>,
     epoch: AtomicU64,
@@ -189,12 +190,14 @@ impl Connector {
         url: SecretUrl,
         connect_timeout: Duration,
         publisher_channels: usize,
+        connection_name: String,
     ) -> Self {
         Connector {
             uri,
             errors: ErrorMapper { url },
             connect_timeout,
             publisher_channels: publisher_channels.max(1),
+            connection_name,
             current: Mutex::new(None),
             reconnect: tokio::sync::Mutex::new(()),
             epoch: AtomicU64::new(0),
@@ -230,8 +233,12 @@ impl Connector {
 
     async fn connect(&self) -> Result<Link> {
         let attempt = async {
-            let conn =
-                Connection::connect_uri(self.uri.clone(), ConnectionProperties::default()).await?;
+            let conn = Connection::connect_uri(
+                self.uri.clone(),
+                ConnectionProperties::default()
+                    .with_connection_name(self.connection_name.as_str().into()),
+            )
+            .await?;
             let mut publishers = Vec::with_capacity(self.publisher_channels);
             for _ in 0..self.publisher_channels {
                 publishers.push(Mutex::new(open_confirm_channel(&conn).await?));

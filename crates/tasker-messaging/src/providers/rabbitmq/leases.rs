@@ -120,6 +120,26 @@ impl LeaseChannel {
     }
 }
 
+/// Nacks the leases with requeue, grouped by channel. A broken channel needs nothing: the
+/// broker requeued what it held.
+pub(super) async fn nack_all(leases: Vec<Lease>) {
+    let mut by_channel: HashMap<u64, (Arc<LeaseChannel>, Vec<u64>)> = HashMap::new();
+    for lease in leases {
+        by_channel
+            .entry(lease.channel.id)
+            .or_insert_with(|| (lease.channel.clone(), Vec::new()))
+            .1
+            .push(lease.tag);
+    }
+    for (channel, tags) in by_channel.into_values() {
+        if channel.connected() {
+            if let Err(e) = channel.release(tags).await {
+                tracing::debug!(error = %e, "lease release nack failed");
+            }
+        }
+    }
+}
+
 /// One held message.
 pub(super) struct Lease {
     pub queue: QueueName,
@@ -336,30 +356,20 @@ impl Leases {
             .count() as u64
     }
 
-    /// The reaper: nacks leases whose visibility timeout ended, so their messages return.
-    pub async fn run_reaper(self: Arc<Self>) {
+    /// The reaper: hands leases whose visibility timeout ended to `release`, so their
+    /// messages return.
+    pub async fn run_reaper<F, Fut>(self: Arc<Self>, release: F)
+    where
+        F: Fn(Vec<Lease>) -> Fut + Send,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         loop {
             let (due, next) = self.take_due(Instant::now());
             if self.orphaned.load(Ordering::Acquire) && self.table.lock().live.is_empty() {
                 return;
             }
             if !due.is_empty() {
-                let mut by_channel: HashMap<u64, (Arc<LeaseChannel>, Vec<u64>)> = HashMap::new();
-                for lease in due {
-                    by_channel
-                        .entry(lease.channel.id)
-                        .or_insert_with(|| (lease.channel.clone(), Vec::new()))
-                        .1
-                        .push(lease.tag);
-                }
-                for (channel, tags) in by_channel.into_values() {
-                    if channel.connected() {
-                        if let Err(e) = channel.release(tags).await {
-                            // The channel broke: the broker requeues what it held anyway.
-                            tracing::debug!(error = %e, "lease expiry nack failed");
-                        }
-                    }
-                }
+                release(due).await;
                 continue;
             }
             match next {

@@ -92,6 +92,8 @@ pub struct RabbitMqSettings {
     pub max_payload_bytes: usize,
     /// Confirm-mode channels publishing is spread over.
     pub publisher_channels: usize,
+    /// Shown by the broker (`rabbitmqctl list_connections client_properties`).
+    pub connection_name: String,
 }
 
 impl RabbitMqSettings {
@@ -109,6 +111,7 @@ impl RabbitMqSettings {
             dead_letter_suffix: defaults.queues.dead_letter_queue_suffix,
             max_payload_bytes: defaults.queues.max_payload_bytes,
             publisher_channels: 4,
+            connection_name: "tasker-messaging".into(),
         }
     }
 
@@ -163,7 +166,10 @@ pub(crate) struct Inner {
     prefetch: AtomicU16,
     /// Delay queues declared, and when (re-declared before their `x-expires` could pass).
     delay_queues: Mutex<HashMap<String, std::time::Instant>>,
+    /// `max_receive_count` of queues this service created (classic queues enforce it here).
+    max_receive: Mutex<HashMap<QueueName, u32>>,
     reaper: Mutex<Option<JoinHandle<()>>>,
+    me: std::sync::Weak<Inner>,
 }
 
 impl Drop for Inner {
@@ -197,6 +203,7 @@ impl RabbitMqMessageService {
             settings.url.clone(),
             settings.connection_timeout,
             settings.publisher_channels,
+            settings.connection_name.clone(),
         );
         let capabilities = Capabilities {
             delayed_send: true,
@@ -216,13 +223,15 @@ impl RabbitMqMessageService {
             timer_resolution: Duration::from_millis(50),
         };
         Ok(RabbitMqMessageService {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
                 prefetch: AtomicU16::new(settings.prefetch_count),
                 settings,
                 connector,
                 leases: Arc::new(Leases::new()),
                 delay_queues: Mutex::new(HashMap::new()),
+                max_receive: Mutex::new(HashMap::new()),
                 reaper: Mutex::new(None),
+                me: me.clone(),
             }),
             capabilities,
         })
@@ -295,13 +304,30 @@ impl Inner {
 
     /// The live connection; starts the lease reaper on first use.
     async fn link(&self) -> Result<Arc<Link>> {
+        self.start_reaper();
+        self.connector.link().await
+    }
+
+    /// A plain function, so the reaper's future (which publishes, which needs a link) does
+    /// not contain itself.
+    fn start_reaper(&self) {
         {
             let mut reaper = self.reaper.lock();
             if reaper.is_none() {
-                *reaper = Some(tokio::spawn(self.leases.clone().run_reaper()));
+                let me = self.me.clone();
+                let release = move |due: Vec<Lease>| {
+                    let me = me.clone();
+                    async move {
+                        match me.upgrade() {
+                            Some(inner) => inner.release_leases(due).await,
+                            // The service is gone: requeue without counting (classic queues).
+                            None => leases::nack_all(due).await,
+                        }
+                    }
+                };
+                *reaper = Some(tokio::spawn(self.leases.clone().run_reaper(release)));
             }
         }
-        self.connector.link().await
     }
 
     fn check_payload(&self, size: usize) -> Result<()> {
@@ -463,6 +489,109 @@ impl Inner {
             self.publish_confirmed("", &dq, true, items, None).await?;
         }
         Ok(())
+    }
+
+    fn max_receive_count(&self, queue: &QueueName) -> u32 {
+        if let Some(max) = self.max_receive.lock().get(queue) {
+            return *max;
+        }
+        if queue
+            .as_str()
+            .ends_with(self.settings.dead_letter_suffix.as_str())
+        {
+            0
+        } else {
+            self.settings.default_max_receive_count
+        }
+    }
+
+    /// Hands leased messages back to their queues. Quorum queues count the delivery and
+    /// dead-letter at the limit themselves, so a nack is enough. A classic queue counts
+    /// nothing: the message is published again with its receive count in a header (or
+    /// dead-lettered at `max_receive_count`), then the delivery is acked.
+    async fn release_leases(&self, leases: Vec<Lease>) {
+        let (quorum, classic): (Vec<_>, Vec<_>) = leases
+            .into_iter()
+            .partition(|l| codec::counted_by_broker(&l.properties));
+        leases::nack_all(quorum).await;
+        for lease in classic {
+            if !lease.channel.connected() {
+                continue;
+            }
+            let max = self.max_receive_count(&lease.queue);
+            let moved = if max > 0 && lease.receive_count >= max {
+                self.copy_to_dead_letter_queue(
+                    &lease,
+                    DeadLetterReason::MaxReceiveCountExceeded {
+                        max_receive_count: max,
+                    },
+                )
+                .await
+            } else {
+                let props = codec::with_header(
+                    &lease.properties,
+                    codec::H_RECEIVE_COUNT,
+                    AMQPValue::LongLongInt(i64::from(lease.receive_count)),
+                );
+                let item = vec![(lease.payload.clone(), props)];
+                self.publish_confirmed("", lease.queue.as_str(), true, item, Some(&lease.queue))
+                    .await
+            };
+            let settled = match moved {
+                Ok(()) => lease.channel.ack(vec![lease.tag]).await,
+                Err(e) => {
+                    tracing::warn!(queue = %lease.queue, error = %e, "requeue by publish failed; nacking");
+                    lease.channel.release(vec![lease.tag]).await
+                }
+            };
+            if let Err(e) = settled {
+                tracing::debug!(error = %e, "settling a released lease failed");
+            }
+        }
+    }
+
+    /// Publishes a copy of the leased message to the queue's DLQ with its dead-letter record
+    /// (confirmed), recreating the DLQ if it was deleted meanwhile.
+    async fn copy_to_dead_letter_queue(
+        &self,
+        lease: &Lease,
+        reason: DeadLetterReason,
+    ) -> Result<()> {
+        let queue = &lease.queue;
+        let dlq = self.dead_letter_queue(queue)?;
+        let reason_json = serde_json::to_string(&reason).unwrap_or_default();
+        let props = codec::moved_properties(
+            &lease.properties,
+            [
+                (H_DL_SOURCE, long_string(queue.as_str())),
+                (H_DL_REASON, long_string(&reason_json)),
+                (
+                    H_DL_COUNT,
+                    AMQPValue::LongLongInt(i64::from(lease.receive_count)),
+                ),
+                (
+                    H_DL_AT,
+                    AMQPValue::LongLongInt(Utc::now().timestamp_millis()),
+                ),
+            ],
+        );
+        let item = vec![(lease.payload.clone(), props.clone())];
+        let published = self
+            .publish_confirmed("", dlq.as_str(), true, item, Some(&dlq))
+            .await;
+        if !matches!(published, Err(MessagingError::QueueNotFound { .. })) {
+            return published;
+        }
+        let link = self.link().await?;
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), self.queue_type_arg());
+        let ch = link.admin(self.errors()).await?;
+        let r = ch.queue_declare(dlq.as_str().into(), durable(), args).await;
+        link.give_back(ch);
+        r.map_err(|e| self.map("queue.declare", Some(&dlq), e))?;
+        let item = vec![(lease.payload.clone(), props)];
+        self.publish_confirmed("", dlq.as_str(), true, item, Some(&dlq))
+            .await
     }
 
     /// `basic.get`s up to `max` messages on the queue's lease channel and leases them.
@@ -710,7 +839,14 @@ impl MessagingService for RabbitMqMessageService {
         let max = options
             .max_receive_count
             .unwrap_or(self.inner.settings.default_max_receive_count);
-        self.inner.create_queue(queue, max).await
+        self.inner.create_queue(queue, max).await?;
+        // The first creation's options stay; remember them only if this call created it.
+        self.inner
+            .max_receive
+            .lock()
+            .entry(queue.clone())
+            .or_insert(max);
+        Ok(())
     }
 
     async fn send(&self, queue: &QueueName, message: OutgoingMessage) -> Result<MessageId> {
@@ -825,9 +961,9 @@ impl MessagingService for RabbitMqMessageService {
                 .map_err(|p| invalid(queue, p));
         }
         let (id, lease) = leases.take(queue, receipt).map_err(|p| invalid(queue, p))?;
-        let result = lease.channel.release(vec![lease.tag]).await;
         leases.ended(id, Ended::Released);
-        result.map_err(|e| self.inner.map("basic.nack", Some(queue), e))
+        self.inner.release_leases(vec![lease]).await;
+        Ok(())
     }
 
     async fn dead_letter_message(
@@ -841,50 +977,11 @@ impl MessagingService for RabbitMqMessageService {
             .leases
             .take(queue, receipt)
             .map_err(|p| invalid(queue, p))?;
-        let dlq = inner.dead_letter_queue(queue)?;
         let reason = DeadLetterReason::Rejected {
             reason: reason.to_owned(),
         };
-        let reason_json = serde_json::to_string(&reason).unwrap_or_default();
-        let props = codec::moved_properties(
-            &lease.properties,
-            [
-                (H_DL_SOURCE, long_string(queue.as_str())),
-                (H_DL_REASON, long_string(&reason_json)),
-                (
-                    H_DL_COUNT,
-                    AMQPValue::LongLongInt(i64::from(lease.receive_count)),
-                ),
-                (
-                    H_DL_AT,
-                    AMQPValue::LongLongInt(Utc::now().timestamp_millis()),
-                ),
-            ],
-        );
         // Copy first (confirmed), then ack: a crash in between duplicates, never loses.
-        let item = vec![(lease.payload.clone(), props.clone())];
-        let mut published = inner
-            .publish_confirmed("", dlq.as_str(), true, item, Some(&dlq))
-            .await;
-        if let Err(MessagingError::QueueNotFound { .. }) = published {
-            // The DLQ was deleted meanwhile: recreate it rather than lose the message.
-            let link = inner.link().await?;
-            let mut args = FieldTable::default();
-            args.insert("x-queue-type".into(), inner.queue_type_arg());
-            let ch = link.admin(inner.errors()).await?;
-            let r = ch.queue_declare(dlq.as_str().into(), durable(), args).await;
-            link.give_back(ch);
-            r.map_err(|e| inner.map("queue.declare", Some(&dlq), e))?;
-            published = inner
-                .publish_confirmed(
-                    "",
-                    dlq.as_str(),
-                    true,
-                    vec![(lease.payload.clone(), props)],
-                    Some(&dlq),
-                )
-                .await;
-        }
+        let published = inner.copy_to_dead_letter_queue(&lease, reason).await;
         if let Err(e) = published {
             let _ = lease.channel.release(vec![lease.tag]).await;
             inner.leases.ended(id, Ended::Released);

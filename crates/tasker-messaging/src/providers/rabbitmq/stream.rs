@@ -151,6 +151,9 @@ pub(super) fn push_stream(
                 continue;
             };
             match consumer.next().await {
+                // Buffered before the channel died: its lease could not be settled, and the
+                // broker has requeued it already.
+                Some(Ok(_)) if !sub.channel.connected() => st.subscription = None,
                 Some(Ok(d)) => {
                     let payload = Bytes::from(d.data);
                     let decoded = codec::decode(
