@@ -34,6 +34,8 @@ pub(super) struct LeaseChannel {
     settle: tokio::sync::Mutex<()>,
     /// Serializes receives, so tags are registered in delivery order.
     pub receive: tokio::sync::Mutex<()>,
+    /// The consumer prefetch last set on the channel (0: never).
+    pub prefetch: std::sync::atomic::AtomicU16,
 }
 
 impl LeaseChannel {
@@ -44,6 +46,7 @@ impl LeaseChannel {
             outstanding: Mutex::new(BTreeSet::new()),
             settle: tokio::sync::Mutex::new(()),
             receive: tokio::sync::Mutex::new(()),
+            prefetch: std::sync::atomic::AtomicU16::new(0),
         })
     }
 

@@ -43,10 +43,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
+use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
@@ -65,6 +66,7 @@ use crate::message::{
     DeadLetterReason, MessageId, OutgoingMessage, ReceiptHandle, ReceivedMessage,
 };
 use crate::queue_name::QueueName;
+use crate::resources::ResourceRequirements;
 use crate::secret::{scrub, SecretUrl};
 use crate::service::{
     AmqpExtensions, Capabilities, ConsumerOptions, DeleteOutcome, ExchangeKind, MessageStream,
@@ -75,6 +77,11 @@ use crate::service::{
 const DEAD_LETTER_EXCHANGE: &str = "tasker.dead_letter";
 /// Largest batch one `receive` or redrive step takes.
 const MAX_BATCH: usize = 1000;
+/// From this many more ready messages on, `receive` takes them through a consumer window
+/// instead of more `basic.get`s.
+const CONSUME_WINDOW_FROM: usize = 4;
+/// How long a consumer window waits for its next delivery before it stops.
+const WINDOW_IDLE: Duration = Duration::from_millis(20);
 
 /// Settings of the RabbitMQ provider, from `[connection.rabbitmq]` and `[queues]`.
 #[derive(Clone, Debug)]
@@ -594,6 +601,68 @@ impl Inner {
             .await
     }
 
+    /// Takes up to `n` more messages through a consumer with prefetch `n` on the lease
+    /// channel, cancelled as soon as it delivered `n` or went quiet. Deliveries that arrive
+    /// before the cancel is confirmed are kept too (the prefetch bounds them by `n`).
+    async fn consume_window(
+        &self,
+        lc: &leases::LeaseChannel,
+        queue: &QueueName,
+        n: usize,
+        out: &mut Vec<lapin::message::Delivery>,
+    ) {
+        let prefetch = u16::try_from(n).unwrap_or(u16::MAX);
+        if lc.prefetch.swap(prefetch, Ordering::Relaxed) != prefetch {
+            if let Err(e) = lc
+                .channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+            {
+                tracing::debug!(error = %e, "basic.qos failed");
+                return;
+            }
+        }
+        let tag = format!("tasker-get-{}", uuid::Uuid::new_v4().simple());
+        let consumer = lc
+            .channel
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        let mut consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "basic.consume for a batch failed");
+                return;
+            }
+        };
+        let mut got = 0;
+        while got < n {
+            match tokio::time::timeout(WINDOW_IDLE, consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    out.push(d);
+                    got += 1;
+                }
+                _ => break,
+            }
+        }
+        if let Err(e) = lc
+            .channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await
+        {
+            tracing::debug!(error = %e, "basic.cancel failed");
+            return;
+        }
+        // After cancel-ok the stream yields what was already delivered, then ends.
+        while let Ok(Some(Ok(d))) = tokio::time::timeout(WINDOW_IDLE, consumer.next()).await {
+            out.push(d);
+        }
+    }
+
     /// `basic.get`s up to `max` messages on the queue's lease channel and leases them.
     async fn receive(
         &self,
@@ -616,7 +685,11 @@ impl Inner {
         };
         let more = (max - 1).min(first.message_count as usize);
         let mut deliveries = vec![first.delivery];
-        if more > 0 {
+        if more >= CONSUME_WINDOW_FROM {
+            // A quorum queue commits every basic.get through Raft, one after another, so a
+            // batch comes faster from a short-lived consumer whose prefetch is the batch.
+            self.consume_window(&lc, queue, more, &mut deliveries).await;
+        } else if more > 0 {
             // Pipelined: the gets go out back to back and their replies come in order.
             for r in futures::future::join_all((0..more).map(|_| get())).await {
                 match r {
@@ -809,6 +882,16 @@ impl MessagingService for RabbitMqMessageService {
 
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    fn resource_requirements(&self) -> ResourceRequirements {
+        let s = &self.inner.settings;
+        // Worst case held in memory: one full prefetch window of largest payloads.
+        let prefetch = u64::from(s.prefetch_count) * s.max_payload_bytes as u64;
+        ResourceRequirements {
+            db_connections: 0,
+            memory_mb: prefetch.div_ceil(1 << 20).max(1),
+        }
     }
 
     async fn initialize(&self) -> Result<()> {
@@ -1189,6 +1272,29 @@ mod tests {
             let b = delay_bucket_ms(Duration::from_millis(ms));
             assert!(b >= ms && b <= ms + ms / 16, "{ms} -> {b}");
         }
+    }
+
+    #[test]
+    fn config_selects_the_provider_and_its_queue_type() {
+        let config = MessagingConfig::from_toml_str(
+            "provider = 'rabbitmq'\n[connection.rabbitmq]\nurl = 'amqp://u:pw@127.0.0.1:5672/%2f'\nvhost = 'jobs'\nprefetch_count = 64\nqueue_type = 'classic'\n[queues]\nmax_receive_count = 3",
+        )
+        .unwrap();
+        let s = RabbitMqSettings::from_config(&config).unwrap();
+        assert_eq!(s.queue_type, RabbitMqQueueType::Classic);
+        assert_eq!(s.prefetch_count, 64);
+        assert_eq!(s.default_max_receive_count, 3);
+        assert_eq!(s.uri().unwrap().vhost, "jobs");
+        // Built without connecting; capabilities say what classic queues can do.
+        let svc = crate::create_service(&config).unwrap();
+        assert_eq!(svc.provider(), ProviderKind::Rabbitmq);
+        assert!(svc.amqp().is_some());
+        assert!(!svc.capabilities().native_dead_letter);
+        assert!(crate::available_providers().contains(&ProviderKind::Rabbitmq));
+        let bad = MessagingConfig::from_toml_str(
+            "provider = 'rabbitmq'\n[connection.rabbitmq]\nurl = 'amqp://u:pw@h/%2f'\nqueue_type = 'stream'",
+        );
+        assert!(bad.is_err());
     }
 
     #[test]
