@@ -365,6 +365,113 @@ fn latency(s: &Setup) {
     }
 }
 
+/// Raw and provider alternate round by round (the order flips each round), so background
+/// load on a shared machine hits both alike; prints medians and the median per-round ratio.
+fn interleaved(s: &Setup) {
+    const ROUNDS: usize = 15;
+    let q = s.queue.as_str();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (publish, consume) = s.rt.block_on(async {
+        purge(&s.raw_pub, q).await;
+        let mut publish = (Vec::new(), Vec::new());
+        let mut consume = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            for provider_turn in [round % 2 == 0, round % 2 != 0] {
+                // Confirmed publish, window 500, four windows per measurement.
+                let start = Instant::now();
+                for _ in 0..4 {
+                    if provider_turn {
+                        let batch = (0..WINDOW)
+                            .map(|_| OutgoingMessage::new(s.payload.clone()))
+                            .collect();
+                        s.svc.send_batch(&s.queue, batch).await.expect("send");
+                    } else {
+                        raw_publish(&s.raw_pub, q, &s.payload, WINDOW).await;
+                    }
+                }
+                let rate = (4 * WINDOW) as f64 / start.elapsed().as_secs_f64();
+                if provider_turn {
+                    publish.1.push(rate)
+                } else {
+                    publish.0.push(rate)
+                }
+                purge(&s.raw_pub, q).await;
+
+                // Consume + ack every 50, prefetch 500, from a prefilled queue.
+                raw_publish(&s.raw_pub, q, &s.payload, CONSUME).await;
+                let start = Instant::now();
+                if provider_turn {
+                    let options = ConsumerOptions {
+                        batch_size: 500,
+                        visibility_timeout: Duration::from_secs(60),
+                        ..ConsumerOptions::default()
+                    };
+                    let mut stream = s.svc.consume(&s.queue, options);
+                    let mut receipts = Vec::with_capacity(50);
+                    for _ in 0..CONSUME {
+                        let m = stream.next().await.expect("open").expect("message");
+                        receipts.push(m.metadata.receipt_handle);
+                        if receipts.len() == 50 {
+                            s.svc
+                                .delete_messages(&s.queue, &receipts)
+                                .await
+                                .expect("delete");
+                            receipts.clear();
+                        }
+                    }
+                } else {
+                    let ch = s.raw.create_channel().await.expect("channel");
+                    ch.basic_qos(500, BasicQosOptions::default())
+                        .await
+                        .expect("qos");
+                    let mut consumer = ch
+                        .basic_consume(
+                            q.into(),
+                            "raw-ab".into(),
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await
+                        .expect("consume");
+                    for i in 1..=CONSUME {
+                        let d = consumer.next().await.expect("open").expect("delivery");
+                        if i % 50 == 0 {
+                            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
+                                .await
+                                .expect("ack");
+                        }
+                    }
+                }
+                let rate = CONSUME as f64 / start.elapsed().as_secs_f64();
+                if provider_turn {
+                    consume.1.push(rate)
+                } else {
+                    consume.0.push(rate)
+                }
+                // Let the dropped consumer's cancel land before the next prefill.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        (publish, consume)
+    });
+    for (name, (raw, provider)) in [
+        ("publish_confirmed_window500", publish),
+        ("consume_ack_prefetch500_ack50", consume),
+    ] {
+        let ratios: Vec<f64> = raw.iter().zip(&provider).map(|(r, p)| p / r).collect();
+        println!(
+            "rabbitmq_ab/{name}: raw median {:.1}k msg/s, provider median {:.1}k msg/s, \
+             median per-round ratio {:.3} ({ROUNDS} rounds)",
+            median(raw.clone()) / 1000.0,
+            median(provider.clone()) / 1000.0,
+            median(ratios)
+        );
+    }
+}
+
 fn main() {
     let s = setup();
     let mut c = Criterion::default()
@@ -375,6 +482,7 @@ fn main() {
     consume(&mut c, &s);
     pull(&mut c, &s);
     latency(&s);
+    interleaved(&s);
     c.final_summary();
     s.rt.block_on(async {
         let _ = s.svc.delete_queue(&s.queue).await;

@@ -185,6 +185,16 @@ struct Table {
 const ENDED_MEMORY: usize = 200_000;
 
 impl Table {
+    /// Drops timer entries of settled or extended leases once they outnumber live ones, so
+    /// the heap stays bounded while the reaper sleeps until a far deadline.
+    fn compact(&mut self) {
+        if self.timers.len() > 1024 && self.timers.len() > 4 * self.live.len() {
+            let live = &self.live;
+            self.timers
+                .retain(|Reverse((d, id))| live.get(id).is_some_and(|l| l.deadline == *d));
+        }
+    }
+
     fn record(&mut self, id: u64, how: Ended) {
         if self.ended.insert(id, how).is_none() {
             self.ended_order.push_back(id);
@@ -236,6 +246,7 @@ impl Leases {
             let before = t.timers.peek().map(|Reverse((d, _))| *d);
             t.timers.push(Reverse((deadline, id)));
             t.live.insert(id, lease);
+            t.compact();
             before.is_none_or(|b| deadline < b)
         };
         if earliest {
@@ -282,6 +293,14 @@ impl Leases {
 
     pub fn ended(&self, id: u64, how: Ended) {
         self.table.lock().record(id, how);
+    }
+
+    /// Records many outcomes under one lock.
+    pub fn ended_many(&self, ids: impl IntoIterator<Item = u64>, how: Ended) {
+        let mut t = self.table.lock();
+        for id in ids {
+            t.record(id, how);
+        }
     }
 
     /// Moves the end of a live lease.
@@ -331,12 +350,7 @@ impl Leases {
                 }
             }
         }
-        if t.timers.len() > 1024 && t.timers.len() > 4 * t.live.len() {
-            let live = std::mem::take(&mut t.live);
-            t.timers
-                .retain(|Reverse((d, id))| live.get(id).is_some_and(|l| l.deadline == *d));
-            t.live = live;
-        }
+        t.compact();
         (due, t.timers.peek().map(|Reverse((d, _))| *d))
     }
 

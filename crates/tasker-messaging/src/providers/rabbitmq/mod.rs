@@ -1012,9 +1012,7 @@ impl MessagingService for RabbitMqMessageService {
             let tags = items.iter().map(|(_, t)| *t).collect();
             match channel.ack(tags).await {
                 Ok(()) => {
-                    for (id, _) in &items {
-                        leases.ended(*id, Ended::Deleted);
-                    }
+                    leases.ended_many(items.iter().map(|(id, _)| *id), Ended::Deleted);
                     outcome.deleted += items.len();
                 }
                 Err(e) => {
