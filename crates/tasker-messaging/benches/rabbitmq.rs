@@ -159,8 +159,9 @@ fn consume(c: &mut Criterion, s: &Setup) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 raw_publish(&s.raw_pub, q, &s.payload, CONSUME).await;
-                let ch = s.raw.create_channel().await.expect("channel");
+                // Timed from the channel open, as the provider's stream opens its own.
                 let start = Instant::now();
+                let ch = s.raw.create_channel().await.expect("channel");
                 ch.basic_qos(500, BasicQosOptions::default())
                     .await
                     .expect("qos");
@@ -368,7 +369,7 @@ fn latency(s: &Setup) {
 /// Raw and provider alternate round by round (the order flips each round), so background
 /// load on a shared machine hits both alike; prints medians and the median per-round ratio.
 fn interleaved(s: &Setup) {
-    const ROUNDS: usize = 15;
+    const ROUNDS: usize = 25;
     let q = s.queue.as_str();
     let median = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));

@@ -287,6 +287,21 @@ fn passive() -> QueueDeclareOptions {
     }
 }
 
+/// RabbitMQ closes a channel whose delivery stays unacked past its `consumer_timeout`
+/// (30 minutes by default), which ends every lease on that channel early (the messages are
+/// redelivered). Leases that long need the broker's timeout raised.
+const BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+fn warn_if_past_consumer_timeout(visibility_timeout: Duration) {
+    if visibility_timeout >= BROKER_CONSUMER_TIMEOUT {
+        tracing::warn!(
+            ?visibility_timeout,
+            "visibility timeout at or past RabbitMQ's default consumer_timeout (30 min): \
+             the broker may close the channel and redeliver early unless it is raised"
+        );
+    }
+}
+
 /// Delays are rounded up to buckets (50 ms up to a second, then 1/16 of a power of two), so
 /// a handful of delay queues serve every delay.
 fn delay_bucket_ms(delay: Duration) -> u64 {
@@ -964,6 +979,7 @@ impl MessagingService for RabbitMqMessageService {
         if max_messages == 0 {
             return Ok(Vec::new());
         }
+        warn_if_past_consumer_timeout(visibility_timeout);
         self.inner
             .receive(queue, max_messages.min(MAX_BATCH), visibility_timeout)
             .await
@@ -1037,6 +1053,7 @@ impl MessagingService for RabbitMqMessageService {
     ) -> Result<()> {
         let leases = &self.inner.leases;
         if !visibility_timeout.is_zero() {
+            warn_if_past_consumer_timeout(visibility_timeout);
             return leases
                 .extend(queue, receipt, Instant::now() + visibility_timeout)
                 .map_err(|p| invalid(queue, p));
