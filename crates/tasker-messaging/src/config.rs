@@ -27,6 +27,11 @@ pub struct MessagingConfig {
     pub retry_policy: RetryPolicy,
     pub circuit_breaker: CircuitBreakerConfig,
     pub resource_validation: ResourceValidationConfig,
+    /// A secondary provider started when the configured one cannot start
+    /// (see `resilience::fallback`).
+    pub fallback: Option<FallbackConfig>,
+    /// Global backpressure thresholds (see `resilience::backpressure`).
+    pub backpressure: BackpressureConfig,
 }
 
 impl Default for MessagingConfig {
@@ -38,6 +43,8 @@ impl Default for MessagingConfig {
             retry_policy: RetryPolicy::default(),
             circuit_breaker: CircuitBreakerConfig::default(),
             resource_validation: ResourceValidationConfig::default(),
+            fallback: None,
+            backpressure: BackpressureConfig::default(),
         }
     }
 }
@@ -193,6 +200,11 @@ pub struct RetryPolicy {
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
     pub backoff_multiplier: f64,
+    /// Adds a random 0-100% of each delay, so clients that failed together spread out.
+    pub jitter: bool,
+    /// Retry `send` / `send_batch` too. A retried send whose first attempt landed duplicates
+    /// the message under the same message id (consumers deduplicate by id).
+    pub retry_sends: bool,
 }
 
 impl Default for RetryPolicy {
@@ -202,6 +214,8 @@ impl Default for RetryPolicy {
             initial_backoff_ms: 100,
             max_backoff_ms: 10_000,
             backoff_multiplier: 2.0,
+            jitter: true,
+            retry_sends: true,
         }
     }
 }
@@ -244,6 +258,123 @@ impl Default for ResourceValidationConfig {
             max_connection_percentage: 80.0,
             memory_per_queue_mb: 1,
         }
+    }
+}
+
+/// The secondary provider (`[fallback]`); its connection comes from the same `[connection]`
+/// section as the primary's (e.g. `[connection.pgmq]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    pub provider: ProviderKind,
+}
+
+/// Global backpressure: pressure is the highest of the four ratios (queue depth, in-flight,
+/// error rate, latency against their maxima), clamped to 0..=1. A level is entered at or above
+/// its `*_enter` threshold and left below its `*_exit` threshold, and no change happens less
+/// than `min_dwell_ms` after the previous one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackpressureConfig {
+    pub elevated_enter: f64,
+    pub elevated_exit: f64,
+    pub critical_enter: f64,
+    pub critical_exit: f64,
+    pub min_dwell_ms: u64,
+    pub max_queue_depth: u64,
+    pub max_in_flight: u64,
+    pub max_error_rate: f64,
+    pub max_latency_ms: u64,
+    /// Share of the base batch size consumers use when elevated, and when critical.
+    pub elevated_batch_factor: f64,
+    pub critical_batch_factor: f64,
+}
+
+impl Default for BackpressureConfig {
+    fn default() -> Self {
+        BackpressureConfig {
+            elevated_enter: 0.7,
+            elevated_exit: 0.5,
+            critical_enter: 0.9,
+            critical_exit: 0.75,
+            min_dwell_ms: 5_000,
+            max_queue_depth: 10_000,
+            max_in_flight: 1_000,
+            max_error_rate: 0.5,
+            max_latency_ms: 1_000,
+            elevated_batch_factor: 0.5,
+            critical_batch_factor: 0.1,
+        }
+    }
+}
+
+impl BackpressureConfig {
+    fn validate(&self) -> Result<(), MessagingError> {
+        for (key, value) in [
+            ("backpressure.elevated_enter", self.elevated_enter),
+            ("backpressure.elevated_exit", self.elevated_exit),
+            ("backpressure.critical_enter", self.critical_enter),
+            ("backpressure.critical_exit", self.critical_exit),
+            (
+                "backpressure.elevated_batch_factor",
+                self.elevated_batch_factor,
+            ),
+            (
+                "backpressure.critical_batch_factor",
+                self.critical_batch_factor,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(MessagingError::config(
+                    key,
+                    format!("must be in [0, 1], got {value}"),
+                ));
+            }
+        }
+        for (key, exit, enter) in [
+            (
+                "backpressure.elevated_exit",
+                self.elevated_exit,
+                self.elevated_enter,
+            ),
+            (
+                "backpressure.critical_exit",
+                self.critical_exit,
+                self.critical_enter,
+            ),
+        ] {
+            if exit >= enter {
+                return Err(MessagingError::config(
+                    key,
+                    format!("{exit} must be below its enter threshold {enter} (hysteresis)"),
+                ));
+            }
+        }
+        if self.critical_enter <= self.elevated_enter {
+            return Err(MessagingError::config(
+                "backpressure.critical_enter",
+                format!(
+                    "{} must be above backpressure.elevated_enter {}",
+                    self.critical_enter, self.elevated_enter
+                ),
+            ));
+        }
+        if self.max_error_rate <= 0.0 || self.max_error_rate > 1.0 {
+            return Err(MessagingError::config(
+                "backpressure.max_error_rate",
+                format!("must be in (0, 1], got {}", self.max_error_rate),
+            ));
+        }
+        for (key, value) in [
+            ("backpressure.max_queue_depth", self.max_queue_depth),
+            ("backpressure.max_in_flight", self.max_in_flight),
+            ("backpressure.max_latency_ms", self.max_latency_ms),
+        ] {
+            if value == 0 {
+                return Err(MessagingError::config(key, "must be at least 1"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -386,18 +517,28 @@ impl MessagingConfig {
                 format!("must be in (0, 100], got {pct}"),
             ));
         }
-        self.validate_provider_section()
+        self.backpressure.validate()?;
+        if let Some(fallback) = &self.fallback {
+            if fallback.provider == self.provider {
+                return Err(MessagingError::config(
+                    "fallback.provider",
+                    format!("must differ from provider ({})", self.provider),
+                ));
+            }
+            self.validate_provider_section(fallback.provider)?;
+        }
+        self.validate_provider_section(self.provider)
     }
 
-    fn validate_provider_section(&self) -> Result<(), MessagingError> {
+    fn validate_provider_section(&self, provider: ProviderKind) -> Result<(), MessagingError> {
         let c = &self.connection;
         let missing = |key: &str, var: &str| {
             Err(MessagingError::config(
                 key,
-                format!("required when provider = {} (or set {var})", self.provider),
+                format!("required when provider = {provider} (or set {var})"),
             ))
         };
-        match self.provider {
+        match provider {
             ProviderKind::InMemory => Ok(()),
             ProviderKind::Pgmq => match &c.pgmq {
                 None => missing("connection.pgmq.database_url", "DATABASE_URL"),
@@ -559,6 +700,40 @@ mod tests {
     }
 
     #[test]
+    fn fallback_provider_is_validated_and_named() {
+        let c = MessagingConfig::from_toml_str(
+            "provider = 'rabbitmq'\n[connection.rabbitmq]\nurl = 'amqp://127.0.0.1'\n\
+             [connection.pgmq]\ndatabase_url = 'postgres://u:p@127.0.0.1/db'\n\
+             [fallback]\nprovider = 'pgmq'",
+        )
+        .unwrap();
+        assert_eq!(c.fallback.unwrap().provider, ProviderKind::Pgmq);
+        assert!(MessagingConfig::default().fallback.is_none());
+
+        let err = MessagingConfig::from_toml_str("[fallback]\nprovider = 'in_memory'").unwrap_err();
+        assert_eq!(key_of(err), "fallback.provider");
+        let err = MessagingConfig::from_toml_str("[fallback]\nprovider = 'pgmq'").unwrap_err();
+        assert_eq!(key_of(err), "connection.pgmq.database_url");
+        let err = MessagingConfig::from_toml_str("[fallback]\nprovidr = 'pgmq'").unwrap_err();
+        assert_eq!(key_of(err), "fallback.providr");
+    }
+
+    #[test]
+    fn backpressure_and_retry_keys_have_defaults_and_are_validated() {
+        let c = MessagingConfig::from_toml_str("").unwrap();
+        assert!(c.retry_policy.jitter && c.retry_policy.retry_sends);
+        assert_eq!(c.backpressure.min_dwell_ms, 5_000);
+        let c = MessagingConfig::from_toml_str("[retry_policy]\njitter = false").unwrap();
+        assert!(!c.retry_policy.jitter);
+        let err =
+            MessagingConfig::from_toml_str("[backpressure]\nelevated_exit = 0.7").unwrap_err();
+        assert_eq!(key_of(err), "backpressure.elevated_exit");
+        let err =
+            MessagingConfig::from_toml_str("[backpressure]\ncritical_enter = 0.6").unwrap_err();
+        assert_eq!(key_of(err), "backpressure.critical_exit");
+    }
+
+    #[test]
     fn the_example_file_parses_to_the_defaults() {
         let text = include_str!("../../../config/tasker-mq.example.toml");
         let c = MessagingConfig::from_toml_str(text).unwrap();
@@ -567,6 +742,8 @@ mod tests {
         assert_eq!(c.retry_policy, d.retry_policy);
         assert_eq!(c.circuit_breaker, d.circuit_breaker);
         assert_eq!(c.resource_validation, d.resource_validation);
+        assert_eq!(c.backpressure, d.backpressure);
+        assert_eq!(c.fallback, d.fallback);
         assert_eq!(c.queues.max_receive_count, d.queues.max_receive_count);
         assert_eq!(c.queues.max_payload_bytes, d.queues.max_payload_bytes);
     }

@@ -36,8 +36,10 @@ pub mod consumer;
 pub mod error;
 pub mod factory;
 pub mod message;
+pub mod observability;
 pub mod providers;
 pub mod queue_name;
+pub mod resilience;
 pub mod resources;
 pub mod routing;
 pub mod secret;
@@ -48,8 +50,8 @@ pub mod typed;
 pub mod conformance;
 
 pub use config::{
-    CircuitBreakerConfig, ConnectionConfig, MessagingConfig, QueueConfig, RabbitMqQueueType,
-    ResourceValidationConfig, RetryPolicy,
+    BackpressureConfig, CircuitBreakerConfig, ConnectionConfig, FallbackConfig, MessagingConfig,
+    QueueConfig, RabbitMqQueueType, ResourceValidationConfig, RetryPolicy,
 };
 pub use error::{ErrorClass, MessagingError, Result};
 pub use factory::{available_providers, build_service, build_service_with_limits, create_service};

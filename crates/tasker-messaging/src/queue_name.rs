@@ -35,6 +35,11 @@ impl QueueName {
         &self.0
     }
 
+    /// The shared string behind the name (a reference-count bump, no copy), for labels.
+    pub fn as_shared(&self) -> Arc<str> {
+        Arc::clone(&self.0)
+    }
+
     /// The dead-letter queue of this queue: `<name><suffix>`, itself a valid queue name.
     pub fn dead_letter(&self, suffix: &str) -> Result<QueueName, MessagingError> {
         QueueName::new(format!("{}{}", self.0, suffix)).map_err(|e| match e {

@@ -438,3 +438,33 @@ async fn dropped_service_keeps_its_leases_until_they_end() {
     svc.delete_queue(&q).await.unwrap();
     let _ = Arc::strong_count(&svc);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_removes_delayed_messages_too() {
+    let Some(svc) = rabbitmq_support::service().await else {
+        return;
+    };
+    let q = unique("purge_delay");
+    svc.create_queue(&q).await.unwrap();
+    svc.send_batch(
+        &q,
+        vec![OutgoingMessage::new("a"), OutgoingMessage::new("b")],
+    )
+    .await
+    .unwrap();
+    svc.send(
+        &q,
+        OutgoingMessage::new("later").with_delay(Duration::from_millis(1500)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(svc.purge_queue(&q).await.unwrap(), 3);
+    // The delayed one does not arrive after its delay either.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(svc
+        .receive(&q, 10, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
+    svc.delete_queue(&q).await.unwrap();
+}

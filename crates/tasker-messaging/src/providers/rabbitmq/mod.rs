@@ -1127,8 +1127,30 @@ impl MessagingService for RabbitMqMessageService {
             .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
             .await;
         link.give_back(ch);
-        r.map(u64::from)
-            .map_err(|e| inner.map("queue.purge", Some(queue), e))
+        let mut purged = r
+            .map(u64::from)
+            .map_err(|e| inner.map("queue.purge", Some(queue), e))?;
+        // Delayed messages wait in delay queues; those this service declared are purged too.
+        let prefix = format!("{queue}.delay.");
+        let delay_queues: Vec<String> = inner
+            .delay_queues
+            .lock()
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for name in delay_queues {
+            let ch = link.admin(inner.errors()).await?;
+            // An expired delay queue is gone: nothing to purge there.
+            if let Ok(n) = ch
+                .queue_purge(name.as_str().into(), QueuePurgeOptions::default())
+                .await
+            {
+                purged += u64::from(n);
+                link.give_back(ch);
+            }
+        }
+        Ok(purged)
     }
 
     async fn delete_queue(&self, queue: &QueueName) -> Result<()> {

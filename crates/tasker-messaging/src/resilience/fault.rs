@@ -1,0 +1,195 @@
+//! A fault-injecting wrapper for tests and benchmarks: fails on command, adds latency.
+//!
+//! Wrap a real or in-memory provider and drive faults from a shared [`FaultControl`]:
+//! fail the next *n* calls, fail every call until healed, fail only some operations, or delay
+//! every call (with `tokio::time::sleep`, so paused-time tests control it). It counts how many
+//! calls reached the wrapped service, which is how tests prove that an open circuit did not
+//! touch the backend.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::{layered_service, Layer, Op};
+use crate::error::{MessagingError, Result};
+use crate::resources::ResourceRequirements;
+use crate::service::{MessagingService, ProviderKind};
+
+/// The commands a test gives a [`FaultInjectingService`]; cheap to clone and share.
+#[derive(Debug, Default)]
+pub struct FaultControl {
+    fail_next: AtomicU64,
+    failing: AtomicBool,
+    /// Operations faults apply to; empty means all.
+    only: Mutex<HashSet<Op>>,
+    error: Mutex<Option<MessagingError>>,
+    latency: Mutex<Duration>,
+    requirements: Mutex<Option<ResourceRequirements>>,
+    calls: AtomicU64,
+    reached: AtomicU64,
+    injected: AtomicU64,
+    concurrent: AtomicUsize,
+    max_concurrent: AtomicUsize,
+}
+
+impl FaultControl {
+    pub fn new() -> Arc<Self> {
+        Arc::new(FaultControl::default())
+    }
+
+    /// Fails the next `n` calls (of the selected operations), then behaves.
+    pub fn fail_next(&self, n: u64) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Fails every call (of the selected operations) until [`FaultControl::heal`].
+    pub fn fail_always(&self) {
+        self.failing.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops failing (latency stays as set).
+    pub fn heal(&self) {
+        self.failing.store(false, Ordering::SeqCst);
+        self.fail_next.store(0, Ordering::SeqCst);
+    }
+
+    /// Restricts faults to these operations (latency applies to all).
+    pub fn only(&self, ops: &[Op]) {
+        *self.only.lock() = ops.iter().copied().collect();
+    }
+
+    /// The error injected; defaults to a retryable connection error.
+    pub fn set_error(&self, error: MessagingError) {
+        *self.error.lock() = Some(error);
+    }
+
+    /// Delay added before every call.
+    pub fn set_latency(&self, latency: Duration) {
+        *self.latency.lock() = latency;
+    }
+
+    /// What the wrapper reports as its resource requirements (instead of the inner's).
+    pub fn set_requirements(&self, requirements: ResourceRequirements) {
+        *self.requirements.lock() = Some(requirements);
+    }
+
+    /// Calls made to the wrapper.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls that reached the wrapped service (not failed by injection).
+    pub fn reached(&self) -> u64 {
+        self.reached.load(Ordering::SeqCst)
+    }
+
+    /// Calls failed by injection.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    /// The most calls in progress at once since creation.
+    pub fn max_concurrent(&self) -> usize {
+        self.max_concurrent.load(Ordering::SeqCst)
+    }
+
+    fn applies_to(&self, op: Op) -> bool {
+        let only = self.only.lock();
+        only.is_empty() || only.contains(&op)
+    }
+
+    fn should_fail(&self, op: Op) -> bool {
+        if !self.applies_to(op) {
+            return false;
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            return true;
+        }
+        self.fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn error(&self, provider: ProviderKind, op: Op) -> MessagingError {
+        self.error
+            .lock()
+            .clone()
+            .unwrap_or(MessagingError::Connection {
+                provider,
+                message: format!("injected fault during {op}"),
+            })
+    }
+}
+
+/// Decrements the in-progress count when a call ends, even if cancelled.
+struct InProgress<'a>(&'a FaultControl);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.concurrent.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Wraps a service and injects the faults its [`FaultControl`] commands.
+pub struct FaultInjectingService {
+    inner: Arc<dyn MessagingService>,
+    control: Arc<FaultControl>,
+}
+
+impl FaultInjectingService {
+    pub fn new(inner: Arc<dyn MessagingService>) -> Self {
+        Self::with_control(inner, FaultControl::new())
+    }
+
+    pub fn with_control(inner: Arc<dyn MessagingService>, control: Arc<FaultControl>) -> Self {
+        FaultInjectingService { inner, control }
+    }
+
+    /// The shared control handle.
+    pub fn control(&self) -> Arc<FaultControl> {
+        self.control.clone()
+    }
+
+    async fn run<T, F, Fut>(&self, op: Op, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T>> + Send,
+        T: Send,
+    {
+        let c = &self.control;
+        c.calls.fetch_add(1, Ordering::SeqCst);
+        let now = c.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+        c.max_concurrent.fetch_max(now, Ordering::SeqCst);
+        let _in_progress = InProgress(c);
+        let latency = *c.latency.lock();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if c.should_fail(op) {
+            c.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(c.error(self.inner.provider(), op));
+        }
+        c.reached.fetch_add(1, Ordering::SeqCst);
+        f().await
+    }
+}
+
+impl Layer for FaultInjectingService {
+    fn inner(&self) -> &dyn MessagingService {
+        &*self.inner
+    }
+
+    fn requirements(&self) -> ResourceRequirements {
+        self.control
+            .requirements
+            .lock()
+            .clone()
+            .unwrap_or_else(|| self.inner.resource_requirements())
+    }
+}
+
+layered_service!(FaultInjectingService);

@@ -1,0 +1,463 @@
+//! Executor pools: workers pulling one queue through `MessagingService`, scaled between a
+//! minimum and a maximum, stopped gracefully.
+//!
+//! A worker loops over [`process_tracked`]; when a batch comes back empty it awaits
+//! `wait_for_messages` (provider wakeups or a bounded sleep), never spinning. Scaling down
+//! cancels the newest workers, which finish their batch first. Shutdown cancels every worker,
+//! waits up to a drain timeout for their batches to settle, then aborts the stragglers and
+//! gives their leases back (`change_message_visibility(0)`), so no message stays invisible.
+//! Workers own clones of the service and handler, never the pool, so dropping the pool
+//! cancels them and nothing leaks.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tasker_messaging::{MessagingService, QueueMessage, QueueName};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{
+    process_tracked, ExecutorConfig, LeaseTracker, MessageHandler, ProcessBatchResult,
+};
+
+/// Pool settings.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub min_workers: usize,
+    pub max_workers: usize,
+    pub executor: ExecutorConfig,
+    /// Longest wait for messages while idle (bounds latency on providers without wakeups).
+    pub idle_wait: Duration,
+    /// Pause after a failed receive before trying again.
+    pub error_backoff: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            min_workers: 1,
+            max_workers: 4,
+            executor: ExecutorConfig::default(),
+            idle_wait: Duration::from_millis(100),
+            error_backoff: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Counters of a pool, readable while it runs.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub batches: AtomicU64,
+    pub processed: AtomicU64,
+    pub failed: AtomicU64,
+    pub skipped: AtomicU64,
+    pub retried: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl PoolStats {
+    fn record(&self, r: &ProcessBatchResult) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.processed
+            .fetch_add(r.items_processed as u64, Ordering::Relaxed);
+        self.failed
+            .fetch_add(r.items_failed as u64, Ordering::Relaxed);
+        self.skipped
+            .fetch_add(r.items_skipped as u64, Ordering::Relaxed);
+        self.retried
+            .fetch_add(r.items_retried as u64, Ordering::Relaxed);
+    }
+
+    /// A point-in-time copy.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        PoolSnapshot {
+            batches: self.batches.load(Ordering::Relaxed),
+            processed: self.processed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Copy of [`PoolStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolSnapshot {
+    pub batches: u64,
+    pub processed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub retried: u64,
+    pub errors: u64,
+}
+
+/// What shutdown did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Workers that finished their batch and stopped.
+    pub drained: usize,
+    /// Workers stopped mid-batch at the drain timeout.
+    pub aborted: usize,
+    /// Leases given back for aborted workers.
+    pub released: usize,
+}
+
+struct Worker {
+    stop: CancellationToken,
+    leases: Arc<LeaseTracker>,
+    handle: JoinHandle<()>,
+}
+
+/// A type-erased pool, as the coordinator holds them.
+#[async_trait::async_trait]
+pub trait Pool: Send + Sync {
+    fn name(&self) -> &str;
+    fn queue(&self) -> &QueueName;
+    fn min_workers(&self) -> usize;
+    fn max_workers(&self) -> usize;
+    fn stats(&self) -> PoolSnapshot;
+    async fn worker_count(&self) -> usize;
+    /// Sets the worker count (clamped to min..=max); returns the new count.
+    async fn scale_to(&self, workers: usize) -> usize;
+    /// The batch size the pool was configured with.
+    fn configured_batch_size(&self) -> usize;
+    /// Batch size workers use from now on (backpressure shrinks it; clamped to 1..=configured).
+    fn set_batch_size(&self, batch_size: usize);
+    async fn shutdown(&self, drain_timeout: Duration) -> ShutdownReport;
+}
+
+/// Workers of one executor (or one namespace) on one queue.
+pub struct ExecutorPool<T> {
+    name: String,
+    queue: QueueName,
+    messaging: Arc<dyn MessagingService>,
+    handler: Arc<dyn MessageHandler<T>>,
+    config: PoolConfig,
+    batch_size: Arc<AtomicUsize>,
+    stats: Arc<PoolStats>,
+    workers: tokio::sync::Mutex<Vec<Worker>>,
+    root: CancellationToken,
+}
+
+impl<T> Drop for ExecutorPool<T> {
+    fn drop(&mut self) {
+        self.root.cancel();
+    }
+}
+
+impl<T: QueueMessage + 'static> ExecutorPool<T> {
+    /// A pool with no workers yet; call `scale_to` (or `start`).
+    pub fn new(
+        name: impl Into<String>,
+        queue: QueueName,
+        messaging: Arc<dyn MessagingService>,
+        handler: Arc<dyn MessageHandler<T>>,
+        config: PoolConfig,
+    ) -> Self {
+        let batch_size = Arc::new(AtomicUsize::new(config.executor.batch_size));
+        ExecutorPool {
+            name: name.into(),
+            queue,
+            messaging,
+            handler,
+            config,
+            batch_size,
+            stats: Arc::new(PoolStats::default()),
+            workers: tokio::sync::Mutex::new(Vec::new()),
+            root: CancellationToken::new(),
+        }
+    }
+
+    /// Starts the minimum number of workers.
+    pub async fn start(&self) -> usize {
+        self.scale_to(self.config.min_workers).await
+    }
+
+    fn spawn_worker(&self) -> Worker {
+        let stop = self.root.child_token();
+        let leases = Arc::new(LeaseTracker::default());
+        let (messaging, handler, queue) = (
+            self.messaging.clone(),
+            self.handler.clone(),
+            self.queue.clone(),
+        );
+        let (config, batch_size, stats) = (
+            self.config.clone(),
+            self.batch_size.clone(),
+            self.stats.clone(),
+        );
+        let (token, tracker) = (stop.clone(), leases.clone());
+        let handle = tokio::spawn(async move {
+            while !token.is_cancelled() {
+                let size = batch_size.load(Ordering::Relaxed);
+                let batch = process_tracked(
+                    &messaging,
+                    &queue,
+                    &*handler,
+                    &config.executor,
+                    size,
+                    Some(&tracker),
+                )
+                .await;
+                match batch {
+                    Ok(r) if r.received > 0 => stats.record(&r),
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = token.cancelled() => break,
+                            _ = messaging.wait_for_messages(&queue, config.idle_wait) => {}
+                        }
+                    }
+                    Err(error) => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(queue = %queue, %error, "batch failed");
+                        tokio::select! {
+                            _ = token.cancelled() => break,
+                            _ = tokio::time::sleep(config.error_backoff) => {}
+                        }
+                    }
+                }
+            }
+        });
+        Worker {
+            stop,
+            leases,
+            handle,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: QueueMessage + 'static> Pool for ExecutorPool<T> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn queue(&self) -> &QueueName {
+        &self.queue
+    }
+    fn min_workers(&self) -> usize {
+        self.config.min_workers
+    }
+    fn max_workers(&self) -> usize {
+        self.config.max_workers
+    }
+    fn stats(&self) -> PoolSnapshot {
+        self.stats.snapshot()
+    }
+
+    async fn worker_count(&self) -> usize {
+        let mut workers = self.workers.lock().await;
+        workers.retain(|w| !w.handle.is_finished());
+        workers.len()
+    }
+
+    async fn scale_to(&self, target: usize) -> usize {
+        if self.root.is_cancelled() {
+            return 0;
+        }
+        let target = target.clamp(self.config.min_workers, self.config.max_workers);
+        let mut workers = self.workers.lock().await;
+        workers.retain(|w| !w.handle.is_finished());
+        while workers.len() < target {
+            let worker = self.spawn_worker();
+            workers.push(worker);
+        }
+        while workers.len() > target {
+            // Newest first; it finishes its batch, then exits.
+            if let Some(worker) = workers.pop() {
+                worker.stop.cancel();
+            }
+        }
+        workers.len()
+    }
+
+    fn configured_batch_size(&self) -> usize {
+        self.config.executor.batch_size
+    }
+
+    fn set_batch_size(&self, batch_size: usize) {
+        let size = batch_size.clamp(1, self.config.executor.batch_size.max(1));
+        self.batch_size.store(size, Ordering::Relaxed);
+    }
+
+    async fn shutdown(&self, drain_timeout: Duration) -> ShutdownReport {
+        self.root.cancel();
+        let workers: Vec<Worker> = self.workers.lock().await.drain(..).collect();
+        let mut report = ShutdownReport::default();
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        for mut worker in workers {
+            match tokio::time::timeout_at(deadline, &mut worker.handle).await {
+                Ok(_) => report.drained += 1,
+                Err(_) => {
+                    worker.handle.abort();
+                    let _ = worker.handle.await;
+                    report.aborted += 1;
+                    for receipt in worker.leases.take() {
+                        match self
+                            .messaging
+                            .change_message_visibility(&self.queue, &receipt, Duration::ZERO)
+                            .await
+                        {
+                            Ok(()) => report.released += 1,
+                            Err(error) => {
+                                tracing::warn!(queue = %self.queue, %error, "could not release a lease")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{Handled, HandlerError};
+    use async_trait::async_trait;
+    use tasker_messaging::{
+        InMemoryMessageService, MessagingServiceExt, QueuedMessage, StepMessage,
+    };
+
+    struct Sleepy {
+        work: Duration,
+        done: AtomicU64,
+    }
+
+    #[async_trait]
+    impl MessageHandler<StepMessage> for Sleepy {
+        async fn handle(&self, _m: &QueuedMessage<StepMessage>) -> Result<Handled, HandlerError> {
+            tokio::time::sleep(self.work).await;
+            self.done.fetch_add(1, Ordering::Relaxed);
+            Ok(Handled::Done)
+        }
+    }
+
+    async fn setup(
+        name: &str,
+        work: Duration,
+        n: usize,
+    ) -> (Arc<dyn MessagingService>, QueueName, Arc<Sleepy>) {
+        let messaging: Arc<dyn MessagingService> = Arc::new(InMemoryMessageService::default());
+        let q = QueueName::new(name).unwrap();
+        messaging.create_queue(&q).await.unwrap();
+        let steps: Vec<_> = (0..n).map(|_| StepMessage::random()).collect();
+        messaging.send_messages(&q, &steps).await.unwrap();
+        let handler = Arc::new(Sleepy {
+            work,
+            done: AtomicU64::new(0),
+        });
+        (messaging, q, handler)
+    }
+
+    fn pool_config(min: usize, max: usize) -> PoolConfig {
+        PoolConfig {
+            min_workers: min,
+            max_workers: max,
+            executor: ExecutorConfig {
+                batch_size: 5,
+                visibility_timeout: Duration::from_secs(600),
+                ..ExecutorConfig::default()
+            },
+            ..PoolConfig::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn workers_drain_the_queue_and_scale_within_bounds() {
+        let (messaging, q, handler) = setup("pool_drain", Duration::from_millis(10), 100).await;
+        let pool = ExecutorPool::new(
+            "t",
+            q.clone(),
+            messaging.clone(),
+            handler.clone(),
+            pool_config(1, 3),
+        );
+        assert_eq!(pool.start().await, 1);
+        assert_eq!(pool.scale_to(10).await, 3, "clamped to max");
+        assert_eq!(pool.scale_to(0).await, 1, "clamped to min");
+        pool.scale_to(3).await;
+        while handler.done.load(Ordering::Relaxed) < 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let report = pool.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(report.aborted, 0);
+        assert_eq!(pool.stats().processed, 100);
+        assert_eq!(messaging.get_queue_stats(&q).await.unwrap().total(), 0);
+        assert_eq!(pool.worker_count().await, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_releases_the_leases_of_workers_that_do_not_drain_in_time() {
+        let (messaging, q, handler) = setup("pool_abort", Duration::from_secs(3600), 10).await;
+        let pool = ExecutorPool::new(
+            "t",
+            q.clone(),
+            messaging.clone(),
+            handler.clone(),
+            pool_config(2, 2),
+        );
+        pool.start().await;
+        // Let both workers lease a batch of 5.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let stats = messaging.get_queue_stats(&q).await.unwrap();
+        assert_eq!(stats.in_flight_count, Some(10));
+        let report = pool.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(
+            report,
+            ShutdownReport {
+                drained: 0,
+                aborted: 2,
+                released: 10
+            }
+        );
+        let stats = messaging.get_queue_stats(&q).await.unwrap();
+        assert_eq!(
+            (stats.message_count, stats.in_flight_count),
+            (10, Some(0)),
+            "nothing stuck invisible"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_workers_wait_instead_of_polling() {
+        let (messaging, q, handler) = setup("pool_idle", Duration::ZERO, 0).await;
+        let counting = Arc::new(tasker_messaging::conformance::CountingService::new(
+            messaging.clone(),
+        ));
+        let pool = ExecutorPool::new(
+            "t",
+            q.clone(),
+            counting.clone() as Arc<dyn MessagingService>,
+            handler,
+            pool_config(1, 1),
+        );
+        pool.start().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // idle_wait is 100 ms: about 100 receives in 10 s, not thousands.
+        let receives = counting.receives();
+        assert!(receives <= 110, "{receives} receives in 10 s idle");
+        pool.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn dropping_the_pool_stops_its_workers() {
+        let (messaging, q, handler) = setup("pool_drop", Duration::ZERO, 0).await;
+        let pool = ExecutorPool::new(
+            "t",
+            q.clone(),
+            messaging.clone(),
+            handler.clone(),
+            pool_config(2, 2),
+        );
+        pool.start().await;
+        let weak = Arc::downgrade(&handler);
+        drop(handler);
+        drop(pool);
+        // Workers exit at their next wake-up (at most idle_wait) and drop their handler clone.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(weak.upgrade().is_none(), "a worker outlived its pool");
+    }
+}

@@ -1,0 +1,463 @@
+//! Task and step state, and the pure transitions between states.
+//!
+//! The state is the source of truth (PostgreSQL in production); messages only say which task
+//! or step to look at (three UUIDs). Each transition changes the state and returns the messages
+//! it causes, which the store sends in the same transaction where the backend allows. Every
+//! transition is idempotent: applied to a state it already produced, it changes nothing and
+//! sends nothing, so a redelivered message is harmless.
+
+use serde::{Deserialize, Serialize};
+use tasker_messaging::{
+    ExecutorType, MessageRouter, MessagingError, NamespaceQueueRouter, OutgoingMessage, QueueName,
+    StepMessage,
+};
+use uuid::Uuid;
+
+/// A step of a workflow definition.
+#[derive(Debug, Clone, Copy)]
+pub struct StepDef {
+    pub name: &'static str,
+    pub namespace: &'static str,
+    /// Indexes of the steps that must complete first.
+    pub depends_on: &'static [usize],
+}
+
+/// A workflow: steps and their dependencies.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkflowDef {
+    pub name: &'static str,
+    pub steps: &'static [StepDef],
+}
+
+/// The sample: order fulfilment, four steps in a line across three namespaces.
+pub const ORDER_FULFILLMENT: WorkflowDef = WorkflowDef {
+    name: "order_fulfillment",
+    steps: &[
+        StepDef {
+            name: "validate_order",
+            namespace: "fulfillment",
+            depends_on: &[],
+        },
+        StepDef {
+            name: "reserve_inventory",
+            namespace: "inventory",
+            depends_on: &[0],
+        },
+        StepDef {
+            name: "charge_payment",
+            namespace: "payments",
+            depends_on: &[1],
+        },
+        StepDef {
+            name: "ship_order",
+            namespace: "fulfillment",
+            depends_on: &[2],
+        },
+    ],
+};
+
+impl WorkflowDef {
+    /// The namespaces its steps run in, each once.
+    pub fn namespaces(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for s in self.steps {
+            if !out.contains(&s.namespace) {
+                out.push(s.namespace);
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    Requested,
+    Initialized,
+    Claimed,
+    InProgress,
+    Finalizing,
+    Complete,
+    Failed,
+}
+
+impl TaskStatus {
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskStatus::Complete | TaskStatus::Failed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepStatus {
+    Pending,
+    Enqueued,
+    Running,
+    Completed,
+    /// Failed for good; its message was dead-lettered.
+    Failed,
+}
+
+/// Failures injected into a step, decided when the task is created (so a test knows exactly
+/// where they are).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailurePlan {
+    /// The first `transient` attempts fail with a retryable error.
+    pub transient: u32,
+    /// Every attempt fails with a permanent error.
+    pub permanent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepState {
+    pub step_uuid: Uuid,
+    pub index: usize,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub plan: FailurePlan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskState {
+    pub task_uuid: Uuid,
+    pub correlation_id: Uuid,
+    pub status: TaskStatus,
+    /// Microseconds since the Unix epoch.
+    pub requested_at_us: i64,
+    pub finished_at_us: Option<i64>,
+    pub steps: Vec<StepState>,
+}
+
+/// What a worker should do with a step delivery, decided from the state after `begin_step`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepDecision {
+    /// Run it and complete it.
+    Run,
+    /// Fail this attempt with a retryable error (injected transient failure).
+    FailTransiently,
+    /// Fail for good (injected permanent failure).
+    FailPermanently,
+    /// Already finished: acknowledge and do nothing.
+    AlreadyDone,
+}
+
+/// The messages a transition causes: (queue, message).
+pub type Effects = Vec<(QueueName, OutgoingMessage)>;
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Queues of the workflow, from the router.
+#[derive(Debug, Clone)]
+pub struct WorkflowQueues {
+    pub router: NamespaceQueueRouter,
+}
+
+impl WorkflowQueues {
+    pub fn executor(&self, executor: ExecutorType) -> QueueName {
+        self.router.get_executor_queue(executor)
+    }
+
+    pub fn namespace(&self, namespace: &str) -> Result<QueueName, MessagingError> {
+        self.router.route_to_queue(namespace)
+    }
+
+    /// Every queue the workflow uses: executor queues, then namespace queues.
+    pub fn all(&self, workflow: &WorkflowDef) -> Result<Vec<QueueName>, MessagingError> {
+        let mut out: Vec<QueueName> = ExecutorType::ALL
+            .iter()
+            .map(|e| self.executor(*e))
+            .collect();
+        for ns in workflow.namespaces() {
+            out.push(self.namespace(ns)?);
+        }
+        Ok(out)
+    }
+}
+
+impl TaskState {
+    /// A new task of `workflow` with its failure plan per step.
+    pub fn new(workflow: &WorkflowDef, plans: impl IntoIterator<Item = FailurePlan>) -> Self {
+        let mut plans = plans.into_iter();
+        TaskState {
+            task_uuid: Uuid::now_v7(),
+            correlation_id: Uuid::now_v7(),
+            status: TaskStatus::Requested,
+            requested_at_us: now_us(),
+            finished_at_us: None,
+            steps: (0..workflow.steps.len())
+                .map(|index| StepState {
+                    step_uuid: Uuid::now_v7(),
+                    index,
+                    status: StepStatus::Pending,
+                    attempts: 0,
+                    plan: plans.next().unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
+    fn message(&self, step_uuid: Uuid) -> OutgoingMessage {
+        let step = StepMessage::new(self.task_uuid, step_uuid, self.correlation_id);
+        // A StepMessage always encodes; fall back to an empty payload rather than panic.
+        OutgoingMessage::json(&step).unwrap_or_else(|_| OutgoingMessage::new(Vec::new()))
+    }
+
+    fn task_message(&self, queue: QueueName) -> (QueueName, OutgoingMessage) {
+        (queue, self.message(Uuid::nil()))
+    }
+
+    pub fn step(&self, step_uuid: Uuid) -> Option<&StepState> {
+        self.steps.iter().find(|s| s.step_uuid == step_uuid)
+    }
+
+    fn step_mut(&mut self, step_uuid: Uuid) -> Option<&mut StepState> {
+        self.steps.iter_mut().find(|s| s.step_uuid == step_uuid)
+    }
+
+    /// The request message that starts the task.
+    pub fn request(&self, queues: &WorkflowQueues) -> Effects {
+        vec![self.task_message(queues.executor(ExecutorType::TaskRequestProcessor))]
+    }
+
+    /// TaskRequestProcessor: Requested -> Initialized.
+    pub fn initialize(&mut self, queues: &WorkflowQueues) -> Effects {
+        if self.status != TaskStatus::Requested {
+            return Vec::new();
+        }
+        self.status = TaskStatus::Initialized;
+        vec![self.task_message(queues.executor(ExecutorType::TaskClaimer))]
+    }
+
+    /// TaskClaimer: Initialized -> Claimed.
+    pub fn claim(&mut self, queues: &WorkflowQueues) -> Effects {
+        if self.status != TaskStatus::Initialized {
+            return Vec::new();
+        }
+        self.status = TaskStatus::Claimed;
+        vec![self.task_message(queues.executor(ExecutorType::StepEnqueuer))]
+    }
+
+    /// StepEnqueuer: Claimed -> InProgress, enqueuing the steps whose dependencies are met.
+    pub fn enqueue_ready_steps(
+        &mut self,
+        workflow: &WorkflowDef,
+        queues: &WorkflowQueues,
+    ) -> Result<Effects, MessagingError> {
+        if self.status != TaskStatus::Claimed {
+            return Ok(Vec::new());
+        }
+        self.status = TaskStatus::InProgress;
+        self.enqueue_newly_ready(workflow, queues)
+    }
+
+    fn enqueue_newly_ready(
+        &mut self,
+        workflow: &WorkflowDef,
+        queues: &WorkflowQueues,
+    ) -> Result<Effects, MessagingError> {
+        let completed: Vec<bool> = self
+            .steps
+            .iter()
+            .map(|s| s.status == StepStatus::Completed)
+            .collect();
+        let mut effects = Vec::new();
+        for i in 0..self.steps.len() {
+            let def = &workflow.steps[self.steps[i].index];
+            if self.steps[i].status == StepStatus::Pending
+                && def.depends_on.iter().all(|d| completed[*d])
+            {
+                self.steps[i].status = StepStatus::Enqueued;
+                let queue = queues.namespace(def.namespace)?;
+                effects.push((queue, self.message(self.steps[i].step_uuid)));
+            }
+        }
+        Ok(effects)
+    }
+
+    /// Worker: records delivery `attempt` of a step whose work just ran, with the outcome its
+    /// failure plan says; a success completes the step and reports it, in the same change.
+    /// One transaction per attempt: the attempt number is the message's receive count.
+    pub fn attempt_step(
+        &mut self,
+        step_uuid: Uuid,
+        attempt: u32,
+        queues: &WorkflowQueues,
+    ) -> (StepDecision, Effects) {
+        let Some(step) = self.step_mut(step_uuid) else {
+            return (StepDecision::FailPermanently, Vec::new());
+        };
+        let decision = match step.status {
+            StepStatus::Completed => StepDecision::AlreadyDone,
+            StepStatus::Failed | StepStatus::Pending => StepDecision::FailPermanently,
+            StepStatus::Enqueued | StepStatus::Running => {
+                step.status = StepStatus::Running;
+                step.attempts = step.attempts.max(attempt);
+                if step.plan.permanent {
+                    StepDecision::FailPermanently
+                } else if attempt <= step.plan.transient {
+                    StepDecision::FailTransiently
+                } else {
+                    StepDecision::Run
+                }
+            }
+        };
+        let effects = if decision == StepDecision::Run {
+            self.finish_step(step_uuid, true, queues)
+        } else {
+            Vec::new()
+        };
+        (decision, effects)
+    }
+
+    /// Worker: the step finished (`completed`) or failed for good; report to the results queue.
+    pub fn finish_step(
+        &mut self,
+        step_uuid: Uuid,
+        completed: bool,
+        queues: &WorkflowQueues,
+    ) -> Effects {
+        let Some(step) = self.step_mut(step_uuid) else {
+            return Vec::new();
+        };
+        if matches!(step.status, StepStatus::Completed | StepStatus::Failed) {
+            return Vec::new();
+        }
+        step.status = if completed {
+            StepStatus::Completed
+        } else {
+            StepStatus::Failed
+        };
+        vec![(
+            queues.executor(ExecutorType::StepResultProcessor),
+            self.message(step_uuid),
+        )]
+    }
+
+    /// StepResultProcessor: enqueue what became ready, or hand the task to the finalizer when
+    /// every step is done or one failed.
+    pub fn process_result(
+        &mut self,
+        workflow: &WorkflowDef,
+        queues: &WorkflowQueues,
+    ) -> Result<Effects, MessagingError> {
+        if self.status != TaskStatus::InProgress {
+            return Ok(Vec::new());
+        }
+        let failed = self.steps.iter().any(|s| s.status == StepStatus::Failed);
+        let all_done = self.steps.iter().all(|s| s.status == StepStatus::Completed);
+        if failed || all_done {
+            let busy = self
+                .steps
+                .iter()
+                .any(|s| matches!(s.status, StepStatus::Enqueued | StepStatus::Running));
+            if busy {
+                // Wait for the other branches' results before finalizing.
+                return Ok(Vec::new());
+            }
+            self.status = TaskStatus::Finalizing;
+            return Ok(vec![
+                self.task_message(queues.executor(ExecutorType::TaskFinalizer))
+            ]);
+        }
+        self.enqueue_newly_ready(workflow, queues)
+    }
+
+    /// TaskFinalizer: Finalizing -> Complete or Failed.
+    pub fn finalize(&mut self) -> Effects {
+        if self.status != TaskStatus::Finalizing {
+            return Vec::new();
+        }
+        let failed = self.steps.iter().any(|s| s.status == StepStatus::Failed);
+        self.status = if failed {
+            TaskStatus::Failed
+        } else {
+            TaskStatus::Complete
+        };
+        self.finished_at_us = Some(now_us());
+        Vec::new()
+    }
+
+    /// Request-to-finalization latency, once final.
+    pub fn latency_us(&self) -> Option<i64> {
+        self.finished_at_us.map(|f| f - self.requested_at_us)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues() -> WorkflowQueues {
+        WorkflowQueues {
+            router: NamespaceQueueRouter::default(),
+        }
+    }
+
+    #[test]
+    fn a_task_walks_the_linear_workflow_and_each_transition_is_idempotent() {
+        let (w, q) = (&ORDER_FULFILLMENT, queues());
+        let mut t = TaskState::new(w, []);
+        assert_eq!(t.request(&q)[0].0.as_str(), "task_requests_queue");
+        assert_eq!(t.initialize(&q)[0].0.as_str(), "ready_tasks_queue");
+        assert!(t.initialize(&q).is_empty());
+        assert_eq!(t.claim(&q)[0].0.as_str(), "claimed_tasks_queue");
+        assert!(t.claim(&q).is_empty());
+        let first = t.enqueue_ready_steps(w, &q).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].0.as_str(), "fulfillment_queue");
+        assert!(t.enqueue_ready_steps(w, &q).unwrap().is_empty());
+        let next_queues = [
+            "inventory_queue",
+            "payments_queue",
+            "fulfillment_queue",
+            "task_finalizations_queue",
+        ];
+        for (i, expected) in next_queues.iter().enumerate() {
+            let step = t.steps[i].step_uuid;
+            let (decision, effects) = t.attempt_step(step, 1, &q);
+            assert_eq!(decision, StepDecision::Run);
+            assert_eq!(effects[0].0.as_str(), "step_results_queue");
+            assert!(t.finish_step(step, true, &q).is_empty());
+            let (again, none) = t.attempt_step(step, 2, &q);
+            assert_eq!((again, none.len()), (StepDecision::AlreadyDone, 0));
+            let next = t.process_result(w, &q).unwrap();
+            assert_eq!(next[0].0.as_str(), *expected);
+        }
+        t.finalize();
+        assert_eq!(t.status, TaskStatus::Complete);
+        assert!(t.latency_us().is_some());
+    }
+
+    #[test]
+    fn injected_failures_decide_the_attempts() {
+        let (w, q) = (&ORDER_FULFILLMENT, queues());
+        let plans = [
+            FailurePlan {
+                transient: 2,
+                permanent: false,
+            },
+            FailurePlan {
+                transient: 0,
+                permanent: true,
+            },
+        ];
+        let mut t = TaskState::new(w, plans);
+        t.initialize(&q);
+        t.claim(&q);
+        t.enqueue_ready_steps(w, &q).unwrap();
+        let s0 = t.steps[0].step_uuid;
+        assert_eq!(t.attempt_step(s0, 1, &q).0, StepDecision::FailTransiently);
+        assert_eq!(t.attempt_step(s0, 2, &q).0, StepDecision::FailTransiently);
+        assert_eq!(t.attempt_step(s0, 3, &q).0, StepDecision::Run);
+        assert_eq!(t.steps[0].attempts, 3);
+        t.process_result(w, &q).unwrap();
+        let s1 = t.steps[1].step_uuid;
+        assert_eq!(t.attempt_step(s1, 1, &q).0, StepDecision::FailPermanently);
+        assert_eq!(t.finish_step(s1, false, &q).len(), 1);
+        let fin = t.process_result(w, &q).unwrap();
+        assert_eq!(fin[0].0.as_str(), "task_finalizations_queue");
+        t.finalize();
+        assert_eq!(t.status, TaskStatus::Failed);
+        assert_eq!(t.steps[2].status, StepStatus::Pending, "never reached");
+    }
+}
