@@ -744,23 +744,15 @@ impl Inner {
             .collect())
     }
 
-    async fn create_queue(&self, queue: &QueueName, max_receive_count: u32) -> Result<()> {
+    /// Declares the dead-letter exchange, the DLQ and its binding, then the queue. Returns
+    /// whether `max_receive_count` applies: false when the queue already existed with other
+    /// options (the broker refuses the declaration; the first creation's options stay).
+    /// Declaring directly, rather than checking with a passive declare first, keeps the
+    /// common case (a new or identical queue) free of channel errors.
+    async fn create_queue(&self, queue: &QueueName, max_receive_count: u32) -> Result<bool> {
         let link = self.link().await?;
         let dlq = self.dead_letter_queue(queue)?;
-        let errors = self.errors();
-        let ch = link.admin(errors).await?;
-        let exists = ch
-            .queue_declare(queue.as_str().into(), passive(), FieldTable::default())
-            .await;
-        let ch = match exists {
-            Ok(_) => {
-                link.give_back(ch);
-                return Ok(());
-            }
-            // A passive declare of a missing queue closes its channel.
-            Err(e) if is_soft(&e, AMQPSoftError::NOTFOUND) => link.admin(errors).await?,
-            Err(e) => return Err(self.map("queue.declare(passive)", Some(queue), e)),
-        };
+        let ch = link.admin(self.errors()).await?;
         let result = async {
             ch.exchange_declare(
                 DEAD_LETTER_EXCHANGE.into(),
@@ -807,10 +799,10 @@ impl Inner {
         match result {
             Ok(_) => {
                 link.give_back(ch);
-                Ok(())
+                Ok(true)
             }
-            // Created concurrently with other options: the first creation's stay.
-            Err(e) if is_soft(&e, AMQPSoftError::PRECONDITIONFAILED) => Ok(()),
+            // It exists with other options: the first creation's stay.
+            Err(e) if is_soft(&e, AMQPSoftError::PRECONDITIONFAILED) => Ok(false),
             Err(e) => Err(self.map("queue.declare", Some(queue), e)),
         }
     }
@@ -937,13 +929,9 @@ impl MessagingService for RabbitMqMessageService {
         let max = options
             .max_receive_count
             .unwrap_or(self.inner.settings.default_max_receive_count);
-        self.inner.create_queue(queue, max).await?;
-        // The first creation's options stay; remember them only if this call created it.
-        self.inner
-            .max_receive
-            .lock()
-            .entry(queue.clone())
-            .or_insert(max);
+        if self.inner.create_queue(queue, max).await? {
+            self.inner.max_receive.lock().insert(queue.clone(), max);
+        }
         Ok(())
     }
 
