@@ -468,3 +468,108 @@ async fn purge_removes_delayed_messages_too() {
         .is_empty());
     svc.delete_queue(&q).await.unwrap();
 }
+
+/// `max_receive_count` 1 is a delivery limit of 0 on a quorum queue: the first lease that
+/// runs out dead-letters the message, intact, with the limit it hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_receive_count_one_dead_letters_on_the_first_expiry() {
+    let Some(svc) = rabbitmq_support::service().await else {
+        return;
+    };
+    let q = unique("mrc1");
+    svc.create_queue_with(
+        &q,
+        &tasker_messaging::QueueOptions::with_max_receive_count(1),
+    )
+    .await
+    .unwrap();
+    let id = svc.send(&q, OutgoingMessage::new("once")).await.unwrap();
+    let got = svc
+        .receive(&q, 1, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let dlq = svc.dead_letter_queue_name(&q).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        assert!(
+            svc.receive(&q, 1, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .is_empty(),
+            "delivered again past max_receive_count 1"
+        );
+        let d = svc.receive(&dlq, 1, Duration::from_secs(30)).await.unwrap();
+        if let Some(m) = d.into_iter().next() {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead.metadata.message_id, id);
+    assert_eq!(&dead.payload[..], b"once");
+    let info = dead.metadata.dead_letter.as_deref().unwrap();
+    assert_eq!(info.source_queue, q);
+    assert_eq!(info.receive_count, 1);
+    assert_eq!(
+        info.reason,
+        tasker_messaging::DeadLetterReason::MaxReceiveCountExceeded {
+            max_receive_count: 1
+        }
+    );
+    svc.delete_message(&dlq, dead.receipt()).await.unwrap();
+    svc.delete_queue(&q).await.unwrap();
+}
+
+/// Classic queues count nothing themselves: the provider's count header carries the receive
+/// count and the provider dead-letters at the limit, with the same record as the broker's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_queue_dead_letters_at_max_receive_count() {
+    let mut s = rabbitmq_support::settings();
+    s.queue_type = RabbitMqQueueType::Classic;
+    let Some(svc) = rabbitmq_support::service_with(s).await else {
+        return;
+    };
+    let q = unique("classic_mrc");
+    svc.create_queue_with(
+        &q,
+        &tasker_messaging::QueueOptions::with_max_receive_count(2),
+    )
+    .await
+    .unwrap();
+    let out =
+        OutgoingMessage::new("poison").with_correlation_id(tasker_messaging::CorrelationId::new());
+    svc.send(&q, out.clone()).await.unwrap();
+    for n in 1..=2 {
+        let got = svc.receive(&q, 1, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(got.len(), 1, "receive {n}");
+        assert_eq!(got[0].metadata.receive_count, n);
+        svc.change_message_visibility(&q, got[0].receipt(), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    assert!(svc
+        .receive(&q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
+    let dlq = svc.dead_letter_queue_name(&q).unwrap();
+    let dead = svc.receive(&dlq, 1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].metadata.message_id, out.message_id);
+    assert_eq!(dead[0].metadata.correlation_id, out.correlation_id);
+    let info = dead[0].metadata.dead_letter.as_deref().unwrap();
+    assert_eq!(
+        (info.source_queue.clone(), info.receive_count),
+        (q.clone(), 2)
+    );
+    svc.change_message_visibility(&dlq, dead[0].receipt(), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(svc.redrive_dead_letters(&q, 10).await.unwrap(), 1);
+    let back = svc.receive(&q, 1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(back[0].metadata.receive_count, 1);
+    assert!(back[0].metadata.dead_letter.is_none());
+    svc.delete_message(&q, back[0].receipt()).await.unwrap();
+    svc.delete_queue(&q).await.unwrap();
+}
