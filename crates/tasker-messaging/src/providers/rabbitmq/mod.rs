@@ -8,26 +8,43 @@
 //!   and it comes back (see [`leases`]). `change_message_visibility(0)` nacks at once; `d > 0`
 //!   moves the end of the lease. A lease also ends when its connection breaks (the broker
 //!   requeues), which is still at least once.
-//! * **Receive count**: quorum queues (the default) count deliveries (`x-delivery-count`).
+//! * **Receive count**: quorum queues (the default) count deliveries (`x-delivery-count`);
+//!   on classic queues a released message is published again with its count in a header
+//!   (then the delivery is acked), so the count is real there too.
 //! * **Dead letters**: quorum queues are declared with `x-delivery-limit = max - 1` and a
 //!   dead-letter exchange, so the broker itself moves a message to `<queue>_dlq` when it
 //!   comes back the `max`-th time, intact; the dead-letter routing key `<queue>.<max>` records
-//!   the limit. An explicit `dead_letter_message` publishes a copy with the reason (confirmed)
-//!   and then acks the original.
+//!   the limit. On classic queues the provider does the same when it releases the message.
+//!   An explicit `dead_letter_message` publishes a copy with the reason (confirmed) and then
+//!   acks the original.
 //! * **Delays**: a delayed send goes to a delay queue whose queue-wide TTL is the delay
 //!   (rounded up to a bucket), which dead-letters back into the queue when it expires. One
 //!   TTL per delay queue means no head-of-line blocking; unused delay queues expire.
 //! * **Publishing**: persistent, `mandatory` (a missing queue is `QueueNotFound`), with
 //!   publisher confirms; a batch is published in full before its confirms are awaited.
-//! * **Receiving**: `basic.get` pipelined on the queue's lease channel: one get to learn how
-//!   many are ready, then the rest in one burst. Acks of a batch are one `multiple` ack where
-//!   the tags allow it; acks never wait for the broker.
+//! * **Receiving**: one `basic.get` (which also says how many are ready), then the rest of
+//!   the batch through a short-lived consumer whose prefetch is the batch (a quorum queue
+//!   commits each `basic.get` through Raft, one after another). Acks of a batch are one
+//!   `multiple` ack where the tags allow it; acks never wait for the broker.
 //! * **Push consumer**: `basic.consume` with prefetch (see [`stream`]); it reconnects and
 //!   resubscribes after the connection breaks.
 //!
-//! Receipts are `(service nonce, lease id)` and only the service that received a message can
-//! settle it (the lease lives on its channel). A receipt whose lease ended is refused
-//! (`InvalidReceipt`): AMQP cannot delete a message that was handed back to the queue.
+//! What AMQP cannot give, and what the provider does instead:
+//!
+//! * A lease lives on the connection that received the message: receipts are
+//!   `(service nonce, lease id)` and only that service can settle them (not another process).
+//!   A dropped service keeps its leases for their full visibility timeout; a closed
+//!   connection ends them early (the broker requeues: still at least once).
+//! * A receipt whose lease ended is refused (`InvalidReceipt`) even before the message is
+//!   received again: AMQP cannot delete a message that was handed back to the queue.
+//! * Stats: the visible count is the broker's; `in_flight_count` is the leases this service
+//!   holds (AMQP does not report unacked counts); delayed count and oldest age are unknown
+//!   (`detailed_stats` is false). `purge_queue` removes ready messages and those waiting in
+//!   the delay queues this service declared, not messages under lease.
+//! * RabbitMQ closes a channel whose delivery stays unacked past `consumer_timeout` (30
+//!   minutes by default), so longer leases need that raised (a warning is logged).
+//! * Messages a push stream prefetched but never yielded are handed back when it is dropped;
+//!   on a quorum queue that counts as a delivery.
 
 mod codec;
 mod connection;
