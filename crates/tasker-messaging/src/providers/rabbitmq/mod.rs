@@ -5,7 +5,7 @@
 //!
 //! * **Leases**: a received message stays unacked on the channel that got it, so no other
 //!   receiver gets it; when its visibility timeout ends, a reaper task nacks it with requeue
-//!   and it comes back (see [`leases`]). `change_message_visibility(0)` nacks at once; `d > 0`
+//!   and it comes back (see `leases.rs`). `change_message_visibility(0)` nacks at once; `d > 0`
 //!   moves the end of the lease. A lease also ends when its connection breaks (the broker
 //!   requeues), which is still at least once.
 //! * **Receive count**: quorum queues (the default) count deliveries (`x-delivery-count`);
@@ -26,7 +26,7 @@
 //!   the batch through a short-lived consumer whose prefetch is the batch (a quorum queue
 //!   commits each `basic.get` through Raft, one after another). Acks of a batch are one
 //!   `multiple` ack where the tags allow it; acks never wait for the broker.
-//! * **Push consumer**: `basic.consume` with prefetch (see [`stream`]); it reconnects and
+//! * **Push consumer**: `basic.consume` with prefetch (see `stream.rs`); it reconnects and
 //!   resubscribes after the connection breaks.
 //!
 //! What AMQP cannot give, and what the provider does instead:
