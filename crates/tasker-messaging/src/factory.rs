@@ -18,12 +18,9 @@ pub fn available_providers() -> Vec<ProviderKind> {
 fn is_available(provider: ProviderKind) -> bool {
     match provider {
         ProviderKind::InMemory => cfg!(feature = "in-memory"),
+        ProviderKind::Pgmq => cfg!(feature = "pgmq"),
         ProviderKind::Rabbitmq => cfg!(feature = "rabbitmq"),
-        ProviderKind::Pgmq
-        | ProviderKind::Sqs
-        | ProviderKind::Redis
-        | ProviderKind::Kafka
-        | ProviderKind::Nats => false,
+        ProviderKind::Sqs | ProviderKind::Redis | ProviderKind::Kafka | ProviderKind::Nats => false,
     }
 }
 
@@ -37,6 +34,10 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
                 crate::providers::in_memory::InMemorySettings::from_config(config),
             ),
         )),
+        #[cfg(feature = "pgmq")]
+        ProviderKind::Pgmq => Ok(Arc::new(crate::providers::pgmq::PgmqMessageService::new(
+            crate::providers::pgmq::PgmqSettings::from_config(config)?,
+        )?)),
         #[cfg(feature = "rabbitmq")]
         ProviderKind::Rabbitmq => Ok(Arc::new(
             crate::providers::rabbitmq::RabbitMqMessageService::from_config(config)?,

@@ -73,6 +73,8 @@ pub use typed::{ConsumerExt, MessagingServiceExt, UndecodableMessage};
 #[cfg(feature = "in-memory")]
 pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
 
+#[cfg(feature = "pgmq")]
+pub use providers::pgmq::{InstallOutcome, PgmqInstallation, PgmqMessageService, PgmqSettings};
 #[cfg(feature = "rabbitmq")]
 pub use providers::rabbitmq::{RabbitMqMessageService, RabbitMqSettings};
 

@@ -4,5 +4,7 @@
 #[cfg(feature = "in-memory")]
 pub mod in_memory;
 
+#[cfg(feature = "pgmq")]
+pub mod pgmq;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
