@@ -106,6 +106,19 @@ pub struct RabbitMqConnectionConfig {
     pub connection_timeout_ms: Option<u64>,
     pub heartbeat_interval_secs: Option<u64>,
     pub prefetch_count: Option<u16>,
+    /// Queue type of new queues: `quorum` (default: replicated, counts deliveries, enforces
+    /// the delivery limit itself) or `classic`.
+    #[serde(default)]
+    pub queue_type: Option<RabbitMqQueueType>,
+}
+
+/// The kind of queue the RabbitMQ provider declares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RabbitMqQueueType {
+    #[default]
+    Quorum,
+    Classic,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -19,11 +19,8 @@ fn is_available(provider: ProviderKind) -> bool {
     match provider {
         ProviderKind::InMemory => cfg!(feature = "in-memory"),
         ProviderKind::Pgmq => cfg!(feature = "pgmq"),
-        ProviderKind::Rabbitmq
-        | ProviderKind::Sqs
-        | ProviderKind::Redis
-        | ProviderKind::Kafka
-        | ProviderKind::Nats => false,
+        ProviderKind::Rabbitmq => cfg!(feature = "rabbitmq"),
+        ProviderKind::Sqs | ProviderKind::Redis | ProviderKind::Kafka | ProviderKind::Nats => false,
     }
 }
 
@@ -41,6 +38,10 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
         ProviderKind::Pgmq => Ok(Arc::new(crate::providers::pgmq::PgmqMessageService::new(
             crate::providers::pgmq::PgmqSettings::from_config(config)?,
         )?)),
+        #[cfg(feature = "rabbitmq")]
+        ProviderKind::Rabbitmq => Ok(Arc::new(
+            crate::providers::rabbitmq::RabbitMqMessageService::from_config(config)?,
+        )),
         other => Err(MessagingError::Unsupported {
             provider: other,
             capability: Capability::Provider,

@@ -51,7 +51,7 @@ pub mod conformance;
 
 pub use config::{
     BackpressureConfig, CircuitBreakerConfig, ConnectionConfig, FallbackConfig, MessagingConfig,
-    QueueConfig, ResourceValidationConfig, RetryPolicy,
+    QueueConfig, RabbitMqQueueType, ResourceValidationConfig, RetryPolicy,
 };
 pub use error::{ErrorClass, MessagingError, Result};
 pub use factory::{available_providers, build_service, build_service_with_limits, create_service};
@@ -75,6 +75,8 @@ pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
 
 #[cfg(feature = "pgmq")]
 pub use providers::pgmq::{InstallOutcome, PgmqInstallation, PgmqMessageService, PgmqSettings};
+#[cfg(feature = "rabbitmq")]
+pub use providers::rabbitmq::{RabbitMqMessageService, RabbitMqSettings};
 
 /// Compiles the README's examples as doc tests, so they stay true.
 #[cfg(doctest)]

@@ -6,3 +6,5 @@ pub mod in_memory;
 
 #[cfg(feature = "pgmq")]
 pub mod pgmq;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;

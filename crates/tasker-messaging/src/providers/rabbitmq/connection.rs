@@ -1,0 +1,276 @@
+//! One AMQP connection with its channels, rebuilt on demand after it breaks.
+//!
+//! Publishing uses a small pool of confirm-mode channels; each queue received from gets its
+//! own lease channel (a `basic.get` on a missing queue closes the channel it ran on, so one
+//! queue's error never costs another queue's leases); administrative calls take a channel
+//! from an idle pool and return it only if it is still open. When the connection is found
+//! broken, the next caller reconnects (one at a time) and everything is created afresh; leases
+//! held on the old channels are reported lost, and the broker has requeued their messages.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::ConfirmSelectOptions;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
+use parking_lot::Mutex;
+
+use super::leases::LeaseChannel;
+use crate::error::{MessagingError, Result};
+use crate::queue_name::QueueName;
+use crate::secret::{scrub, SecretUrl};
+use crate::service::ProviderKind;
+
+/// A live connection and its channels.
+pub(super) struct Link {
+    pub conn: Connection,
+    pub epoch: u64,
+    publishers: Vec<Mutex<Channel>>,
+    next_publisher: AtomicUsize,
+    idle_admin: Mutex<Vec<Channel>>,
+    queue_channels: Mutex<HashMap<QueueName, Arc<LeaseChannel>>>,
+}
+
+impl Link {
+    pub fn connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    /// A confirm-mode channel for publishing, round robin; a closed one is replaced.
+    pub async fn publisher(&self, errors: &ErrorMapper) -> Result<Channel> {
+        let i = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
+        let current = self.publishers[i].lock().clone();
+        if current.status().connected() {
+            return Ok(current);
+        }
+        let fresh = open_confirm_channel(&self.conn)
+            .await
+            .map_err(|e| errors.map("open publisher channel", None, e))?;
+        *self.publishers[i].lock() = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// An idle administrative channel; give it back with [`Link::give_back`].
+    pub async fn admin(&self, errors: &ErrorMapper) -> Result<Channel> {
+        loop {
+            let Some(ch) = self.idle_admin.lock().pop() else {
+                break;
+            };
+            if ch.status().connected() {
+                return Ok(ch);
+            }
+        }
+        self.conn
+            .create_channel()
+            .await
+            .map_err(|e| errors.map("open channel", None, e))
+    }
+
+    pub fn give_back(&self, channel: Channel) {
+        if channel.status().connected() {
+            let mut idle = self.idle_admin.lock();
+            if idle.len() < 8 {
+                idle.push(channel);
+            }
+        }
+    }
+
+    /// The lease channel receives on `queue` use.
+    pub async fn queue_channel(
+        &self,
+        queue: &QueueName,
+        errors: &ErrorMapper,
+    ) -> Result<Arc<LeaseChannel>> {
+        if let Some(ch) = self.queue_channels.lock().get(queue) {
+            if ch.connected() {
+                return Ok(ch.clone());
+            }
+        }
+        let channel = self
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| errors.map("open channel", None, e))?;
+        let lc = LeaseChannel::new(channel);
+        let mut map = self.queue_channels.lock();
+        match map.get(queue) {
+            // Another caller opened one meanwhile: use theirs, ours closes on drop.
+            Some(existing) if existing.connected() => Ok(existing.clone()),
+            _ => {
+                map.insert(queue.clone(), lc.clone());
+                Ok(lc)
+            }
+        }
+    }
+}
+
+async fn open_confirm_channel(conn: &Connection) -> lapin::Result<Channel> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(ch)
+}
+
+/// Turns lapin errors into `MessagingError`s, passwords scrubbed.
+#[derive(Clone)]
+pub(super) struct ErrorMapper {
+    pub url: SecretUrl,
+}
+
+impl ErrorMapper {
+    pub fn map(
+        &self,
+        operation: &'static str,
+        queue: Option<&QueueName>,
+        error: lapin::Error,
+    ) -> MessagingError {
+        let message = scrub(&error.to_string(), &self.url);
+        match error.kind() {
+            ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+                AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) if queue.is_some() => {
+                    MessagingError::QueueNotFound {
+                        queue: queue.map(|q| q.as_str().to_owned()).unwrap_or_default(),
+                    }
+                }
+                AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => MessagingError::Provider {
+                    provider: ProviderKind::Rabbitmq,
+                    operation,
+                    message,
+                    retryable: true,
+                },
+                AMQPErrorKind::Soft(_) => MessagingError::Provider {
+                    provider: ProviderKind::Rabbitmq,
+                    operation,
+                    message,
+                    retryable: false,
+                },
+                AMQPErrorKind::Hard(_) => MessagingError::Connection {
+                    provider: ProviderKind::Rabbitmq,
+                    message,
+                },
+            },
+            ErrorKind::IOError(_)
+            | ErrorKind::RuntimeShutdownError(_)
+            | ErrorKind::InvalidConnectionState(_)
+            | ErrorKind::InvalidChannelState(..)
+            | ErrorKind::InvalidChannel(_)
+            | ErrorKind::MissingHeartbeatError
+            | ErrorKind::ChannelsLimitReached => MessagingError::Connection {
+                provider: ProviderKind::Rabbitmq,
+                message,
+            },
+            _ => MessagingError::Provider {
+                provider: ProviderKind::Rabbitmq,
+                operation,
+                message,
+                retryable: false,
+            },
+        }
+    }
+}
+
+/// Holds the current link and rebuilds it when it breaks.
+pub(super) struct Connector {
+    uri: AMQPUri,
+    pub errors: ErrorMapper,
+    connect_timeout: Duration,
+    publisher_channels: usize,
+    connection_name: String,
+    current: Mutex<Option<Arc<Link>>>,
+    reconnect: tokio::sync::Mutex<()>,
+    epoch: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Connector {
+    pub fn new(
+        uri: AMQPUri,
+        url: SecretUrl,
+        connect_timeout: Duration,
+        publisher_channels: usize,
+        connection_name: String,
+    ) -> Self {
+        Connector {
+            uri,
+            errors: ErrorMapper { url },
+            connect_timeout,
+            publisher_channels: publisher_channels.max(1),
+            connection_name,
+            current: Mutex::new(None),
+            reconnect: tokio::sync::Mutex::new(()),
+            epoch: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn live(&self) -> Option<Arc<Link>> {
+        self.current.lock().clone().filter(|l| l.connected())
+    }
+
+    /// The live link, reconnecting first if the connection broke.
+    pub async fn link(&self) -> Result<Arc<Link>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(MessagingError::NotInitialized(
+                "the RabbitMQ service was shut down".into(),
+            ));
+        }
+        if let Some(link) = self.live() {
+            return Ok(link);
+        }
+        let _one_at_a_time = self.reconnect.lock().await;
+        if let Some(link) = self.live() {
+            return Ok(link);
+        }
+        let link = Arc::new(self.connect().await?);
+        if link.epoch > 1 {
+            tracing::info!(epoch = link.epoch, "reconnected to RabbitMQ");
+        }
+        *self.current.lock() = Some(link.clone());
+        Ok(link)
+    }
+
+    async fn connect(&self) -> Result<Link> {
+        let attempt = async {
+            let conn = Connection::connect_uri(
+                self.uri.clone(),
+                ConnectionProperties::default()
+                    .with_connection_name(self.connection_name.as_str().into()),
+            )
+            .await?;
+            let mut publishers = Vec::with_capacity(self.publisher_channels);
+            for _ in 0..self.publisher_channels {
+                publishers.push(Mutex::new(open_confirm_channel(&conn).await?));
+            }
+            Ok::<_, lapin::Error>((conn, publishers))
+        };
+        let (conn, publishers) = match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(Ok(parts)) => parts,
+            Ok(Err(e)) => return Err(self.errors.map("connect", None, e)),
+            Err(_) => {
+                return Err(MessagingError::Timeout {
+                    operation: "rabbitmq connect",
+                    after: self.connect_timeout,
+                })
+            }
+        };
+        Ok(Link {
+            conn,
+            epoch: self.epoch.fetch_add(1, Ordering::Relaxed) + 1,
+            publishers,
+            next_publisher: AtomicUsize::new(0),
+            idle_admin: Mutex::new(Vec::new()),
+            queue_channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Closes the connection; later calls fail with `NotInitialized`.
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let link = self.current.lock().take();
+        if let Some(link) = link {
+            let _ = link.conn.close(200, "shutdown".into()).await;
+        }
+    }
+}

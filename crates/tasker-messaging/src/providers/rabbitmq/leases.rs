@@ -1,0 +1,403 @@
+//! Leases on AMQP: a received message stays unacknowledged on the channel that received it
+//! (so no other receiver gets it) until it is acked (delete), or its visibility timeout ends
+//! and the lease reaper nacks it with requeue (so it comes back, counted by the queue).
+//!
+//! A receipt is `(service nonce, lease id)`: lease ids are never reused, so a receipt whose
+//! lease ended can never touch a later delivery of the same message (receipt fencing). Acks
+//! and nacks on one channel are serialized under the channel's settle lock, which is what
+//! makes a `multiple` ack safe: it only covers tags this service holds in that batch.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::{BasicProperties, Channel};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::message::ReceiptHandle;
+use crate::queue_name::QueueName;
+
+static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A channel that holds leases: one per queue for `receive`, one per push consumer.
+pub(super) struct LeaseChannel {
+    pub channel: Channel,
+    pub id: u64,
+    /// Delivery tags this service holds unacked on the channel.
+    outstanding: Mutex<BTreeSet<u64>>,
+    /// Serializes acks and nacks, so a `multiple` ack never races a nack of a lower tag.
+    settle: tokio::sync::Mutex<()>,
+    /// Serializes receives, so tags are registered in delivery order.
+    pub receive: tokio::sync::Mutex<()>,
+    /// The consumer prefetch last set on the channel (0: never).
+    pub prefetch: std::sync::atomic::AtomicU16,
+}
+
+impl LeaseChannel {
+    pub fn new(channel: Channel) -> Arc<Self> {
+        Arc::new(LeaseChannel {
+            channel,
+            id: NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed),
+            outstanding: Mutex::new(BTreeSet::new()),
+            settle: tokio::sync::Mutex::new(()),
+            receive: tokio::sync::Mutex::new(()),
+            prefetch: std::sync::atomic::AtomicU16::new(0),
+        })
+    }
+
+    pub fn connected(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    pub fn hold(&self, tag: u64) {
+        self.outstanding.lock().insert(tag);
+    }
+
+    /// Acks `tags`: one `multiple` ack for the ones below every other tag still held, single
+    /// acks for the rest. Nothing waits for the broker (acks have no reply).
+    pub async fn ack(&self, mut tags: Vec<u64>) -> lapin::Result<()> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        tags.sort_unstable();
+        let _settle = self.settle.lock().await;
+        let (multiple_up_to, singles) = {
+            let mut held = self.outstanding.lock();
+            for t in &tags {
+                held.remove(t);
+            }
+            let lowest_other = held.first().copied().unwrap_or(u64::MAX);
+            let covered = tags.partition_point(|t| *t < lowest_other);
+            if covered >= 2 {
+                (Some(tags[covered - 1]), tags.split_off(covered))
+            } else {
+                (None, tags)
+            }
+        };
+        let multiple = multiple_up_to.map(|tag| {
+            self.channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+        });
+        let singles = singles
+            .iter()
+            .map(|t| self.channel.basic_ack(*t, BasicAckOptions::default()));
+        if let Some(m) = multiple {
+            m.await?;
+        }
+        for r in futures::future::join_all(singles).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Nacks `tags` with requeue: the messages are receivable again at once.
+    pub async fn release(&self, tags: Vec<u64>) -> lapin::Result<()> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let _settle = self.settle.lock().await;
+        {
+            let mut held = self.outstanding.lock();
+            for t in &tags {
+                held.remove(t);
+            }
+        }
+        let nacks = tags.iter().map(|t| {
+            self.channel.basic_nack(
+                *t,
+                BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                },
+            )
+        });
+        for r in futures::future::join_all(nacks).await {
+            r?;
+        }
+        Ok(())
+    }
+}
+
+/// Nacks the leases with requeue, grouped by channel. A broken channel needs nothing: the
+/// broker requeued what it held.
+pub(super) async fn nack_all(leases: Vec<Lease>) {
+    let mut by_channel: HashMap<u64, (Arc<LeaseChannel>, Vec<u64>)> = HashMap::new();
+    for lease in leases {
+        by_channel
+            .entry(lease.channel.id)
+            .or_insert_with(|| (lease.channel.clone(), Vec::new()))
+            .1
+            .push(lease.tag);
+    }
+    for (channel, tags) in by_channel.into_values() {
+        if channel.connected() {
+            if let Err(e) = channel.release(tags).await {
+                tracing::debug!(error = %e, "lease release nack failed");
+            }
+        }
+    }
+}
+
+/// One held message.
+pub(super) struct Lease {
+    pub queue: QueueName,
+    pub channel: Arc<LeaseChannel>,
+    pub tag: u64,
+    pub deadline: Instant,
+    /// Kept to move the message (explicit dead-letter) without another read.
+    pub payload: Bytes,
+    pub properties: BasicProperties,
+    pub receive_count: u32,
+}
+
+/// How a lease that is no longer held ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ended {
+    Deleted,
+    Released,
+    DeadLettered,
+    /// Its channel or connection closed: the broker requeued the message.
+    Lost,
+}
+
+/// Why a receipt could not be used.
+pub(super) enum ReceiptProblem {
+    Malformed,
+    OtherQueue,
+    Ended(Ended),
+    Unknown,
+}
+
+#[derive(Default)]
+struct Table {
+    live: HashMap<u64, Lease>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    ended: HashMap<u64, Ended>,
+    ended_order: VecDeque<u64>,
+}
+
+/// Remembered outcomes, so a repeated delete stays idempotent and a stale receipt is refused.
+const ENDED_MEMORY: usize = 200_000;
+
+impl Table {
+    /// Drops timer entries of settled or extended leases once they outnumber live ones, so
+    /// the heap stays bounded while the reaper sleeps until a far deadline.
+    fn compact(&mut self) {
+        if self.timers.len() > 1024 && self.timers.len() > 4 * self.live.len() {
+            let live = &self.live;
+            self.timers
+                .retain(|Reverse((d, id))| live.get(id).is_some_and(|l| l.deadline == *d));
+        }
+    }
+
+    fn record(&mut self, id: u64, how: Ended) {
+        if self.ended.insert(id, how).is_none() {
+            self.ended_order.push_back(id);
+        }
+        while self.ended_order.len() > ENDED_MEMORY {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.ended.remove(&old);
+            }
+        }
+    }
+}
+
+/// The lease table of one service.
+pub(super) struct Leases {
+    nonce: u64,
+    next_id: AtomicU64,
+    table: Mutex<Table>,
+    pub wake: Notify,
+    /// The service was dropped: the reaper runs until the last lease ends, then stops (its
+    /// channels, and with them the connection, close then).
+    orphaned: std::sync::atomic::AtomicBool,
+}
+
+impl Leases {
+    pub fn new() -> Self {
+        Leases {
+            nonce: rand::random::<u64>() | 1,
+            next_id: AtomicU64::new(1),
+            table: Mutex::new(Table::default()),
+            wake: Notify::new(),
+            orphaned: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Called when the service is dropped: leases already handed out keep their full
+    /// visibility timeout (a dropped handle does not end a lease early).
+    pub fn orphan(&self) {
+        self.orphaned.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Registers a lease; returns its receipt.
+    pub fn register(&self, lease: Lease) -> ReceiptHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let deadline = lease.deadline;
+        lease.channel.hold(lease.tag);
+        let earliest = {
+            let mut t = self.table.lock();
+            let before = t.timers.peek().map(|Reverse((d, _))| *d);
+            t.timers.push(Reverse((deadline, id)));
+            t.live.insert(id, lease);
+            t.compact();
+            before.is_none_or(|b| deadline < b)
+        };
+        if earliest {
+            self.wake.notify_one();
+        }
+        ReceiptHandle::from_pair(self.nonce, id)
+    }
+
+    fn id_of(&self, receipt: &ReceiptHandle) -> Result<u64, ReceiptProblem> {
+        match receipt.as_pair() {
+            Some((nonce, id)) if nonce == self.nonce => Ok(id),
+            Some(_) => Err(ReceiptProblem::Unknown),
+            None => Err(ReceiptProblem::Malformed),
+        }
+    }
+
+    /// Removes the live lease named by `receipt` (to settle it); the caller records how it
+    /// ended with [`Leases::ended`].
+    pub fn take(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+    ) -> Result<(u64, Lease), ReceiptProblem> {
+        let id = self.id_of(receipt)?;
+        let mut t = self.table.lock();
+        match t.live.get(&id) {
+            Some(l) if &l.queue != queue => return Err(ReceiptProblem::OtherQueue),
+            Some(l) if !l.channel.connected() => {
+                t.live.remove(&id);
+                t.record(id, Ended::Lost);
+                return Err(ReceiptProblem::Ended(Ended::Lost));
+            }
+            Some(_) => {}
+            None => {
+                return Err(match t.ended.get(&id) {
+                    Some(how) => ReceiptProblem::Ended(*how),
+                    None => ReceiptProblem::Unknown,
+                })
+            }
+        }
+        let lease = t.live.remove(&id).map(|l| (id, l));
+        lease.ok_or(ReceiptProblem::Unknown)
+    }
+
+    pub fn ended(&self, id: u64, how: Ended) {
+        self.table.lock().record(id, how);
+    }
+
+    /// Records many outcomes under one lock.
+    pub fn ended_many(&self, ids: impl IntoIterator<Item = u64>, how: Ended) {
+        let mut t = self.table.lock();
+        for id in ids {
+            t.record(id, how);
+        }
+    }
+
+    /// Moves the end of a live lease.
+    pub fn extend(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+        deadline: Instant,
+    ) -> Result<(), ReceiptProblem> {
+        let id = self.id_of(receipt)?;
+        let mut t = self.table.lock();
+        match t.live.get_mut(&id) {
+            Some(l) if &l.queue != queue => Err(ReceiptProblem::OtherQueue),
+            Some(l) if l.channel.connected() => {
+                l.deadline = deadline;
+                t.timers.push(Reverse((deadline, id)));
+                drop(t);
+                self.wake.notify_one();
+                Ok(())
+            }
+            Some(_) => {
+                t.live.remove(&id);
+                t.record(id, Ended::Lost);
+                Err(ReceiptProblem::Ended(Ended::Lost))
+            }
+            None => Err(match t.ended.get(&id) {
+                Some(how) => ReceiptProblem::Ended(*how),
+                None => ReceiptProblem::Unknown,
+            }),
+        }
+    }
+
+    /// Removes the leases whose time is up; returns them and the next deadline.
+    fn take_due(&self, now: Instant) -> (Vec<Lease>, Option<Instant>) {
+        let mut t = self.table.lock();
+        let mut due = Vec::new();
+        while let Some(Reverse((deadline, id))) = t.timers.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            t.timers.pop();
+            // A stale timer entry (the lease was settled or extended) is skipped.
+            if t.live.get(&id).is_some_and(|l| l.deadline == deadline) {
+                if let Some(lease) = t.live.remove(&id) {
+                    t.record(id, Ended::Released);
+                    due.push(lease);
+                }
+            }
+        }
+        t.compact();
+        (due, t.timers.peek().map(|Reverse((d, _))| *d))
+    }
+
+    /// Leases held on channels that are still open.
+    pub fn live_count(&self) -> u64 {
+        self.table
+            .lock()
+            .live
+            .values()
+            .filter(|l| l.channel.connected())
+            .count() as u64
+    }
+
+    pub fn live_count_for(&self, queue: &QueueName) -> u64 {
+        self.table
+            .lock()
+            .live
+            .values()
+            .filter(|l| &l.queue == queue && l.channel.connected())
+            .count() as u64
+    }
+
+    /// The reaper: hands leases whose visibility timeout ended to `release`, so their
+    /// messages return.
+    pub async fn run_reaper<F, Fut>(self: Arc<Self>, release: F)
+    where
+        F: Fn(Vec<Lease>) -> Fut + Send,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        loop {
+            let (due, next) = self.take_due(Instant::now());
+            if self.orphaned.load(Ordering::Acquire) && self.table.lock().live.is_empty() {
+                return;
+            }
+            if !due.is_empty() {
+                release(due).await;
+                continue;
+            }
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                }
+                None => self.wake.notified().await,
+            }
+        }
+    }
+}
