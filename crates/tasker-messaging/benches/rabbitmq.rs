@@ -1,5 +1,5 @@
 //! The RabbitMQ provider against raw lapin doing the same work in the same run, on the same
-//! quorum queues of the machine's broker (see docs/benchmarks-rabbitmq.md).
+//! quorum queues of the machine's broker (see docs/benchmarks.md ("RabbitMQ")).
 //!
 //!   cargo bench -p tasker-messaging --features rabbitmq --bench rabbitmq
 //!

@@ -419,3 +419,21 @@ fn demo_runs_on_pgmq_with_state_in_postgres() {
     );
     assert_eq!(json["messages_left"], 0);
 }
+
+#[cfg(feature = "rabbitmq")]
+#[test]
+fn demo_runs_on_rabbitmq() {
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let out = run(tasker_mq()
+        .args(["--provider", "rabbitmq", "demo", "--tasks", "40", "--json"])
+        .env("AMQP_URL", url));
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("demo --json is JSON");
+    assert_eq!(json["provider"], "rabbitmq");
+    assert_eq!(
+        json["tasks_completed"].as_u64().unwrap() + json["tasks_failed"].as_u64().unwrap(),
+        40
+    );
+    assert_eq!(json["messages_left"], 0);
+}

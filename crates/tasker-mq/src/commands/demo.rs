@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use tasker_messaging::{MessagingConfig, MessagingService, NamespaceQueueRouter};
+use tasker_orchestration::workflow::demo::create_workflow_queues;
 use tasker_orchestration::workflow::{
     run_demo, DemoConfig, DemoSummary, InMemoryTaskStore, TaskStore, WorkflowQueues,
     ORDER_FULFILLMENT,
@@ -126,12 +127,14 @@ pub async fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<()> {
     let queues = WorkflowQueues {
         router: router.clone(),
     };
+    let max_attempts = DemoConfig::default().max_attempts;
+    create_workflow_queues(&*messaging, &ORDER_FULFILLMENT, &queues, max_attempts).await?;
     for queue in queues.all(&ORDER_FULFILLMENT)? {
-        // Leftovers of an interrupted run would skew the counts; a missing queue is fine.
-        if messaging.purge_queue(&queue).await.is_ok() {
-            let dlq = messaging.dead_letter_queue_name(&queue)?;
-            let _ = messaging.purge_queue(&dlq).await;
-        }
+        // Leftovers of an interrupted run would skew the counts.
+        messaging.purge_queue(&queue).await?;
+        messaging
+            .purge_queue(&messaging.dead_letter_queue_name(&queue)?)
+            .await?;
     }
     let demo = DemoConfig {
         tasks: args.tasks as usize,
