@@ -73,6 +73,10 @@ pub enum MessagingError {
         capability: Capability,
     },
 
+    /// The configured provider is not compiled into this build.
+    #[error("provider {provider} is not available in this build (enable the cargo feature `{provider}`)")]
+    ProviderUnavailable { provider: ProviderKind },
+
     /// A resource budget would be exceeded (connections, memory, in-flight messages).
     #[error("{resource}: {required} required but only {available} available")]
     ResourcesExceeded {
@@ -144,6 +148,7 @@ impl MessagingError {
             | MessagingError::Serialization { .. }
             | MessagingError::InvalidReceipt { .. }
             | MessagingError::Unsupported { .. }
+            | MessagingError::ProviderUnavailable { .. }
             | MessagingError::ResourcesExceeded { .. }
             | MessagingError::Configuration { .. }
             | MessagingError::NotInitialized(_) => ErrorClass::Permanent,

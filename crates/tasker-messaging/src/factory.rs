@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::config::MessagingConfig;
 use crate::error::{MessagingError, Result};
 use crate::resources::SystemResourceLimits;
-use crate::service::{Capability, MessagingService, ProviderKind};
+use crate::service::{MessagingService, ProviderKind};
 
 /// Providers compiled into this build.
 pub fn available_providers() -> Vec<ProviderKind> {
@@ -42,10 +42,7 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
         ProviderKind::Rabbitmq => Ok(Arc::new(
             crate::providers::rabbitmq::RabbitMqMessageService::from_config(config)?,
         )),
-        other => Err(MessagingError::Unsupported {
-            provider: other,
-            capability: Capability::Provider,
-        }),
+        other => Err(MessagingError::ProviderUnavailable { provider: other }),
     }
 }
 
@@ -88,12 +85,9 @@ mod tests {
         )
         .unwrap();
         match build_service(&config).await {
-            Err(MessagingError::Unsupported {
-                provider,
-                capability,
-            }) => {
+            Err(e @ MessagingError::ProviderUnavailable { provider }) => {
                 assert_eq!(provider, ProviderKind::Kafka);
-                assert_eq!(capability, Capability::Provider);
+                assert!(e.to_string().contains("cargo feature `kafka`"), "{e}");
             }
             Err(other) => panic!("unexpected error {other}"),
             Ok(_) => panic!("kafka is not compiled in"),

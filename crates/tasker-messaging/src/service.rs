@@ -101,8 +101,6 @@ pub enum Capability {
     WakeupNotifications,
     PgmqExtensions,
     AmqpExtensions,
-    /// The provider itself (not compiled into this build, or not implemented yet).
-    Provider,
 }
 
 impl fmt::Display for Capability {
@@ -120,7 +118,6 @@ impl fmt::Display for Capability {
             Capability::WakeupNotifications => "wakeup_notifications",
             Capability::PgmqExtensions => "pgmq_extensions",
             Capability::AmqpExtensions => "amqp_extensions",
-            Capability::Provider => "this provider in this build",
         };
         f.write_str(s)
     }
@@ -176,7 +173,6 @@ impl Capabilities {
             Capability::DetailedStats => self.detailed_stats,
             Capability::WakeupNotifications => self.wakeup_notifications,
             Capability::PgmqExtensions => self.pgmq_extensions,
-            Capability::Provider => true,
         }
     }
 
