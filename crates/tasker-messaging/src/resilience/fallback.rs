@@ -172,7 +172,7 @@ mod tests {
         match svc.health_check().await.unwrap() {
             MessagingHealth::Degraded { reason } => {
                 assert!(reason.contains("fallback provider in_memory"), "{reason}");
-                assert!(reason.contains("kafka does not support"), "{reason}");
+                assert!(reason.contains("kafka is not available"), "{reason}");
             }
             other => panic!("{other:?}"),
         }
@@ -189,7 +189,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             build_service_with_fallback(&no_fallback).await,
-            Err(MessagingError::Unsupported { .. })
+            Err(MessagingError::ProviderUnavailable { .. })
         ));
     }
 
