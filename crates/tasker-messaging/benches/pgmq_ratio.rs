@@ -6,6 +6,8 @@
 //!
 //!   cargo bench -p tasker-messaging --features pgmq --bench pgmq_ratio [-- ROUNDS]
 //!
+//! `PGMQ_RATIO_STEPS=send_one,send_batch,headers,read_delete,latency` runs only those steps.
+//!
 //! DATABASE_URL as for the tests. StepMessage payloads (three UUIDs, 159 bytes of JSON).
 
 use std::sync::Arc;
@@ -45,6 +47,13 @@ impl Side {
             .as_ref()
             .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
     }
+}
+
+/// A pause between an untimed fill and the timed step, so what the fill set off (the
+/// provider's wakeup notification reaching its listener when the queue was empty) is not
+/// billed to the step. Taken by both sides.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(2)).await;
 }
 
 fn report(name: &str, raw: &Side, provider: &Side) {
@@ -93,244 +102,268 @@ async fn main() {
         svc.create_queue(&qp).await.expect("create");
         raw.create(qr).await.expect("create raw");
     };
+    // PGMQ_RATIO_STEPS=send_one,send_batch,headers,read_delete,latency picks steps (all by default).
+    let only = std::env::var("PGMQ_RATIO_STEPS").unwrap_or_default();
+    let want = |step: &str| only.is_empty() || only.split(',').any(|s| s.trim() == step);
     println!("pgmq provider vs raw pgmq crate, {rounds} interleaved rounds");
 
-    // send one, 200 per round and side.
-    reset().await;
-    let (mut r, mut p) = (Side::default(), Side::default());
-    for round in 0..rounds {
-        for side in [round % 2, 1 - round % 2] {
-            for _ in 0..200 {
-                let t = Instant::now();
-                if side == 0 {
-                    raw.send(qr, &step).await.expect("send");
-                    r.record(t.elapsed(), 1);
-                } else {
-                    svc.send(&qp, message()).await.expect("send");
-                    p.record(t.elapsed(), 1);
-                }
-            }
-        }
-    }
-    report("send one (1 task)", &r, &p);
-
-    // send_batch(100), 1 task and 4 tasks, 20 batches per round and side.
-    for tasks in [1usize, 4] {
+    if want("send_one") {
+        // send one, 200 per round and side.
         reset().await;
         let (mut r, mut p) = (Side::default(), Side::default());
         for round in 0..rounds {
             for side in [round % 2, 1 - round % 2] {
-                let t = Instant::now();
-                let mut handles = Vec::new();
-                for _ in 0..tasks {
-                    let (svc, raw, steps, qp) =
-                        (svc.clone(), raw.clone(), steps.clone(), qp.clone());
-                    handles.push(tokio::spawn(async move {
-                        let mut lat = Vec::new();
-                        for _ in 0..20 {
-                            let t = Instant::now();
-                            if side == 0 {
-                                raw.send_batch(qr, &steps).await.expect("send");
-                            } else {
-                                let batch = (0..100)
-                                    .map(|_| OutgoingMessage::json(&steps[0]).expect("encode"))
-                                    .collect();
-                                svc.send_batch(&qp, batch).await.expect("send");
+                for _ in 0..200 {
+                    let t = Instant::now();
+                    if side == 0 {
+                        raw.send(qr, &step).await.expect("send");
+                        r.record(t.elapsed(), 1);
+                    } else {
+                        svc.send(&qp, message()).await.expect("send");
+                        p.record(t.elapsed(), 1);
+                    }
+                }
+            }
+        }
+        report("send one (1 task)", &r, &p);
+    }
+    if want("send_batch") {
+        // send_batch(100), 1 task and 4 tasks, 20 batches per round and side.
+        for tasks in [1usize, 4] {
+            reset().await;
+            let (mut r, mut p) = (Side::default(), Side::default());
+            for round in 0..rounds {
+                for side in [round % 2, 1 - round % 2] {
+                    let t = Instant::now();
+                    let mut handles = Vec::new();
+                    for _ in 0..tasks {
+                        let (svc, raw, steps, qp) =
+                            (svc.clone(), raw.clone(), steps.clone(), qp.clone());
+                        handles.push(tokio::spawn(async move {
+                            let mut lat = Vec::new();
+                            for _ in 0..20 {
+                                let t = Instant::now();
+                                if side == 0 {
+                                    raw.send_batch(qr, &steps).await.expect("send");
+                                } else {
+                                    let batch = (0..100)
+                                        .map(|_| OutgoingMessage::json(&steps[0]).expect("encode"))
+                                        .collect();
+                                    svc.send_batch(&qp, batch).await.expect("send");
+                                }
+                                lat.push(t.elapsed());
                             }
-                            lat.push(t.elapsed());
-                        }
-                        lat
-                    }));
+                            lat
+                        }));
+                    }
+                    let mut lats = Vec::new();
+                    for h in handles {
+                        lats.extend(h.await.expect("task"));
+                    }
+                    let wall = t.elapsed();
+                    let side_stats = if side == 0 { &mut r } else { &mut p };
+                    // Throughput from wall time over all tasks; latency per batch.
+                    for l in &lats {
+                        let _ = side_stats
+                            .hist
+                            .get_or_insert_with(|| {
+                                Histogram::new_with_bounds(1, 60_000_000, 3).expect("hist")
+                            })
+                            .record(l.as_micros().max(1) as u64);
+                    }
+                    side_stats.messages += (lats.len() * 100) as u64;
+                    side_stats.busy += wall;
                 }
-                let mut lats = Vec::new();
-                for h in handles {
-                    lats.extend(h.await.expect("task"));
-                }
-                let wall = t.elapsed();
-                let side_stats = if side == 0 { &mut r } else { &mut p };
-                // Throughput from wall time over all tasks; latency per batch.
-                for l in &lats {
-                    let _ = side_stats
-                        .hist
-                        .get_or_insert_with(|| {
-                            Histogram::new_with_bounds(1, 60_000_000, 3).expect("hist")
-                        })
-                        .record(l.as_micros().max(1) as u64);
-                }
-                side_stats.messages += (lats.len() * 100) as u64;
-                side_stats.busy += wall;
             }
+            report(&format!("send_batch(100) x {tasks} task(s)"), &r, &p);
         }
-        report(&format!("send_batch(100) x {tasks} task(s)"), &r, &p);
     }
-
-    // The same send_batch with the raw crate carrying the same metadata (message id and
-    // correlation id as pgmq headers), for what the ids alone cost.
-    reset().await;
-    let (mut r, mut p) = (Side::default(), Side::default());
-    let headers: Vec<serde_json::Value> = steps
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "tasker_message_id": uuid::Uuid::now_v7(),
-                "tasker_correlation_id": s.correlation_id,
+    if want("headers") {
+        // The same send_batch with the raw crate carrying the same metadata (message id and
+        // correlation id as pgmq headers), for what the ids alone cost.
+        reset().await;
+        let (mut r, mut p) = (Side::default(), Side::default());
+        let headers: Vec<serde_json::Value> = steps
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "tasker_message_id": uuid::Uuid::now_v7(),
+                    "tasker_correlation_id": s.correlation_id,
+                })
             })
-        })
-        .collect();
-    for round in 0..rounds {
-        for side in [round % 2, 1 - round % 2] {
-            for _ in 0..20 {
-                let t = Instant::now();
-                if side == 0 {
-                    raw.send_batch_with_delay_with_headers(qr, &steps, Some(&headers), 0)
-                        .await
-                        .expect("send");
-                    r.record(t.elapsed(), 100);
-                } else {
-                    let batch = (0..100).map(|_| message()).collect();
-                    svc.send_batch(&qp, batch).await.expect("send");
-                    p.record(t.elapsed(), 100);
-                }
-            }
-        }
-    }
-    report("send_batch(100), raw with id headers", &r, &p);
-
-    // read(100) + delete by id array; refilled untimed.
-    reset().await;
-    let (mut r, mut p) = (Side::default(), Side::default());
-    for round in 0..rounds {
-        for side in [round % 2, 1 - round % 2] {
-            for _ in 0..10 {
-                if side == 0 {
-                    raw.send_batch(qr, &steps).await.expect("fill");
+            .collect();
+        for round in 0..rounds {
+            for side in [round % 2, 1 - round % 2] {
+                for _ in 0..20 {
                     let t = Instant::now();
-                    let got = raw
-                        .read_batch::<StepMessage>(qr, 30, 100)
-                        .await
-                        .expect("read");
-                    let ids: Vec<i64> = got.iter().map(|m| m.msg_id).collect();
-                    raw.delete_batch(qr, &ids).await.expect("delete");
-                    r.record(t.elapsed(), ids.len() as u64);
-                } else {
-                    let batch = (0..100).map(|_| message()).collect();
-                    svc.send_batch(&qp, batch).await.expect("fill");
-                    let t = Instant::now();
-                    let got = svc.receive(&qp, 100, VT).await.expect("receive");
-                    let receipts: Vec<_> = got.iter().map(|m| m.receipt().clone()).collect();
-                    let outcome = svc.delete_messages(&qp, &receipts).await.expect("delete");
-                    p.record(t.elapsed(), outcome.deleted as u64);
-                }
-            }
-        }
-    }
-    report("read(100) + delete(ids)", &r, &p);
-
-    // Send-to-receive latency: a consumer task is already waiting when the message is sent
-    // (5 ms idle before each send); the time is from the start of send to the consumer
-    // holding the message. Raw: a poller reading every 1 ms. Provider: the consumer stream
-    // (waits on notifications), and a poller like raw's for reference.
-    reset().await;
-    let (mut r, mut p, mut pp) = (Side::default(), Side::default(), Side::default());
-    let raw_rx = {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-        let raw = raw.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok(got) = raw.read_batch::<StepMessage>(qr, 30, 1).await else {
-                    break;
-                };
-                if let Some(m) = got.into_iter().next() {
-                    if tx.send(Instant::now()).is_err() {
-                        break;
+                    if side == 0 {
+                        raw.send_batch_with_delay_with_headers(qr, &steps, Some(&headers), 0)
+                            .await
+                            .expect("send");
+                        r.record(t.elapsed(), 100);
+                    } else {
+                        let batch = (0..100).map(|_| message()).collect();
+                        svc.send_batch(&qp, batch).await.expect("send");
+                        p.record(t.elapsed(), 100);
                     }
-                    let _ = raw.delete(qr, m.msg_id).await;
-                } else {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
-        });
-        rx
-    };
-    let stream_rx = {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-        let (svc, qp) = (svc.clone(), qp.clone());
-        let options = ConsumerOptions {
-            batch_size: 10,
-            visibility_timeout: VT,
-            min_idle_backoff: Duration::from_millis(1),
-            max_idle_backoff: Duration::from_millis(250),
+        }
+        report("send_batch(100), raw with id headers", &r, &p);
+    }
+    if want("read_delete") {
+        // read(100) + delete by id array; refilled untimed.
+        reset().await;
+        let (mut r, mut p) = (Side::default(), Side::default());
+        // The two halves timed apart too, to see which one a gap comes from.
+        let (mut r_read, mut p_read) = (Side::default(), Side::default());
+        let (mut r_del, mut p_del) = (Side::default(), Side::default());
+        for round in 0..rounds {
+            for side in [round % 2, 1 - round % 2] {
+                for _ in 0..10 {
+                    if side == 0 {
+                        raw.send_batch(qr, &steps).await.expect("fill");
+                        settle().await;
+                        let t = Instant::now();
+                        let got = raw
+                            .read_batch::<StepMessage>(qr, 30, 100)
+                            .await
+                            .expect("read");
+                        let read = t.elapsed();
+                        let ids: Vec<i64> = got.iter().map(|m| m.msg_id).collect();
+                        raw.delete_batch(qr, &ids).await.expect("delete");
+                        let all = t.elapsed();
+                        r.record(all, ids.len() as u64);
+                        r_read.record(read, ids.len() as u64);
+                        r_del.record(all - read, ids.len() as u64);
+                    } else {
+                        let batch = (0..100).map(|_| message()).collect();
+                        svc.send_batch(&qp, batch).await.expect("fill");
+                        settle().await;
+                        let t = Instant::now();
+                        let got = svc.receive(&qp, 100, VT).await.expect("receive");
+                        let read = t.elapsed();
+                        let receipts: Vec<_> = got.iter().map(|m| m.receipt().clone()).collect();
+                        let outcome = svc.delete_messages(&qp, &receipts).await.expect("delete");
+                        let all = t.elapsed();
+                        p.record(all, outcome.deleted as u64);
+                        p_read.record(read, got.len() as u64);
+                        p_del.record(all - read, outcome.deleted as u64);
+                    }
+                }
+            }
+        }
+        report("read(100) + delete(ids)", &r, &p);
+        report("  of which read(100)", &r_read, &p_read);
+        report("  of which delete(ids)", &r_del, &p_del);
+    }
+    if want("latency") {
+        // Send-to-receive latency: a consumer task is already waiting when the message is sent
+        // (5 ms idle before each send); the time is from the start of send to the consumer
+        // holding the message. Raw: a poller reading every 1 ms. Provider: the consumer stream
+        // (waits on notifications), and a poller like raw's for reference.
+        reset().await;
+        let (mut r, mut p, mut pp) = (Side::default(), Side::default(), Side::default());
+        let raw_rx = {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            let raw = raw.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok(got) = raw.read_batch::<StepMessage>(qr, 30, 1).await else {
+                        break;
+                    };
+                    if let Some(m) = got.into_iter().next() {
+                        if tx.send(Instant::now()).is_err() {
+                            break;
+                        }
+                        let _ = raw.delete(qr, m.msg_id).await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            });
+            rx
         };
-        tokio::spawn(async move {
-            let mut stream = svc.consume(&qp, options);
-            // Ends when the queue is deleted at the end (a permanent error ends the stream).
-            while let Some(Ok(m)) = stream.next().await {
-                if tx.send(Instant::now()).is_err() {
-                    break;
-                }
-                let _ = svc.delete_message(&qp, m.receipt()).await;
-            }
-        });
-        rx
-    };
-    let (mut raw_rx, mut stream_rx) = (raw_rx, stream_rx);
-    for _ in 0..rounds {
-        for _ in 0..25 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let t = Instant::now();
-            raw.send(qr, &step).await.expect("send");
-            let at = raw_rx.recv().await.expect("raw consumer");
-            r.record(at - t, 1);
-
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let t = Instant::now();
-            svc.send(&qp, message()).await.expect("send");
-            let at = stream_rx.recv().await.expect("stream consumer");
-            p.record(at - t, 1);
-        }
-    }
-    drop(stream_rx);
-    let qp2 = QueueName::new("bench_ratio_p2").expect("name");
-    let _ = svc.delete_queue(&qp2).await;
-    svc.create_queue(&qp2).await.expect("create");
-    let mut poll_rx = {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-        let (svc, qp2) = (svc.clone(), qp2.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok(mut got) = svc.receive(&qp2, 1, VT).await else {
-                    break;
-                };
-                if let Some(m) = got.pop() {
+        let stream_rx = {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            let (svc, qp) = (svc.clone(), qp.clone());
+            let options = ConsumerOptions {
+                batch_size: 10,
+                visibility_timeout: VT,
+                min_idle_backoff: Duration::from_millis(1),
+                max_idle_backoff: Duration::from_millis(250),
+            };
+            tokio::spawn(async move {
+                let mut stream = svc.consume(&qp, options);
+                // Ends when the queue is deleted at the end (a permanent error ends the stream).
+                while let Some(Ok(m)) = stream.next().await {
                     if tx.send(Instant::now()).is_err() {
                         break;
                     }
-                    let _ = svc.delete_message(&qp2, m.receipt()).await;
-                } else {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let _ = svc.delete_message(&qp, m.receipt()).await;
                 }
+            });
+            rx
+        };
+        let (mut raw_rx, mut stream_rx) = (raw_rx, stream_rx);
+        for _ in 0..rounds {
+            for _ in 0..25 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let t = Instant::now();
+                raw.send(qr, &step).await.expect("send");
+                let at = raw_rx.recv().await.expect("raw consumer");
+                r.record(at - t, 1);
+
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let t = Instant::now();
+                svc.send(&qp, message()).await.expect("send");
+                let at = stream_rx.recv().await.expect("stream consumer");
+                p.record(at - t, 1);
             }
-        });
-        rx
-    };
-    for _ in 0..rounds {
-        for _ in 0..25 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let t = Instant::now();
-            svc.send(&qp2, message()).await.expect("send");
-            let at = poll_rx.recv().await.expect("poll consumer");
-            pp.record(at - t, 1);
         }
+        drop(stream_rx);
+        let qp2 = QueueName::new("bench_ratio_p2").expect("name");
+        let _ = svc.delete_queue(&qp2).await;
+        svc.create_queue(&qp2).await.expect("create");
+        let mut poll_rx = {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            let (svc, qp2) = (svc.clone(), qp2.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut got) = svc.receive(&qp2, 1, VT).await else {
+                        break;
+                    };
+                    if let Some(m) = got.pop() {
+                        if tx.send(Instant::now()).is_err() {
+                            break;
+                        }
+                        let _ = svc.delete_message(&qp2, m.receipt()).await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            });
+            rx
+        };
+        for _ in 0..rounds {
+            for _ in 0..25 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let t = Instant::now();
+                svc.send(&qp2, message()).await.expect("send");
+                let at = poll_rx.recv().await.expect("poll consumer");
+                pp.record(at - t, 1);
+            }
+        }
+        drop(poll_rx);
+        drop(raw_rx);
+        // The pollers stop at their next message; wake them so they notice.
+        raw.send(qr, &step).await.expect("send");
+        svc.send(&qp2, message()).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = svc.delete_queue(&qp2).await;
+        report("latency: raw poll 1ms | stream+notify", &r, &p);
+        report("latency: raw poll 1ms | provider poll", &r, &pp);
     }
-    drop(poll_rx);
-    drop(raw_rx);
-    // The pollers stop at their next message; wake them so they notice.
-    raw.send(qr, &step).await.expect("send");
-    svc.send(&qp2, message()).await.expect("send");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let _ = svc.delete_queue(&qp2).await;
-    report("latency: raw poll 1ms | stream+notify", &r, &p);
-    report("latency: raw poll 1ms | provider poll", &r, &pp);
     let _ = svc.delete_queue(&qp).await;
     let _ = raw.drop_queue(qr).await;
     svc.shutdown().await.expect("shutdown");

@@ -8,6 +8,7 @@ use sqlx::Row;
 use tasker_messaging::{
     CorrelationId, DeadLetterReason, MessageId, MessagingService, OutgoingMessage, QueueOptions,
 };
+use uuid::Uuid;
 
 const VT: Duration = Duration::from_secs(30);
 
@@ -93,20 +94,25 @@ async fn our_messages_are_readable_with_plain_pgmq_read() {
         .unwrap();
     let message: serde_json::Value = row.get("message");
     assert_eq!(message, serde_json::json!({"task": "t1", "step": 2}));
-    let headers: serde_json::Value = row.get("headers");
-    assert_eq!(headers["tasker_message_id"], id.to_string());
-    assert_eq!(headers["tasker_correlation_id"], cid.to_string());
-    // Compact JSON is stored once: no exact copy, only the key order jsonb forgot.
-    assert!(headers.get("tasker_payload").is_none(), "{headers}");
-    assert!(
-        headers.get("tasker_payload_encoding").is_none(),
-        "{headers}"
-    );
-    assert_eq!(headers["tasker_key_order"], "[[1,0]]");
+    // Compact JSON is stored once, with no headers: the ids and the key order jsonb forgot
+    // are columns of ours, which pgmq's functions do not return but plain SQL can select.
+    let headers: Option<serde_json::Value> = row.get("headers");
+    assert!(headers.is_none(), "{headers:?}");
+    let msg_id: i64 = row.get("msg_id");
+    let (message_id, correlation_id, key_order): (Uuid, Uuid, String) = sqlx::query_as(&format!(
+        "SELECT tasker_message_id, tasker_correlation_id, tasker_key_order
+         FROM pgmq.q_{queue} WHERE msg_id = $1"
+    ))
+    .bind(msg_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(message_id, id.0);
+    assert_eq!(correlation_id, cid.0);
+    assert_eq!(key_order, "[[1,0]]");
     let read_ct: i32 = row.get("read_ct");
     assert_eq!(read_ct, 1);
     // Plain pgmq.delete works on our rows too.
-    let msg_id: i64 = row.get("msg_id");
     let deleted: bool = sqlx::query_scalar("SELECT pgmq.delete($1, $2)")
         .bind(queue.as_str())
         .bind(msg_id)
@@ -207,5 +213,60 @@ async fn an_undecodable_foreign_row_is_dead_lettered_not_lost_or_panicking() {
     );
     let stats = svc.get_queue_stats(&queue).await.unwrap();
     assert_eq!(stats.dead_letter_count, Some(1));
+    svc.delete_queue(&queue).await.unwrap();
+}
+
+/// A queue another client created (plain `pgmq.create`, none of our columns) holding a row
+/// written the way earlier versions of this provider wrote them (ids and key order as
+/// headers): first use adds our columns, and the old row keeps its ids and exact bytes.
+#[tokio::test]
+async fn a_foreign_queue_is_adopted_and_rows_with_header_ids_keep_them() {
+    let Some(svc) = support::service().await else {
+        return;
+    };
+    let pool = support::raw_pool().await;
+    let queue = support::queue("adopt");
+    sqlx::query("SELECT pgmq.create($1)")
+        .bind(queue.as_str())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (id, cid) = (Uuid::now_v7(), Uuid::now_v7());
+    let headers = serde_json::json!({
+        "tasker_message_id": id,
+        "tasker_correlation_id": cid,
+        "tasker_key_order": "[[1,0]]",
+    });
+    sqlx::query("SELECT * FROM pgmq.send($1, '{\"task\":\"t\",\"step\":1}'::jsonb, $2)")
+        .bind(queue.as_str())
+        .bind(&headers)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let new_id = svc
+        .send(&queue, OutgoingMessage::new(r#"{"x":1}"#))
+        .await
+        .unwrap();
+    let got = svc.receive(&queue, 10, VT).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].metadata.message_id, MessageId(id));
+    assert_eq!(got[0].metadata.correlation_id, Some(CorrelationId(cid)));
+    assert_eq!(&got[0].payload[..], br#"{"task":"t","step":1}"#);
+    assert_eq!(got[1].metadata.message_id, new_id);
+    assert_eq!(&got[1].payload[..], br#"{"x":1}"#);
+    let columns: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_attribute
+         WHERE attrelid IN (to_regclass($1), to_regclass($2)) AND attname LIKE 'tasker\\_%'",
+    )
+    .bind(format!("pgmq.q_{queue}"))
+    .bind(format!("pgmq.a_{queue}"))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        columns, 6,
+        "three columns on the queue table and three on its archive"
+    );
     svc.delete_queue(&queue).await.unwrap();
 }

@@ -180,6 +180,14 @@ fn record(node: &Node<'_>, perms: &mut Vec<Vec<u32>>) -> Option<()> {
 /// (`"[]"` when every object is already in jsonb's order), or `None` when the payload is not
 /// serde's compact rendering of itself or could not be rebuilt exactly.
 pub(super) fn compact_key_order(payload: &str) -> Option<String> {
+    let mut members = [Member::default(); FLAT_MAX];
+    match scan_flat(payload, ":", ",", &mut members) {
+        Some(n) => flat_key_order(&members[..n]),
+        None => general_key_order(payload),
+    }
+}
+
+fn general_key_order(payload: &str) -> Option<String> {
     let node: Node = serde_json::from_str(payload).ok()?;
     let rendered = serde_json::to_string(&node).ok()?;
     if rendered != payload {
@@ -232,6 +240,13 @@ pub(super) fn rebuild_compact(
     jsonb_text: &str,
     key_order: Option<&str>,
 ) -> Result<Vec<u8>, String> {
+    if let Some(bytes) = rebuild_flat(jsonb_text, key_order) {
+        return Ok(bytes);
+    }
+    rebuild_general(jsonb_text, key_order)
+}
+
+fn rebuild_general(jsonb_text: &str, key_order: Option<&str>) -> Result<Vec<u8>, String> {
     let mut node: Node = serde_json::from_str(jsonb_text).map_err(|e| e.to_string())?;
     if let Some(order) = key_order {
         let perms: Vec<Vec<u32>> = serde_json::from_str(order).map_err(|e| e.to_string())?;
@@ -240,6 +255,194 @@ pub(super) fn rebuild_compact(
         }
     }
     serde_json::to_vec(&node).map_err(|e| e.to_string())
+}
+
+// The fast path: flat objects.
+//
+// Most payloads are flat objects of plain scalars (the orchestrator's messages are three
+// UUID strings). For those the text can be rearranged without building a document: with no
+// escapes in any string, no nesting and only integers that serde prints back digit for
+// digit, serde's compact rendering is the text itself, and jsonb's text differs from it only
+// by the separators and the key order. Anything else takes the general path above; the tests
+// check that both paths agree.
+
+/// At most this many members take the fast path (fixed arrays, no allocation).
+const FLAT_MAX: usize = 32;
+
+/// A member of a flat object, as slices of the text: the key without its quotes, the value
+/// as written.
+#[derive(Clone, Copy, Default)]
+struct Member<'a> {
+    key: &'a str,
+    value: &'a str,
+}
+
+/// Scans `{"key"<colon>value<comma>...}` where every key and string value has no escape and
+/// no control character, and every other value is `true`, `false`, `null` or an integer of
+/// at most 18 digits (no leading zero, no `-0`). The number of members, or `None` for
+/// anything else.
+fn scan_flat<'a>(
+    text: &'a str,
+    colon: &str,
+    comma: &str,
+    out: &mut [Member<'a>; FLAT_MAX],
+) -> Option<usize> {
+    let b = text.as_bytes();
+    if b.first() != Some(&b'{') {
+        return None;
+    }
+    let mut i = 1;
+    if b.get(i) == Some(&b'}') {
+        return (b.len() == 2).then_some(0);
+    }
+    let mut n = 0;
+    loop {
+        if n == FLAT_MAX {
+            return None;
+        }
+        let key_end = scan_plain_string(b, i)?;
+        let key = text.get(i + 1..key_end - 1)?;
+        i = key_end;
+        if !b[i..].starts_with(colon.as_bytes()) {
+            return None;
+        }
+        i += colon.len();
+        let value_end = scan_scalar(b, i)?;
+        out[n] = Member {
+            key,
+            value: text.get(i..value_end)?,
+        };
+        n += 1;
+        i = value_end;
+        if b.get(i) == Some(&b'}') {
+            return (i + 1 == b.len()).then_some(n);
+        }
+        if !b[i..].starts_with(comma.as_bytes()) {
+            return None;
+        }
+        i += comma.len();
+    }
+}
+
+/// End (after the closing quote) of a string starting at `start` with no escapes.
+fn scan_plain_string(b: &[u8], start: usize) -> Option<usize> {
+    if b.get(start) != Some(&b'"') {
+        return None;
+    }
+    let rest = b.get(start + 1..)?;
+    let close = rest
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    (rest[close] == b'"').then_some(start + 1 + close + 1)
+}
+
+fn scan_scalar(b: &[u8], start: usize) -> Option<usize> {
+    let rest = b.get(start..)?;
+    match rest.first()? {
+        b'"' => scan_plain_string(b, start),
+        b't' => rest.starts_with(b"true").then_some(start + 4),
+        b'f' => rest.starts_with(b"false").then_some(start + 5),
+        b'n' => rest.starts_with(b"null").then_some(start + 4),
+        _ => {
+            let negative = rest[0] == b'-';
+            let digits = &rest[usize::from(negative)..];
+            let len = digits.iter().take_while(|c| c.is_ascii_digit()).count();
+            let leading_zero = digits.first() == Some(&b'0') && (len > 1 || negative);
+            if len == 0 || len > 18 || leading_zero {
+                return None;
+            }
+            Some(start + usize::from(negative) + len)
+        }
+    }
+}
+
+/// The key order of a flat object, as the general path would write it; `None` (keep a
+/// copy) for duplicate keys.
+fn flat_key_order(members: &[Member<'_>]) -> Option<String> {
+    let n = members.len();
+    let mut order = [0usize; FLAT_MAX];
+    for (i, slot) in order[..n].iter_mut().enumerate() {
+        *slot = i;
+    }
+    let order = &mut order[..n];
+    order.sort_unstable_by(|&a, &b| {
+        let (ka, kb) = (members[a].key.as_bytes(), members[b].key.as_bytes());
+        ka.len().cmp(&kb.len()).then_with(|| ka.cmp(kb))
+    });
+    if order
+        .windows(2)
+        .any(|w| members[w[0]].key == members[w[1]].key)
+    {
+        return None;
+    }
+    if order.iter().enumerate().all(|(i, &j)| i == j) {
+        return Some("[]".to_owned());
+    }
+    let mut perm = [0usize; FLAT_MAX];
+    for (sorted_pos, &doc_pos) in order.iter().enumerate() {
+        perm[doc_pos] = sorted_pos;
+    }
+    let mut out = String::with_capacity(4 + 3 * n);
+    out.push_str("[[");
+    for (i, p) in perm[..n].iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // Below FLAT_MAX: one or two digits.
+        if *p >= 10 {
+            out.push(char::from(b'0' + (*p / 10) as u8));
+        }
+        out.push(char::from(b'0' + (*p % 10) as u8));
+    }
+    out.push_str("]]");
+    Some(out)
+}
+
+/// A single permutation of `n` as the key order writes it (`[]` is the identity).
+fn parse_flat_perm(key_order: Option<&str>, n: usize, perm: &mut [usize; FLAT_MAX]) -> Option<()> {
+    let order = key_order.unwrap_or("[]");
+    if order == "[]" {
+        for (i, slot) in perm[..n].iter_mut().enumerate() {
+            *slot = i;
+        }
+        return Some(());
+    }
+    let inner = order.strip_prefix("[[")?.strip_suffix("]]")?;
+    let mut seen = [false; FLAT_MAX];
+    let mut count = 0;
+    for part in inner.split(',') {
+        let j: usize = part.parse().ok()?;
+        if count == n || j >= n || seen[j] {
+            return None;
+        }
+        seen[j] = true;
+        perm[count] = j;
+        count += 1;
+    }
+    (count == n).then_some(())
+}
+
+/// Compact bytes of a flat object from jsonb's text, or `None` to take the general path
+/// (which also reports a key order that does not fit).
+fn rebuild_flat(jsonb_text: &str, key_order: Option<&str>) -> Option<Vec<u8>> {
+    let mut members = [Member::default(); FLAT_MAX];
+    let n = scan_flat(jsonb_text, ": ", ", ", &mut members)?;
+    let mut perm = [0usize; FLAT_MAX];
+    parse_flat_perm(key_order, n, &mut perm)?;
+    let mut out = Vec::with_capacity(jsonb_text.len());
+    out.push(b'{');
+    for (i, &j) in perm[..n].iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let m = &members[j];
+        out.push(b'"');
+        out.extend_from_slice(m.key.as_bytes());
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(m.value.as_bytes());
+    }
+    out.push(b'}');
+    Some(out)
 }
 
 #[cfg(test)]
@@ -291,6 +494,117 @@ mod tests {
                 payload,
                 "via {stored} and {order}"
             );
+        }
+    }
+
+    /// Every payload through both paths: same key order, same rebuilt bytes.
+    fn assert_paths_agree(payload: &str) {
+        let general = general_key_order(payload);
+        assert_eq!(compact_key_order(payload), general, "{payload}");
+        if let Some(order) = general {
+            let node: Node = serde_json::from_str(payload).unwrap();
+            let stored = jsonb_text(&node);
+            let general = rebuild_general(&stored, Some(&order)).unwrap();
+            assert_eq!(general, payload.as_bytes(), "via {stored} and {order}");
+            assert_eq!(rebuild_compact(&stored, Some(&order)).unwrap(), general);
+        }
+    }
+
+    #[test]
+    fn the_flat_fast_path_agrees_with_the_general_path() {
+        let many: String = format!(
+            "{{{}}}",
+            (0..40)
+                .map(|i| format!("\"k{}\":{i}", 40 - i))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        for payload in [
+            r#"{"task_uuid":"a","step_uuid":"b","correlation_id":"c"}"#,
+            r#"{}"#,
+            r#"{"a":1,"b":-2,"c":0,"d":true,"e":false,"f":null,"g":"x"}"#,
+            r#"{"zz":"é","z":"ü","é":"","":"empty key"}"#,
+            r#"{"bb":1,"ab":2,"b":3,"a":4}"#,
+            r#"{"n":123456789012345678}"#,
+            // Each of these must leave the fast path and still agree.
+            r#"{"n":1234567890123456789}"#,
+            r#"{"n":-0}"#,
+            r#"{"n":01}"#,
+            r#"{"n":1.5}"#,
+            r#"{"n":1e3}"#,
+            r#"{"s":"a\"b"}"#,
+            r#"{"s":"line\nbreak"}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"a": 1}"#,
+            r#"{"a":{"b":1}}"#,
+            r#"{"a":[1]}"#,
+            r#"{"a":1} "#,
+            r#"{"a":1}x"#,
+            r#"{"a":tru}"#,
+            r#"{"a":1,}"#,
+            r#"{"a"}"#,
+            r#"["a"]"#,
+            &many,
+        ] {
+            assert_paths_agree(payload);
+        }
+        let mut members = [Member::default(); FLAT_MAX];
+        assert!(
+            scan_flat(&many, ":", ",", &mut members).is_none(),
+            "over FLAT_MAX"
+        );
+    }
+
+    #[test]
+    fn generated_flat_objects_agree_on_both_paths() {
+        // A small deterministic generator: keys and values drawn from pieces that exercise
+        // sorting (lengths, bytes), scalars of every kind and strings the fast path declines.
+        let keys = [
+            "a",
+            "b",
+            "ab",
+            "ba",
+            "zz",
+            "é",
+            "task_uuid",
+            "step_uuid",
+            "x1",
+            "",
+        ];
+        let values = [
+            "1",
+            "-7",
+            "0",
+            "true",
+            "false",
+            "null",
+            r#""v""#,
+            r#""é""#,
+            r#""""#,
+            "999999999999999999",
+            "1.0",
+            r#""q\"""#,
+            "-0",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |m: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % m as u64) as usize
+        };
+        for _ in 0..3000 {
+            let n = next(7);
+            let members: Vec<String> = (0..n)
+                .map(|_| {
+                    format!(
+                        "\"{}\":{}",
+                        keys[next(keys.len())],
+                        values[next(values.len())]
+                    )
+                })
+                .collect();
+            assert_paths_agree(&format!("{{{}}}", members.join(",")));
         }
     }
 

@@ -78,13 +78,13 @@ pub(super) async fn detect(
     Ok(PgmqInstallation::Sql { version })
 }
 
-/// Whether the installed pgmq stores headers (pgmq >= 1.5), which carry our message ids.
-async fn has_headers(conn: &mut PgConnection) -> std::result::Result<bool, sqlx::Error> {
+/// Whether the installed pgmq has the columns our statements use: `headers` (pgmq >= 1.5;
+/// dead-letter records and other clients' headers) and `last_read_at` (pgmq >= 1.10).
+async fn has_required_columns(conn: &mut PgConnection) -> std::result::Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (
-            SELECT 1 FROM pg_type t JOIN pg_attribute a ON a.attrelid = t.typrelid
-            WHERE t.oid = to_regtype('pgmq.message_record') AND a.attname = 'headers'
-        )",
+        "SELECT count(*) = 2 FROM pg_type t JOIN pg_attribute a ON a.attrelid = t.typrelid
+         WHERE t.oid = to_regtype('pgmq.message_record')
+           AND a.attname IN ('headers', 'last_read_at') AND NOT a.attisdropped",
     )
     .fetch_one(conn)
     .await
@@ -207,13 +207,13 @@ async fn setup_locked(
             format!("the database encoding is {encoding}; pgmq queues need a UTF8 database"),
         ));
     }
-    if !has_headers(conn)
+    if !has_required_columns(conn)
         .await
         .map_err(|e| map_sqlx(e, "detect pgmq", None, url))?
     {
         return Err(MessagingError::config(
             "connection.pgmq.database_url",
-            "the installed pgmq has no message headers (pgmq >= 1.5 is required)",
+            "the installed pgmq lacks message headers or last_read_at (pgmq >= 1.10 is required)",
         ));
     }
     // Two queries: a relation named in SQL must exist when the statement is parsed.

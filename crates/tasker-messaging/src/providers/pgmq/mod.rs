@@ -3,7 +3,7 @@
 //! Works on any PostgreSQL where pgmq is present, as the extension (managed services ship it)
 //! or as pgmq's SQL API installed by the `pgmq` crate's embedded installer
 //! (`install_sql = true`, or [`PgmqMessageService::install_sql`]); the extension is detected
-//! and never installed over. pgmq >= 1.5 is required (message headers).
+//! and never installed over. pgmq >= 1.10 is required (message headers, `last_read_at`).
 //!
 //! # What a message looks like in PostgreSQL
 //!
@@ -14,7 +14,7 @@
 //!
 //! * a payload that is JSON is stored as that JSON in `message` (other clients see the
 //!   document itself). When it is serde's compact rendering of itself (what the typed layer
-//!   sends), the header `tasker_key_order` keeps the order of its object keys, which jsonb
+//!   sends), our column `tasker_key_order` keeps the order of its object keys, which jsonb
 //!   forgets, and on receive the exact bytes are rebuilt from jsonb's text (`codec.rs`): the
 //!   payload is stored once. Other JSON (odd spacing, duplicate keys, number forms serde would
 //!   print differently) keeps its exact text in the header `tasker_payload` when jsonb's text
@@ -22,13 +22,17 @@
 //! * a payload that is UTF-8 text but not JSON is stored as a JSON string
 //!   (`tasker_payload_encoding: "text"`), and binary payloads as a base64 JSON string
 //!   (`"base64"`): still valid jsonb, still readable by any client.
-//! * headers also carry `tasker_message_id` and `tasker_correlation_id`, and on dead letters
-//!   `tasker_dead_letter` (source queue, reason, receive count, times). Headers another client
-//!   set are kept through dead-lettering and redrive.
-//! * a message without our headers (sent by plain SQL) is received with its jsonb text as
+//! * the message id and correlation id are binary columns of ours on the queue table
+//!   (`tasker_message_id`, `tasker_correlation_id`, uuid), added to a queue when this
+//!   provider first uses it; pgmq's functions name their columns and never see them, and
+//!   plain SQL can select them. Our archive keeps them. Dead letters carry
+//!   `tasker_dead_letter` (source queue, reason, receive count, times) in headers. Headers
+//!   another client set are kept through dead-lettering and redrive.
+//! * a message without our id (sent by plain SQL) is received with its jsonb text as
 //!   payload and a stable id derived from where it was first seen
 //!   ([`MessageId::derived`]`(queue, msg_id)`), recorded as `tasker_origin` when it moves, so
-//!   the id survives dead-lettering and redrive.
+//!   the id survives dead-lettering and redrive. Rows written before the id columns existed
+//!   (ids as headers) are still read.
 //!
 //! # Leases and receipts
 //!
@@ -52,18 +56,19 @@
 //! something (NOTIFY serializes committing senders, so it is kept off the busy path), and a
 //! trigger notifies for other clients' plain `pgmq.send` (see `sql.rs`).
 //!
-//! # Why the key order, not a copy
+//! # Why the key order and id columns
 //!
 //! Under concurrent batch sends PostgreSQL's WAL is the limit, so row size is throughput. A
 //! `StepMessage` row is 228 bytes in plain pgmq; with an exact copy of the payload beside the
-//! document it was 543 (send_batch at about 0.75 of the raw crate); with the ids and the key
-//! order it is about 390 (see docs/benchmarks.md, "PGMQ provider").
+//! document it was 543; with the key order and the ids as jsonb headers 395; with the ids
+//! and key order in binary columns 278 (see docs/benchmarks.md, "PGMQ provider").
 
 mod codec;
 mod install;
 mod listener;
 mod sql;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -267,36 +272,36 @@ fn queue_tag(queue: &QueueName) -> u32 {
 }
 
 /// How a payload is stored (see the module docs): body, kind, and for compact JSON the key
-/// order that rebuilds it.
-fn classify(payload: &[u8]) -> (String, i16, Option<String>) {
+/// order that rebuilds it. Text bodies borrow the payload (bound as is, never copied).
+fn classify(payload: &[u8]) -> (Cow<'_, str>, i16, Option<String>) {
     match std::str::from_utf8(payload) {
         // jsonb refuses \u0000 and PostgreSQL text refuses NUL: those go as base64.
         Ok(text) if !text.contains('\0') => {
             if text.contains("\\u0000") {
-                return (text.to_owned(), KIND_TEXT, None);
+                return (Cow::Borrowed(text), KIND_TEXT, None);
             }
             if let Some(order) = codec::compact_key_order(text) {
-                return (text.to_owned(), KIND_COMPACT, Some(order));
+                return (Cow::Borrowed(text), KIND_COMPACT, Some(order));
             }
             let is_json = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
             (
-                text.to_owned(),
+                Cow::Borrowed(text),
                 if is_json { KIND_JSON } else { KIND_TEXT },
                 None,
             )
         }
         _ => (
-            base64::engine::general_purpose::STANDARD.encode(payload),
+            Cow::Owned(base64::engine::general_purpose::STANDARD.encode(payload)),
             KIND_BASE64,
             None,
         ),
     }
 }
 
-/// A batch ready to bind: one array per column.
+/// A batch ready to bind: one array per column, borrowing the messages' payloads.
 #[derive(Default)]
-struct Encoded {
-    bodies: Vec<String>,
+struct Encoded<'a> {
+    bodies: Vec<Cow<'a, str>>,
     kinds: Vec<i16>,
     ids: Vec<Uuid>,
     correlation_ids: Vec<Option<Uuid>>,
@@ -311,70 +316,140 @@ struct Undecodable {
     error: String,
 }
 
+/// What a row's headers say, for the rows that have any (most of ours have none): written
+/// by another client, a dead-lettered or redriven message, a payload stored as text, base64
+/// or an exact copy, or a row from before the id columns (ids and key order as headers).
+#[derive(Default)]
+struct HeaderFields {
+    encoding: Option<String>,
+    exact_payload: Option<String>,
+    key_order: Option<String>,
+    message_id: Option<Uuid>,
+    correlation_id: Option<Uuid>,
+    origin: Option<(String, String)>,
+    dead_letter: Option<serde_json::Value>,
+}
+
+impl HeaderFields {
+    /// Headers that are not a JSON object (another client may write anything) say nothing.
+    fn parse(text: &str) -> Self {
+        let Ok(serde_json::Value::Object(mut h)) = serde_json::from_str(text) else {
+            return HeaderFields::default();
+        };
+        let mut take_str = |key: &str| match h.remove(key) {
+            Some(serde_json::Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let encoding = take_str("tasker_payload_encoding");
+        let exact_payload = take_str("tasker_payload");
+        let key_order = take_str("tasker_key_order");
+        let message_id = take_str("tasker_message_id").and_then(|s| Uuid::from_str(&s).ok());
+        let correlation_id =
+            take_str("tasker_correlation_id").and_then(|s| Uuid::from_str(&s).ok());
+        // ->> in SQL: strings unquoted, numbers as written.
+        let scalar = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let origin = match h.get("tasker_origin") {
+            Some(serde_json::Value::Array(a)) if a.len() >= 2 => scalar(&a[0]).zip(scalar(&a[1])),
+            _ => None,
+        };
+        HeaderFields {
+            encoding,
+            exact_payload,
+            key_order,
+            message_id,
+            correlation_id,
+            origin,
+            dead_letter: h.remove("tasker_dead_letter"),
+        }
+    }
+}
+
+/// Columns of [`QueueSql::receive`].
+mod col {
+    pub const MSG_ID: usize = 0;
+    pub const READ_CT: usize = 1;
+    pub const ENQUEUED_AT: usize = 2;
+    pub const VT: usize = 3;
+    pub const MESSAGE: usize = 4;
+    pub const HEADERS: usize = 5;
+    pub const MESSAGE_ID: usize = 6;
+    pub const CORRELATION_ID: usize = 7;
+    pub const KEY_ORDER: usize = 8;
+    pub const OVER: usize = 9;
+}
+
 fn decode_row(
     queue: &QueueName,
     tag: u32,
     row: &PgRow,
+    msg_id: i64,
 ) -> std::result::Result<ReceivedMessage, Undecodable> {
-    let msg_id: i64 = row.try_get(0).unwrap_or_default();
-    let read_ct: i32 = row.try_get(1).unwrap_or_default();
+    let read_ct: i32 = row.try_get(col::READ_CT).unwrap_or_default();
     let undecodable = |error: String| Undecodable {
         msg_id,
         read_ct,
         error,
     };
-    let get = |i: usize| -> std::result::Result<Option<String>, Undecodable> {
-        row.try_get::<Option<String>, _>(i)
-            .map_err(|e| undecodable(format!("column {i}: {e}")))
+    let column = |e: sqlx::Error| undecodable(format!("bad column: {e}"));
+    let enqueued_at: DateTime<Utc> = row.try_get(col::ENQUEUED_AT).map_err(column)?;
+    let vt: DateTime<Utc> = row.try_get(col::VT).map_err(column)?;
+    // Text borrowed from the row: one allocation per message (the payload).
+    let message: Option<&str> = row.try_get(col::MESSAGE).map_err(column)?;
+    let headers: Option<&str> = row.try_get(col::HEADERS).map_err(column)?;
+    let id_column: Option<Uuid> = row.try_get(col::MESSAGE_ID).map_err(column)?;
+    let correlation_column: Option<Uuid> = row.try_get(col::CORRELATION_ID).map_err(column)?;
+    let key_order_column: Option<&str> = row.try_get(col::KEY_ORDER).map_err(column)?;
+    let h = headers.map(HeaderFields::parse).unwrap_or_default();
+
+    // jsonb's text of the document; NULL only if another client stored SQL NULL.
+    let text = message.unwrap_or("null");
+    let json_string = |what: &str| {
+        serde_json::from_str::<String>(text)
+            .map_err(|e| undecodable(format!("{what} payload is not a JSON string: {e}")))
     };
-    let enqueued_at: DateTime<Utc> = row
-        .try_get(2)
-        .map_err(|e| undecodable(format!("enqueued_at: {e}")))?;
-    let vt: DateTime<Utc> = row
-        .try_get(3)
-        .map_err(|e| undecodable(format!("vt: {e}")))?;
-    let body = get(4)?;
-    let encoding = get(5)?;
-    let key_order = get(11)?;
-    let payload = match encoding.as_deref() {
-        None if key_order.is_some() => {
-            let text = body.unwrap_or_default();
-            codec::rebuild_compact(&text, key_order.as_deref())
+    let payload = match h.encoding.as_deref() {
+        None => match (
+            &h.exact_payload,
+            key_order_column.or(h.key_order.as_deref()),
+        ) {
+            (Some(exact), _) => Bytes::copy_from_slice(exact.as_bytes()),
+            (None, Some(order)) => codec::rebuild_compact(text, Some(order))
                 .map(Bytes::from)
-                .map_err(|e| undecodable(format!("cannot rebuild the payload: {e}")))?
-        }
-        None => Bytes::from(body.unwrap_or_else(|| "null".to_owned())),
-        Some("text") => Bytes::from(body.unwrap_or_default()),
-        Some("base64") => {
-            let text = body.unwrap_or_default();
-            base64::engine::general_purpose::STANDARD
-                .decode(text.as_bytes())
-                .map(Bytes::from)
-                .map_err(|e| undecodable(format!("payload is not valid base64: {e}")))?
-        }
+                .map_err(|e| undecodable(format!("cannot rebuild the payload: {e}")))?,
+            (None, None) => Bytes::copy_from_slice(text.as_bytes()),
+        },
+        Some("text") => Bytes::from(json_string("text")?),
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(json_string("base64")?.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| undecodable(format!("payload is not valid base64: {e}")))?,
         Some(other) => {
             return Err(undecodable(format!(
                 "unknown tasker_payload_encoding {other:?}"
             )));
         }
     };
-    let message_id = match get(6)?.and_then(|s| Uuid::from_str(&s).ok()) {
+    let message_id = match id_column.or(h.message_id) {
         Some(id) => MessageId(id),
-        None => match (get(8)?, get(9)?) {
-            (Some(origin_queue), Some(origin_id)) => MessageId::derived(&origin_queue, &origin_id),
-            _ => MessageId::derived(queue.as_str(), &msg_id.to_string()),
+        None => match &h.origin {
+            Some((origin_queue, origin_id)) => MessageId::derived(origin_queue, origin_id),
+            None => MessageId::derived(queue.as_str(), &msg_id.to_string()),
         },
     };
-    let correlation_id = get(7)?
-        .and_then(|s| Uuid::from_str(&s).ok())
-        .map(CorrelationId);
-    let dead_letter = get(10)?.and_then(|text| match serde_json::from_str::<DeadLetterInfo>(&text) {
-        Ok(info) => Some(Box::new(info)),
-        Err(e) => {
-            tracing::warn!(queue = %queue, msg_id, error = %e, "ignoring a malformed tasker_dead_letter header");
-            None
-        }
-    });
+    let correlation_id = correlation_column.or(h.correlation_id).map(CorrelationId);
+    let dead_letter = h
+        .dead_letter
+        .and_then(|value| match serde_json::from_value::<DeadLetterInfo>(value) {
+            Ok(info) => Some(Box::new(info)),
+            Err(e) => {
+                tracing::warn!(queue = %queue, msg_id, error = %e, "ignoring a malformed tasker_dead_letter header");
+                None
+            }
+        });
     Ok(ReceivedMessage {
         payload,
         metadata: QueuedMessageMetadata {
@@ -540,8 +615,16 @@ impl PgmqMessageService {
         Ok(())
     }
 
-    fn encode(&self, messages: &[OutgoingMessage]) -> Result<Encoded> {
-        let mut out = Encoded::default();
+    fn encode<'a>(&self, messages: &'a [OutgoingMessage]) -> Result<Encoded<'a>> {
+        let n = messages.len();
+        let mut out = Encoded {
+            bodies: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            correlation_ids: Vec::with_capacity(n),
+            delays_ms: Vec::with_capacity(n),
+            key_orders: Vec::with_capacity(n),
+        };
         for m in messages {
             self.check_payload(m.payload.len())?;
             let (body, kind, key_order) = classify(&m.payload);
@@ -579,6 +662,17 @@ impl PgmqMessageService {
         if !exists {
             return Err(MessagingError::queue_not_found(queue.as_str()));
         }
+        // Our columns and wakeup trigger, on a queue another client created or an older
+        // version of this provider did (a catalog check when they are there already).
+        sqlx::query(
+            "SELECT tasker_messaging.adopt_queue(n) FROM unnest(ARRAY[$1, $2]::text[]) n
+             WHERE to_regclass('pgmq.q_' || n) IS NOT NULL",
+        )
+        .bind(queue.as_str())
+        .bind(dlq.as_ref().map(|d| d.as_str()))
+        .execute(pool)
+        .await
+        .map_err(|e| self.err(e, "queue lookup", Some(queue)))?;
         // A queue created by another client (plain pgmq.create) has no limit of ours.
         let max_receive_count = registered.map_or(0, |n| n.max(0) as u32);
         let dead_letter_queue = match dlq {
@@ -621,7 +715,7 @@ impl PgmqMessageService {
             .execute(&mut *tx)
             .await
             .map_err(e)?;
-        sqlx::query("SELECT tasker_messaging.ensure_notify($1)")
+        sqlx::query("SELECT tasker_messaging.adopt_queue($1)")
             .bind(queue.as_str())
             .execute(&mut *tx)
             .await
@@ -662,7 +756,7 @@ impl PgmqMessageService {
         executor: E,
         queue: &QueueName,
         meta: &QueueMeta,
-        batch: Encoded,
+        batch: Encoded<'_>,
     ) -> Result<usize>
     where
         E: sqlx::Executor<'c, Database = Postgres>,
@@ -757,25 +851,39 @@ impl PgmqMessageService {
         }
         let pool = self.pool()?;
         let limit = max_messages.min(MAX_BATCH) as i64;
-        let mut query = sqlx::query(&meta.sql.receive)
+        let max_receive_count = match (&meta.sql.dead_letter_over, meta.max_receive_count) {
+            (Some(_), n) => i32::try_from(n).unwrap_or(i32::MAX),
+            (None, _) => 0,
+        };
+        let rows = sqlx::query(&meta.sql.receive)
             .bind(limit)
-            .bind(duration_ms(visibility_timeout));
-        if meta.dead_letter_queue.is_some() && meta.max_receive_count > 0 {
-            query = query
-                .bind(i32::try_from(meta.max_receive_count).unwrap_or(i32::MAX))
-                .bind(queue.as_str())
-                .bind(meta.dead_letter_queue.as_ref().map(|d| d.as_str()));
-        }
-        let rows = query
+            .bind(duration_ms(visibility_timeout))
+            .bind(max_receive_count)
             .fetch_all(pool)
             .await
             .map_err(|e| self.err(e, "receive", Some(queue)))?;
         let mut out = Vec::with_capacity(rows.len());
         let mut bad = Vec::new();
+        let mut over: i64 = 0;
         for row in &rows {
-            match decode_row(queue, meta.tag, row) {
+            over = row.try_get::<i64, _>(col::OVER).unwrap_or(0);
+            // The one row of a receive that leased nothing.
+            let Ok(Some(msg_id)) = row.try_get::<Option<i64>, _>(col::MSG_ID) else {
+                continue;
+            };
+            match decode_row(queue, meta.tag, row, msg_id) {
                 Ok(m) => out.push(m),
                 Err(u) => bad.push(u),
+            }
+        }
+        if over > 0 {
+            // The leased messages are returned either way; what is not moved now is found
+            // again, still over its limit, by the next receive.
+            if let Err(e) = self
+                .dead_letter_over(queue, &meta, max_receive_count, over)
+                .await
+            {
+                tracing::warn!(queue = %queue, error = %e, "could not dead-letter messages over max_receive_count");
             }
         }
         for u in bad {
@@ -796,6 +904,32 @@ impl PgmqMessageService {
             }
         }
         Ok(out)
+    }
+
+    /// Moves the messages a receive found over their receive limit to the dead-letter queue.
+    async fn dead_letter_over(
+        &self,
+        queue: &QueueName,
+        meta: &QueueMeta,
+        max_receive_count: i32,
+        seen: i64,
+    ) -> Result<()> {
+        let (Some(statement), Some(dlq)) = (
+            meta.sql.dead_letter_over.as_deref(),
+            &meta.dead_letter_queue,
+        ) else {
+            return Ok(());
+        };
+        let (moved, _woke): (i64, i64) = sqlx::query_as(statement)
+            .bind(max_receive_count)
+            .bind(seen)
+            .bind(queue.as_str())
+            .bind(dlq.as_str())
+            .fetch_one(self.pool()?)
+            .await
+            .map_err(|e| self.err(e, "dead-letter", Some(queue)))?;
+        tracing::debug!(queue = %queue, moved, "dead-lettered messages over max_receive_count");
+        Ok(())
     }
 
     async fn start(&self) -> Result<Running> {
@@ -1272,9 +1406,9 @@ impl PgmqExtensions for PgmqMessageService {
     }
 
     async fn archive_messages(&self, queue: &QueueName, msg_ids: &[i64]) -> Result<u64> {
-        self.meta(queue).await?;
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.archive($1::text, $2::int8[])")
-            .bind(queue.as_str())
+        let meta = self.meta(queue).await?;
+        // pgmq.archive's move, with our columns kept (pgmq.archive would drop the ids).
+        let n: i64 = sqlx::query_scalar(&meta.sql.archive)
             .bind(msg_ids)
             .fetch_one(self.pool()?)
             .await

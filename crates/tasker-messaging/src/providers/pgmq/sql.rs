@@ -5,8 +5,13 @@
 //! every call (no cached plan), and cannot check a receipt's lease or move a message to a
 //! dead-letter queue in the same statement. The table layout is pgmq's own (msg_id, read_ct,
 //! enqueued_at, last_read_at, vt, message, headers), the same for the extension and the SQL
-//! install, so every row we write is a normal pgmq message and plain `pgmq.*` calls keep
-//! working on our queues.
+//! install, plus three nullable columns of ours ([`OUR_COLUMNS`]: message id, correlation id,
+//! key order), so every row we write is a normal pgmq message and plain `pgmq.*` calls keep
+//! working on our queues (pgmq's functions name their columns and never see ours).
+//!
+//! Why columns and not pgmq headers: under concurrent batch sends WAL is the limit, so row
+//! size is throughput. Two UUIDs and the key order as jsonb headers made a `StepMessage` row
+//! 395 bytes against pgmq's 228; as binary columns it is 278, and the INSERT builds no jsonb.
 //!
 //! The only text spliced into SQL is a [`QueueName`], validated to `[a-z][a-z0-9_]{0,46}`
 //! before any statement is built; every value travels as a bind parameter.
@@ -14,7 +19,7 @@
 use crate::queue_name::QueueName;
 
 /// Bumped when [`SCHEMA_SQL`] changes, so initialize re-applies it once.
-pub(super) const SCHEMA_VERSION: i32 = 3;
+pub(super) const SCHEMA_VERSION: i32 = 4;
 /// The one channel every queue notifies on; the payload is the queue name.
 pub(super) const CHANNEL: &str = "tasker_messaging";
 
@@ -91,6 +96,35 @@ BEGIN
 END
 $do$;
 
+-- Our columns on a pgmq queue table and its archive (nullable, no default: adding them only
+-- changes the catalog). Checked first, so a queue that has them takes no ALTER TABLE lock.
+CREATE OR REPLACE FUNCTION tasker_messaging.add_columns(tbl text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF to_regclass(format('pgmq.%I', tbl)) IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = format('pgmq.%I', tbl)::regclass
+          AND attname = 'tasker_key_order' AND NOT attisdropped
+    ) THEN
+        EXECUTE format(
+            'ALTER TABLE pgmq.%I ADD COLUMN IF NOT EXISTS tasker_message_id uuid, '
+            'ADD COLUMN IF NOT EXISTS tasker_correlation_id uuid, '
+            'ADD COLUMN IF NOT EXISTS tasker_key_order text',
+            tbl);
+    END IF;
+END
+$fn$;
+
+-- Makes a pgmq queue (ours, or one another client created) usable by our statements.
+CREATE OR REPLACE FUNCTION tasker_messaging.adopt_queue(queue_name text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM tasker_messaging.add_columns('q_' || queue_name);
+    PERFORM tasker_messaging.add_columns('a_' || queue_name);
+    PERFORM tasker_messaging.ensure_notify(queue_name);
+END
+$fn$;
+
 -- Headers as an object: another client may have written NULL, an array or a scalar.
 CREATE OR REPLACE FUNCTION tasker_messaging.object_headers(h jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $fn$
@@ -130,29 +164,39 @@ RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
     SELECT tasker_messaging.with_origin(tasker_messaging.object_headers(h), dlq, msg_id)
         - 'tasker_dead_letter'
 $fn$;
+
+-- The same two for rows with our id column: `has_id` says the row carries its identity
+-- there, so no origin is recorded for it; rows written before the id columns (ids in
+-- headers) are recognized by with_origin. The forms above, without has_id, stay for a
+-- process of the previous version still running against this schema.
+CREATE OR REPLACE FUNCTION tasker_messaging.dead_letter_headers(
+    h jsonb, has_id boolean, source_queue text, msg_id bigint, read_ct integer,
+    enqueued_at timestamptz, reason jsonb)
+RETURNS jsonb LANGUAGE sql VOLATILE AS $fn$
+    SELECT CASE WHEN has_id THEN tasker_messaging.object_headers(h)
+                ELSE tasker_messaging.with_origin(tasker_messaging.object_headers(h),
+                                                  source_queue, msg_id) END
+        || jsonb_build_object('tasker_dead_letter', jsonb_build_object(
+            'source_queue', source_queue,
+            'reason', reason,
+            'receive_count', read_ct,
+            'dead_lettered_at', clock_timestamp(),
+            'original_enqueued_at', enqueued_at))
+$fn$;
+
+CREATE OR REPLACE FUNCTION tasker_messaging.redrive_headers(
+    h jsonb, has_id boolean, dlq text, msg_id bigint)
+RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT nullif(
+        CASE WHEN has_id THEN tasker_messaging.object_headers(h)
+             ELSE tasker_messaging.with_origin(tasker_messaging.object_headers(h), dlq, msg_id)
+        END - 'tasker_dead_letter',
+        '{}'::jsonb)
+$fn$;
 "#;
 
-/// The columns every receive returns, from a CTE `r` of pgmq rows and `h`, its headers when
-/// they are an object. The payload is our exact copy when we stored one, otherwise the jsonb
-/// text (a plain `pgmq.send` message), or the string inside for text and base64 payloads.
-const DECODE_COLUMNS: &str = r#"
-    r.msg_id,
-    r.read_ct,
-    r.enqueued_at,
-    r.vt,
-    CASE WHEN h.h ->> 'tasker_payload_encoding' IN ('text', 'base64') THEN r.message #>> '{}'
-         ELSE coalesce(h.h ->> 'tasker_payload', r.message::text) END AS body,
-    h.h ->> 'tasker_payload_encoding' AS encoding,
-    h.h ->> 'tasker_message_id' AS message_id,
-    h.h ->> 'tasker_correlation_id' AS correlation_id,
-    h.h -> 'tasker_origin' ->> 0 AS origin_queue,
-    h.h -> 'tasker_origin' ->> 1 AS origin_msg_id,
-    (h.h -> 'tasker_dead_letter')::text AS dead_letter,
-    h.h ->> 'tasker_key_order' AS key_order
-"#;
-
-const HEADERS_LATERAL: &str = "LATERAL (SELECT CASE WHEN jsonb_typeof(r.headers) = 'object' \
-                               THEN r.headers END AS h) h";
+/// Our columns on every queue table we use, in the order statements list them.
+pub(super) const OUR_COLUMNS: &str = "tasker_message_id, tasker_correlation_id, tasker_key_order";
 
 /// Payload kinds, chosen by the client (see the module docs of the provider).
 pub(super) const KIND_JSON: i16 = 0;
@@ -167,9 +211,17 @@ pub(super) struct QueueSql {
     /// $1 text[] bodies, $2 int2[] kinds, $3 uuid[] ids, $4 uuid[] correlation ids,
     /// $5 int8[] delays in ms, $6 queue name, $7 text[] key orders. Returns msg_id per row.
     pub send: String,
-    /// $1 limit, $2 vt in ms, [$3 max_receive_count, $4 queue name, $5 dead-letter queue
-    /// name]. Returns DECODE_COLUMNS.
+    /// $1 limit, $2 vt in ms, $3 max_receive_count (0: no limit). Returns the leased rows in
+    /// msg_id order as (msg_id, read_ct, enqueued_at, vt, message text, headers text, message
+    /// id, correlation id, key order, over): `over` counts the candidates that were over the
+    /// limit and left unleased for [`QueueSql::dead_letter_over`]. Always at least one row: a
+    /// row with a NULL msg_id carries `over` when nothing was leased.
     pub receive: String,
+    /// $1 max_receive_count, $2 limit, $3 queue name, $4 dead-letter queue name: moves up to
+    /// $2 receivable messages received $1 times or more to the dead-letter queue, in one
+    /// statement (never lost, never duplicated). Returns (moved, woke). `None` without a
+    /// dead-letter queue or limit.
+    pub dead_letter_over: Option<String>,
     /// $1 int8[] msg ids, $2 int4[] read counts. Returns (id, read_ct, current read_ct) of
     /// the receipts that did not delete.
     pub delete: String,
@@ -183,6 +235,8 @@ pub(super) struct QueueSql {
     pub redrive: Option<String>,
     /// Returns (visible, in flight, delayed, oldest age in s, dead letters).
     pub stats: String,
+    /// $1 int8[] msg ids. pgmq.archive's move, keeping our columns. Returns the count.
+    pub archive: String,
 }
 
 impl QueueSql {
@@ -192,22 +246,22 @@ impl QueueSql {
         dead_lettering: bool,
     ) -> Self {
         let q = format!("pgmq.q_{}", queue.as_str());
+        // Headers only for what is rare (text and binary payloads, JSON whose text jsonb would
+        // not reproduce): the common message is a document plus our three columns.
         let send = format!(
             r#"WITH ins AS (
-INSERT INTO {q} (vt, message, headers)
+INSERT INTO {q} (vt, message, headers, {OUR_COLUMNS})
 SELECT clock_timestamp() + u.delay_ms * interval '1 millisecond',
        CASE WHEN u.kind IN ({KIND_JSON}, {KIND_COMPACT}) THEN u.body::jsonb
             ELSE to_jsonb(u.body) END,
-       jsonb_strip_nulls(jsonb_build_object(
-           'tasker_message_id', u.id,
-           'tasker_correlation_id', u.cid,
-           -- CASE, not AND: the cast must only run on JSON bodies.
-           'tasker_payload', CASE WHEN u.kind = {KIND_JSON} THEN
-                                 CASE WHEN u.body::jsonb::text <> u.body THEN u.body END END,
-           'tasker_payload_encoding', CASE u.kind WHEN {KIND_TEXT} THEN 'text'
-                                                  WHEN {KIND_BASE64} THEN 'base64' END,
-           -- Marks compact JSON; a string, not a jsonb array: rows are throughput.
-           'tasker_key_order', CASE WHEN u.kind = {KIND_COMPACT} THEN u.key_order END))
+       CASE u.kind
+           WHEN {KIND_TEXT} THEN '{{"tasker_payload_encoding": "text"}}'::jsonb
+           WHEN {KIND_BASE64} THEN '{{"tasker_payload_encoding": "base64"}}'::jsonb
+           -- Nested CASE, not AND: the cast must only run on JSON bodies.
+           WHEN {KIND_JSON} THEN CASE WHEN u.body::jsonb::text <> u.body
+                                      THEN jsonb_build_object('tasker_payload', u.body) END
+       END,
+       u.id, u.cid, u.key_order
 FROM unnest($1::text[], $2::int2[], $3::uuid[], $4::uuid[], $5::int8[], $7::text[])
      WITH ORDINALITY AS u(body, kind, id, cid, delay_ms, key_order, ord)
 ORDER BY u.ord
@@ -223,27 +277,15 @@ SELECT ins.msg_id, w.n FROM ins CROSS JOIN (SELECT count(*) AS n FROM wake) w"#
         );
 
         let dlq_table = dead_letter_queue.map(|d| format!("pgmq.q_{}", d.as_str()));
-        let receive = match (&dlq_table, dead_lettering) {
-            (Some(d), true) => format!(
-                r#"WITH cand AS (
+        // Messages over their receive limit are only counted here, not moved: the move (a
+        // DELETE and an INSERT into the dead-letter queue) is a separate statement run when
+        // the count is not zero, so the common receive pays for none of it.
+        let receive = format!(
+            r#"WITH cand AS (
     SELECT msg_id, read_ct FROM {q}
     WHERE vt <= clock_timestamp()
     ORDER BY msg_id LIMIT $1
     FOR UPDATE SKIP LOCKED
-), dead AS (
-    DELETE FROM {q} m USING cand
-    WHERE m.msg_id = cand.msg_id AND $3 > 0 AND cand.read_ct >= $3
-    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.message, m.headers
-), moved AS (
-    INSERT INTO {d} (vt, enqueued_at, message, headers)
-    SELECT clock_timestamp(), dead.enqueued_at, dead.message,
-           tasker_messaging.dead_letter_headers(dead.headers, $4, dead.msg_id, dead.read_ct,
-               dead.enqueued_at,
-               jsonb_build_object('kind', 'max_receive_count_exceeded', 'max_receive_count', $3))
-    FROM dead ORDER BY dead.msg_id
-    RETURNING 1
-), wake AS (
-    SELECT pg_notify('{CHANNEL}', $5) WHERE EXISTS (SELECT 1 FROM moved)
 ), r AS (
     UPDATE {q} m
     SET vt = clock_timestamp() + $2 * interval '1 millisecond',
@@ -251,32 +293,44 @@ SELECT ins.msg_id, w.n FROM ins CROSS JOIN (SELECT count(*) AS n FROM wake) w"#
         last_read_at = clock_timestamp()
     FROM cand
     WHERE m.msg_id = cand.msg_id AND NOT ($3 > 0 AND cand.read_ct >= $3)
-    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers
+    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers,
+              m.tasker_message_id, m.tasker_correlation_id, m.tasker_key_order
 )
-SELECT {DECODE_COLUMNS}
-FROM r, {HEADERS_LATERAL}, (SELECT count(*) AS n FROM wake) w
-WHERE w.n >= 0
+SELECT r.msg_id, r.read_ct, r.enqueued_at, r.vt, r.message::text, r.headers::text,
+       r.tasker_message_id, r.tasker_correlation_id, r.tasker_key_order, o.over
+FROM (SELECT count(*) AS over FROM cand WHERE $3 > 0 AND cand.read_ct >= $3) o
+LEFT JOIN r ON true
 ORDER BY r.msg_id"#
-            ),
-            _ => format!(
-                r#"WITH cand AS (
+        );
+
+        let dead_letter_over = match (&dlq_table, dead_lettering) {
+            (Some(d), true) => Some(format!(
+                r#"WITH pick AS (
     SELECT msg_id FROM {q}
-    WHERE vt <= clock_timestamp()
-    ORDER BY msg_id LIMIT $1
+    WHERE vt <= clock_timestamp() AND read_ct >= $1
+    ORDER BY msg_id LIMIT $2
     FOR UPDATE SKIP LOCKED
-), r AS (
-    UPDATE {q} m
-    SET vt = clock_timestamp() + $2 * interval '1 millisecond',
-        read_ct = m.read_ct + 1,
-        last_read_at = clock_timestamp()
-    FROM cand
-    WHERE m.msg_id = cand.msg_id
-    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers
+), dead AS (
+    DELETE FROM {q} m USING pick
+    WHERE m.msg_id = pick.msg_id
+    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.message, m.headers,
+              m.tasker_message_id, m.tasker_correlation_id, m.tasker_key_order
+), moved AS (
+    INSERT INTO {d} (vt, enqueued_at, message, headers, {OUR_COLUMNS})
+    SELECT clock_timestamp(), dead.enqueued_at, dead.message,
+           tasker_messaging.dead_letter_headers(dead.headers,
+               dead.tasker_message_id IS NOT NULL, $3, dead.msg_id, dead.read_ct,
+               dead.enqueued_at,
+               jsonb_build_object('kind', 'max_receive_count_exceeded', 'max_receive_count', $1)),
+           dead.tasker_message_id, dead.tasker_correlation_id, dead.tasker_key_order
+    FROM dead ORDER BY dead.msg_id
+    RETURNING 1
+), wake AS (
+    SELECT pg_notify('{CHANNEL}', $4) WHERE EXISTS (SELECT 1 FROM moved)
 )
-SELECT {DECODE_COLUMNS}
-FROM r, {HEADERS_LATERAL}
-ORDER BY r.msg_id"#
-            ),
+SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM wake)"#
+            )),
+            _ => None,
         };
 
         // Only receipts that did not delete come back (usually none). The outer SELECT sees
@@ -312,11 +366,13 @@ SELECT (SELECT count(*) FROM u) AS updated,
             format!(
                 r#"WITH dead AS (
     DELETE FROM {q} WHERE msg_id = $1 AND read_ct = $2
-    RETURNING msg_id, read_ct, enqueued_at, message, headers
+    RETURNING msg_id, read_ct, enqueued_at, message, headers, {OUR_COLUMNS}
 ), moved AS (
-    INSERT INTO {d} (vt, enqueued_at, message, headers)
+    INSERT INTO {d} (vt, enqueued_at, message, headers, {OUR_COLUMNS})
     SELECT clock_timestamp(), enqueued_at, message,
-           tasker_messaging.dead_letter_headers(headers, $3, msg_id, read_ct, enqueued_at, $4)
+           tasker_messaging.dead_letter_headers(headers, tasker_message_id IS NOT NULL, $3,
+               msg_id, read_ct, enqueued_at, $4),
+           {OUR_COLUMNS}
     FROM dead
     RETURNING 1
 ), wake AS (
@@ -336,11 +392,13 @@ SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM wake) AS wok
     FOR UPDATE SKIP LOCKED
 ), taken AS (
     DELETE FROM {d} m USING pick WHERE m.msg_id = pick.msg_id
-    RETURNING m.msg_id, m.enqueued_at, m.message, m.headers
+    RETURNING m.msg_id, m.enqueued_at, m.message, m.headers,
+              m.tasker_message_id, m.tasker_correlation_id, m.tasker_key_order
 ), back AS (
-    INSERT INTO {q} (vt, enqueued_at, message, headers)
+    INSERT INTO {q} (vt, enqueued_at, message, headers, {OUR_COLUMNS})
     SELECT clock_timestamp(), enqueued_at, message,
-           tasker_messaging.redrive_headers(headers, $2, msg_id)
+           tasker_messaging.redrive_headers(headers, tasker_message_id IS NOT NULL, $2, msg_id),
+           {OUR_COLUMNS}
     FROM taken ORDER BY msg_id
     RETURNING 1
 ), wake AS (
@@ -364,14 +422,30 @@ FROM (SELECT clock_timestamp() AS now) c LEFT JOIN {q} m ON true
 GROUP BY c.now"#
         );
 
+        let a = format!("pgmq.a_{}", queue.as_str());
+        let archive = format!(
+            r#"WITH moved AS (
+    DELETE FROM {q} WHERE msg_id = ANY($1)
+    RETURNING msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers, {OUR_COLUMNS}
+), kept AS (
+    INSERT INTO {a} (msg_id, vt, read_ct, enqueued_at, last_read_at, message, headers,
+                     {OUR_COLUMNS})
+    SELECT * FROM moved
+    RETURNING 1
+)
+SELECT count(*) FROM kept"#
+        );
+
         QueueSql {
             send,
             receive,
+            dead_letter_over,
             delete,
             set_vt,
             dead_letter,
             redrive,
             stats,
+            archive,
         }
     }
 }
