@@ -30,6 +30,9 @@ use tokio::sync::{mpsc, Barrier};
 use crate::provider::GlobalOpts;
 use crate::table;
 
+#[cfg(feature = "pgmq")]
+mod raw_pgmq;
+
 /// Lease taken by every receive: long enough that nothing is redelivered during a step.
 const LEASE: Duration = Duration::from_secs(30);
 /// A step that makes no progress for this long has lost messages: fail instead of hanging.
@@ -52,6 +55,10 @@ pub struct BenchArgs {
     /// Steps to run, comma-separated. Default: all.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "STEP")]
     pub steps: Vec<Step>,
+    /// With a raw-client baseline: split each step into this many rounds, alternating which
+    /// of the two goes first, so load from elsewhere falls on both alike.
+    #[arg(long, value_name = "R", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub rounds: u64,
     /// Print the results as JSON on stdout (and no progress bars).
     #[arg(long)]
     pub json: bool,
@@ -130,6 +137,18 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Round `r` of `rounds`: the same plan with its share of the messages and samples.
+    fn part(&self, rounds: u64, r: u64) -> Plan {
+        Plan {
+            messages: share(self.messages, rounds, r),
+            tasks: self.tasks,
+            batch_size: self.batch_size,
+            latency_samples: share(self.latency_samples, rounds, r),
+            templates: self.templates.clone(),
+            run_id: self.run_id.clone(),
+        }
+    }
+
     fn message(&self, i: u64) -> OutgoingMessage {
         fresh(&self.templates, i)
     }
@@ -168,6 +187,22 @@ pub struct Measurement {
     pub histogram: Histogram<u64>,
 }
 
+impl Measurement {
+    /// Adds the rounds of a step together.
+    fn absorb(total: Option<Measurement>, part: Measurement) -> anyhow::Result<Measurement> {
+        let Some(mut total) = total else {
+            return Ok(part);
+        };
+        total.messages += part.messages;
+        total.elapsed += part.elapsed;
+        total
+            .histogram
+            .add(part.histogram)
+            .context("merging histograms")?;
+        Ok(total)
+    }
+}
+
 /// A backend's own client doing a step with no abstraction, for the ratio column.
 #[async_trait]
 pub trait RawBaseline: Send + Sync {
@@ -183,6 +218,8 @@ fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn RawBa
     match config.provider {
         // Nothing lies beneath the in-memory provider to compare it with.
         ProviderKind::InMemory => Ok(None),
+        #[cfg(feature = "pgmq")]
+        ProviderKind::Pgmq => Ok(Some(Box::new(raw_pgmq::RawPgmq::from_config(config)?))),
         // Providers register their raw client here as they land.
         _ => Ok(None),
     }
@@ -280,25 +317,49 @@ async fn run_steps(
             _ => plan.messages,
         };
         let bar = crate::progress::bar(show_progress, total, step.name());
-        let measured = run_step(service, step, &plan, &bar, current).await;
+        // Without a baseline there is nothing to alternate with: one round.
+        let rounds = match &baseline {
+            Some(_) => args.rounds.min(total).max(1),
+            None => 1,
+        };
+        let (mut measured, mut raw_measured) = (None, None);
+        for r in 0..rounds {
+            let part = plan.part(rounds, r);
+            let raw_first = r % 2 == 1;
+            for raw_turn in [raw_first, !raw_first] {
+                match (&baseline, raw_turn) {
+                    (Some(b), true) => {
+                        if let Some(m) = b.run(step, &part).await.with_context(|| {
+                            format!("raw baseline ({}) step {}", b.client(), step.name())
+                        })? {
+                            raw_measured = Some(Measurement::absorb(raw_measured, m)?);
+                        }
+                    }
+                    (None, true) => {}
+                    (_, false) => {
+                        let m = run_step(service, step, &part, &bar, current).await;
+                        let m = m.with_context(|| format!("bench step {}", step.name()));
+                        let m = match m {
+                            Ok(m) => m,
+                            Err(e) => {
+                                bar.finish_and_clear();
+                                return Err(e);
+                            }
+                        };
+                        measured = Some(Measurement::absorb(measured, m)?);
+                    }
+                }
+            }
+        }
         bar.finish_and_clear();
-        let measured = measured.with_context(|| format!("bench step {}", step.name()))?;
-        let raw =
-            match &baseline {
-                Some(b) => match b.run(step, &plan).await.with_context(|| {
-                    format!("raw baseline ({}) step {}", b.client(), step.name())
-                })? {
-                    Some(m) => Some(RawReport {
-                        client: b.client(),
-                        msg_per_sec: rate(&m),
-                        p50_ms: quantile_ms(&m.histogram, 0.5),
-                        p99_ms: quantile_ms(&m.histogram, 0.99),
-                        throughput_ratio: rate(&measured) / rate(&m).max(f64::MIN_POSITIVE),
-                    }),
-                    None => None,
-                },
-                None => None,
-            };
+        let measured = measured.context("a bench step ran no round")?;
+        let raw = raw_measured.map(|m| RawReport {
+            client: baseline.as_ref().map(|b| b.client()).unwrap_or_default(),
+            msg_per_sec: rate(&m),
+            p50_ms: quantile_ms(&m.histogram, 0.5),
+            p99_ms: quantile_ms(&m.histogram, 0.99),
+            throughput_ratio: rate(&measured) / rate(&m).max(f64::MIN_POSITIVE),
+        });
         report.steps.push(StepReport {
             step,
             description: step.describe(plan.batch_size),
