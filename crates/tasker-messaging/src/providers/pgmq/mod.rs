@@ -46,8 +46,10 @@
 //! # Dead letters
 //!
 //! `max_receive_count` per queue lives in `tasker_messaging.queues`. A receive that meets a
-//! message already received that many times moves it to `<queue><suffix>` in the same
-//! statement (delete + insert in one transaction: never lost, never duplicated).
+//! message already received that many times does not lease it, counts it, and before
+//! returning moves such messages to `<queue><suffix>` with one statement (delete + insert in
+//! one transaction: never lost, never duplicated). The move is its own statement so that
+//! the common receive, which meets none, costs what pgmq's own `read` costs.
 //!
 //! # Wakeups
 //!
