@@ -75,7 +75,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::codec::{long_string, H_DL_AT, H_DL_COUNT, H_DL_REASON, H_DL_SOURCE};
-use self::connection::{Connector, Link};
+use self::connection::{Connector, Declaration, Link};
 use self::leases::{Ended, Lease, Leases, ReceiptProblem};
 use crate::config::{MessagingConfig, RabbitMqQueueType};
 use crate::error::{MessagingError, Result};
@@ -188,8 +188,9 @@ pub(crate) struct Inner {
     connector: Connector,
     leases: Arc<Leases>,
     prefetch: AtomicU16,
-    /// Delay queues declared, and when (re-declared before their `x-expires` could pass).
-    delay_queues: Mutex<HashMap<String, std::time::Instant>>,
+    /// Delay queues declared, when, and on which connection (re-declared before their
+    /// `x-expires` could pass, and on a new connection, since the broker may have lost them).
+    delay_queues: Mutex<HashMap<String, (std::time::Instant, u64)>>,
     /// `max_receive_count` of queues this service created (classic queues enforce it here).
     max_receive: Mutex<HashMap<QueueName, u32>>,
     reaper: Mutex<Option<JoinHandle<()>>>,
@@ -473,7 +474,9 @@ impl Inner {
             .delay_queues
             .lock()
             .get(&name)
-            .is_some_and(|at| at.elapsed() < Duration::from_millis(expires_ms / 2));
+            .is_some_and(|(at, epoch)| {
+                *epoch == link.epoch && at.elapsed() < Duration::from_millis(expires_ms / 2)
+            });
         if fresh {
             return Ok(name);
         }
@@ -497,7 +500,7 @@ impl Inner {
         r.map_err(|e| self.map("queue.declare(delay)", None, e))?;
         self.delay_queues
             .lock()
-            .insert(name.clone(), std::time::Instant::now());
+            .insert(name.clone(), (std::time::Instant::now(), link.epoch));
         Ok(name)
     }
 
@@ -770,6 +773,7 @@ impl Inner {
         let link = self.link().await?;
         let dlq = self.dead_letter_queue(queue)?;
         let ch = link.admin(self.errors()).await?;
+        let mut declared = Vec::new();
         let result = async {
             ch.exchange_declare(
                 DEAD_LETTER_EXCHANGE.into(),
@@ -781,10 +785,19 @@ impl Inner {
                 FieldTable::default(),
             )
             .await?;
+            declared.push(Declaration::Exchange {
+                name: DEAD_LETTER_EXCHANGE.into(),
+                kind: lapin::ExchangeKind::Direct,
+                durable: true,
+            });
             let mut dlq_args = FieldTable::default();
             dlq_args.insert("x-queue-type".into(), self.queue_type_arg());
-            ch.queue_declare(dlq.as_str().into(), durable(), dlq_args)
+            ch.queue_declare(dlq.as_str().into(), durable(), dlq_args.clone())
                 .await?;
+            declared.push(Declaration::Queue {
+                name: dlq.as_str().into(),
+                args: dlq_args,
+            });
             let mut args = FieldTable::default();
             args.insert("x-queue-type".into(), self.queue_type_arg());
             if max_receive_count > 0 {
@@ -797,6 +810,11 @@ impl Inner {
                     FieldTable::default(),
                 )
                 .await?;
+                declared.push(Declaration::Binding {
+                    queue: dlq.as_str().into(),
+                    exchange: DEAD_LETTER_EXCHANGE.into(),
+                    key: key.clone(),
+                });
                 args.insert(
                     "x-dead-letter-exchange".into(),
                     long_string(DEAD_LETTER_EXCHANGE),
@@ -809,13 +827,22 @@ impl Inner {
                     );
                 }
             }
-            ch.queue_declare(queue.as_str().into(), durable(), args)
-                .await
+            ch.queue_declare(queue.as_str().into(), durable(), args.clone())
+                .await?;
+            declared.push(Declaration::Queue {
+                name: queue.as_str().into(),
+                args,
+            });
+            Ok(())
         }
         .await;
         match result {
-            Ok(_) => {
+            Ok(()) => {
                 link.give_back(ch);
+                // Declared again on every new connection (see `connection.rs`).
+                for d in declared {
+                    self.connector.record(d);
+                }
                 Ok(true)
             }
             // It exists with other options: the first creation's stay.
@@ -1177,6 +1204,9 @@ impl MessagingService for RabbitMqMessageService {
             }
             names
         };
+        inner
+            .connector
+            .forget_queues(&[queue.as_str(), dlq.as_str()]);
         let ch = link.admin(inner.errors()).await?;
         let mut result = ch
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -1229,7 +1259,7 @@ impl AmqpExtensions for RabbitMqMessageService {
         let r = ch
             .exchange_declare(
                 name.into(),
-                kind,
+                kind.clone(),
                 ExchangeDeclareOptions {
                     durable,
                     ..ExchangeDeclareOptions::default()
@@ -1238,7 +1268,13 @@ impl AmqpExtensions for RabbitMqMessageService {
             )
             .await;
         link.give_back(ch);
-        r.map_err(|e| inner.map("exchange.declare", None, e))
+        r.map_err(|e| inner.map("exchange.declare", None, e))?;
+        inner.connector.record(Declaration::Exchange {
+            name: name.to_owned(),
+            kind,
+            durable,
+        });
+        Ok(())
     }
 
     async fn bind_queue(&self, queue: &QueueName, exchange: &str, routing_key: &str) -> Result<()> {
@@ -1255,7 +1291,13 @@ impl AmqpExtensions for RabbitMqMessageService {
             )
             .await;
         link.give_back(ch);
-        r.map_err(|e| inner.map("queue.bind", Some(queue), e))
+        r.map_err(|e| inner.map("queue.bind", Some(queue), e))?;
+        inner.connector.record(Declaration::Binding {
+            queue: queue.as_str().to_owned(),
+            exchange: exchange.to_owned(),
+            key: routing_key.to_owned(),
+        });
+        Ok(())
     }
 
     async fn publish_to_exchange(
