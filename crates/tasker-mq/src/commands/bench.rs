@@ -30,6 +30,9 @@ use tokio::sync::{mpsc, Barrier};
 use crate::provider::GlobalOpts;
 use crate::table;
 
+#[cfg(feature = "rabbitmq")]
+mod raw_rabbitmq;
+
 /// Lease taken by every receive: long enough that nothing is redelivered during a step.
 const LEASE: Duration = Duration::from_secs(30);
 /// A step that makes no progress for this long has lost messages: fail instead of hanging.
@@ -183,6 +186,8 @@ fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn RawBa
     match config.provider {
         // Nothing lies beneath the in-memory provider to compare it with.
         ProviderKind::InMemory => Ok(None),
+        #[cfg(feature = "rabbitmq")]
+        ProviderKind::Rabbitmq => raw_rabbitmq::baseline(config).map(Some),
         // Providers register their raw client here as they land.
         _ => Ok(None),
     }
