@@ -1034,18 +1034,34 @@ impl MessagingService for RabbitMqMessageService {
     ) -> Result<DeleteOutcome> {
         let leases = &self.inner.leases;
         let mut outcome = DeleteOutcome::default();
-        let mut by_channel: HashMap<u64, (Arc<leases::LeaseChannel>, Vec<(u64, u64)>)> =
-            HashMap::new();
-        let mut handles: HashMap<u64, ReceiptHandle> = HashMap::new();
-        for receipt in receipts {
-            match leases.take(queue, receipt) {
+        // Grouped by channel: nearly always one (a stream's, or the queue's lease channel).
+        struct Group {
+            channel: Arc<leases::LeaseChannel>,
+            ids: Vec<u64>,
+            tags: Vec<u64>,
+            /// Index of each lease's receipt in `receipts`.
+            at: Vec<usize>,
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, taken) in leases.take_many(queue, receipts).into_iter().enumerate() {
+            match taken {
                 Ok((id, lease)) => {
-                    handles.insert(id, receipt.clone());
-                    by_channel
-                        .entry(lease.channel.id)
-                        .or_insert_with(|| (lease.channel.clone(), Vec::new()))
-                        .1
-                        .push((id, lease.tag));
+                    let g = match groups.iter().position(|g| g.channel.id == lease.channel.id) {
+                        Some(g) => g,
+                        None => {
+                            groups.push(Group {
+                                channel: lease.channel.clone(),
+                                ids: Vec::with_capacity(receipts.len()),
+                                tags: Vec::with_capacity(receipts.len()),
+                                at: Vec::with_capacity(receipts.len()),
+                            });
+                            groups.len() - 1
+                        }
+                    };
+                    let g = &mut groups[g];
+                    g.ids.push(id);
+                    g.tags.push(lease.tag);
+                    g.at.push(i);
                 }
                 // Idempotent: the message is already gone.
                 Err(ReceiptProblem::Ended(Ended::Deleted | Ended::DeadLettered)) => {
@@ -1053,23 +1069,20 @@ impl MessagingService for RabbitMqMessageService {
                 }
                 Err(problem) => outcome
                     .rejected
-                    .push((receipt.clone(), invalid(queue, problem))),
+                    .push((receipts[i].clone(), invalid(queue, problem))),
             }
         }
-        for (channel, items) in by_channel.into_values() {
-            let tags = items.iter().map(|(_, t)| *t).collect();
-            match channel.ack(tags).await {
+        for g in groups {
+            match g.channel.ack(g.tags).await {
                 Ok(()) => {
-                    leases.ended_many(items.iter().map(|(id, _)| *id), Ended::Deleted);
-                    outcome.deleted += items.len();
+                    outcome.deleted += g.ids.len();
+                    leases.ended_many(g.ids, Ended::Deleted);
                 }
                 Err(e) => {
                     let error = self.inner.map("basic.ack", Some(queue), e);
-                    for (id, _) in items {
-                        leases.ended(id, Ended::Lost);
-                        if let Some(r) = handles.remove(&id) {
-                            outcome.rejected.push((r, error.clone()));
-                        }
+                    leases.ended_many(g.ids, Ended::Lost);
+                    for i in g.at {
+                        outcome.rejected.push((receipts[i].clone(), error.clone()));
                     }
                 }
             }
