@@ -143,7 +143,8 @@ pub(super) fn receive_count(props: &BasicProperties, redelivered: bool) -> u32 {
     }
 }
 
-fn enqueued_at(props: &BasicProperties) -> DateTime<Utc> {
+/// The enqueue time the sender wrote, or `now` for a message from a client that wrote none.
+fn enqueued_at(props: &BasicProperties, now: DateTime<Utc>) -> DateTime<Utc> {
     header(props, H_ENQUEUED_AT)
         .and_then(as_i64)
         .and_then(millis_to_utc)
@@ -152,7 +153,7 @@ fn enqueued_at(props: &BasicProperties) -> DateTime<Utc> {
                 .timestamp()
                 .and_then(|s| Utc.timestamp_opt(s as i64, 0).single())
         })
-        .unwrap_or_else(Utc::now)
+        .unwrap_or(now)
 }
 
 /// The dead-letter record of a message, if it was dead-lettered (by the provider, or by the
@@ -248,8 +249,9 @@ pub(super) fn decode(
     props: &BasicProperties,
     routing_key: &str,
     redelivered: bool,
+    now: DateTime<Utc>,
 ) -> Decoded {
-    let enqueued_at = enqueued_at(props);
+    let enqueued_at = enqueued_at(props, now);
     let message_id = match props.message_id() {
         Some(id) => id
             .as_str()
@@ -308,7 +310,7 @@ mod tests {
         let out = OutgoingMessage::new("x").with_correlation_id(CorrelationId::new());
         let props = outgoing_properties(&out);
         let q = QueueName::new("q").unwrap();
-        let d = decode(&q, Bytes::from_static(b"x"), &props, "q", false);
+        let d = decode(&q, Bytes::from_static(b"x"), &props, "q", false, Utc::now());
         assert_eq!(d.message_id, out.message_id);
         assert_eq!(d.correlation_id, out.correlation_id);
         assert_eq!(d.receive_count, 1);

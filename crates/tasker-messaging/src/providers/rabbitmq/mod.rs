@@ -736,9 +736,10 @@ impl Inner {
             }
         }
         let deadline = Instant::now() + visibility_timeout;
+        let now = Utc::now();
         let expires = chrono::Duration::from_std(visibility_timeout)
             .ok()
-            .map(|d| Utc::now() + d);
+            .map(|d| now + d);
         Ok(deliveries
             .into_iter()
             .map(|d| {
@@ -749,6 +750,7 @@ impl Inner {
                     &d.properties,
                     d.routing_key.as_str(),
                     d.redelivered,
+                    now,
                 );
                 let receipt = self.leases.register(Lease {
                     queue: queue.clone(),
