@@ -28,6 +28,10 @@
 //!   `multiple` ack where the tags allow it; acks never wait for the broker.
 //! * **Push consumer**: `basic.consume` with prefetch (see `stream.rs`); it reconnects and
 //!   resubscribes after the connection breaks.
+//! * **Recovery**: a broken connection (broker restart, `close_all_connections`) is rebuilt by
+//!   the next call, which first declares again every exchange, queue and binding this service
+//!   declared (see `connection.rs`), so transient topology comes back and a broker that lost
+//!   its data gets the queues again before anything is published.
 //!
 //! What AMQP cannot give, and what the provider does instead:
 //!
