@@ -297,6 +297,7 @@ async fn service_recovers_from_a_full_broker_restart() {
     let stats = svc.get_queue_stats(&q).await.unwrap();
     assert_eq!(stats.message_count, 0, "{stats:?}");
     svc.delete_queue(&q).await.unwrap();
+    rabbitmq_support::delete_exchange(&exchange).await;
     eprintln!(
         "{} sent, all acked; {redelivered} redelivered; whole test {:?}",
         sent.len(),
