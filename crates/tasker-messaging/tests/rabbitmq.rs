@@ -131,6 +131,7 @@ async fn topic_exchange_routes_order_and_inventory_events() {
     }
     svc.delete_queue(&orders).await.unwrap();
     svc.delete_queue(&inventory).await.unwrap();
+    rabbitmq_support::delete_exchange(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

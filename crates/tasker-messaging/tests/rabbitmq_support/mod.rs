@@ -42,3 +42,17 @@ pub async fn service_with(settings: RabbitMqSettings) -> Option<Arc<RabbitMqMess
 pub async fn service() -> Option<Arc<RabbitMqMessageService>> {
     service_with(settings()).await
 }
+
+/// Deletes an exchange a test declared (the service's AMQP extensions have no delete), with raw
+/// lapin on its own connection, so test runs leave no exchanges behind.
+pub async fn delete_exchange(name: &str) {
+    use lapin::options::ExchangeDeleteOptions;
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("raw lapin connects");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.exchange_delete(name.into(), ExchangeDeleteOptions::default())
+        .await
+        .expect("exchange.delete");
+    let _ = conn.close(200, "done".into()).await;
+}

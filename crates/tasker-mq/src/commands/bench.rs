@@ -32,6 +32,8 @@ use crate::table;
 
 #[cfg(feature = "pgmq")]
 mod raw_pgmq;
+#[cfg(feature = "rabbitmq")]
+mod raw_rabbitmq;
 
 /// Lease taken by every receive: long enough that nothing is redelivered during a step.
 const LEASE: Duration = Duration::from_secs(30);
@@ -220,6 +222,8 @@ fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn RawBa
         ProviderKind::InMemory => Ok(None),
         #[cfg(feature = "pgmq")]
         ProviderKind::Pgmq => Ok(Some(Box::new(raw_pgmq::RawPgmq::from_config(config)?))),
+        #[cfg(feature = "rabbitmq")]
+        ProviderKind::Rabbitmq => raw_rabbitmq::baseline(config).map(Some),
         // Providers register their raw client here as they land.
         _ => Ok(None),
     }

@@ -143,7 +143,8 @@ pub(super) fn receive_count(props: &BasicProperties, redelivered: bool) -> u32 {
     }
 }
 
-fn enqueued_at(props: &BasicProperties) -> DateTime<Utc> {
+/// The enqueue time the sender wrote, or `now` for a message from a client that wrote none.
+fn enqueued_at(props: &BasicProperties, now: DateTime<Utc>) -> DateTime<Utc> {
     header(props, H_ENQUEUED_AT)
         .and_then(as_i64)
         .and_then(millis_to_utc)
@@ -152,14 +153,17 @@ fn enqueued_at(props: &BasicProperties) -> DateTime<Utc> {
                 .timestamp()
                 .and_then(|s| Utc.timestamp_opt(s as i64, 0).single())
         })
-        .unwrap_or_else(Utc::now)
+        .unwrap_or(now)
 }
 
 /// The dead-letter record of a message, if it was dead-lettered (by the provider, or by the
 /// broker when it reached the delivery limit). A message that only passed through a delay
 /// queue (`x-death` reason `expired`) is not a dead letter.
-fn dead_letter_info(props: &BasicProperties, routing_key: &str) -> Option<DeadLetterInfo> {
-    let original_enqueued_at = enqueued_at(props);
+fn dead_letter_info(
+    props: &BasicProperties,
+    routing_key: &str,
+    original_enqueued_at: DateTime<Utc>,
+) -> Option<DeadLetterInfo> {
     if let Some(source) = header(props, H_DL_SOURCE).and_then(as_string) {
         let source_queue = QueueName::new(&source).ok()?;
         let reason = header(props, H_DL_REASON)
@@ -245,7 +249,9 @@ pub(super) fn decode(
     props: &BasicProperties,
     routing_key: &str,
     redelivered: bool,
+    now: DateTime<Utc>,
 ) -> Decoded {
+    let enqueued_at = enqueued_at(props, now);
     let message_id = match props.message_id() {
         Some(id) => id
             .as_str()
@@ -256,7 +262,7 @@ pub(super) fn decode(
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             payload.hash(&mut h);
-            enqueued_at(props).timestamp_millis().hash(&mut h);
+            enqueued_at.timestamp_millis().hash(&mut h);
             MessageId::derived(queue.as_str(), &format!("{:x}", h.finish()))
         }
     };
@@ -267,9 +273,9 @@ pub(super) fn decode(
     Decoded {
         message_id,
         correlation_id,
-        enqueued_at: enqueued_at(props),
+        enqueued_at,
         receive_count: receive_count(props, redelivered),
-        dead_letter: dead_letter_info(props, routing_key).map(Box::new),
+        dead_letter: dead_letter_info(props, routing_key, enqueued_at).map(Box::new),
         payload,
     }
 }
@@ -304,7 +310,7 @@ mod tests {
         let out = OutgoingMessage::new("x").with_correlation_id(CorrelationId::new());
         let props = outgoing_properties(&out);
         let q = QueueName::new("q").unwrap();
-        let d = decode(&q, Bytes::from_static(b"x"), &props, "q", false);
+        let d = decode(&q, Bytes::from_static(b"x"), &props, "q", false, Utc::now());
         assert_eq!(d.message_id, out.message_id);
         assert_eq!(d.correlation_id, out.correlation_id);
         assert_eq!(d.receive_count, 1);
@@ -340,12 +346,12 @@ mod tests {
                 ),
             ],
         );
-        let info = dead_letter_info(&props, "orders_dlq").unwrap();
+        let info = dead_letter_info(&props, "orders_dlq", Utc::now()).unwrap();
         assert_eq!(info.source_queue.as_str(), "orders");
         assert_eq!(info.reason, reason);
         assert_eq!(info.receive_count, 1);
         // Moving it again strips the record.
         let clean = moved_properties(&props, []);
-        assert!(dead_letter_info(&clean, "orders").is_none());
+        assert!(dead_letter_info(&clean, "orders", Utc::now()).is_none());
     }
 }

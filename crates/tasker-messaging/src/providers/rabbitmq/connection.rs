@@ -6,16 +6,24 @@
 //! from an idle pool and return it only if it is still open. When the connection is found
 //! broken, the next caller reconnects (one at a time) and everything is created afresh; leases
 //! held on the old channels are reported lost, and the broker has requeued their messages.
+//!
+//! The connector also remembers what the service declared (exchanges, queues, bindings) and
+//! declares it again on every new connection before anyone uses it: after a broker restart,
+//! transient exchanges and bindings are gone and a node that lost its data has no queues, so
+//! the service would otherwise publish into nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::ConfirmSelectOptions;
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 use parking_lot::Mutex;
 
 use super::leases::LeaseChannel;
@@ -171,6 +179,82 @@ impl ErrorMapper {
     }
 }
 
+/// Something the service declared, to declare again on a new connection.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Declaration {
+    Exchange {
+        name: String,
+        kind: ExchangeKind,
+        durable: bool,
+    },
+    /// A durable queue with its arguments.
+    Queue { name: String, args: FieldTable },
+    Binding {
+        queue: String,
+        exchange: String,
+        key: String,
+    },
+}
+
+impl Declaration {
+    /// Declarations with the same identity replace each other.
+    fn same_target(&self, other: &Declaration) -> bool {
+        use Declaration::*;
+        match (self, other) {
+            (Exchange { name: a, .. }, Exchange { name: b, .. }) => a == b,
+            (Queue { name: a, .. }, Queue { name: b, .. }) => a == b,
+            (a @ Binding { .. }, b @ Binding { .. }) => a == b,
+            _ => false,
+        }
+    }
+
+    async fn apply(&self, ch: &Channel) -> lapin::Result<()> {
+        match self {
+            Declaration::Exchange {
+                name,
+                kind,
+                durable,
+            } => {
+                ch.exchange_declare(
+                    name.as_str().into(),
+                    kind.clone(),
+                    ExchangeDeclareOptions {
+                        durable: *durable,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+            }
+            Declaration::Queue { name, args } => ch
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    args.clone(),
+                )
+                .await
+                .map(|_| ()),
+            Declaration::Binding {
+                queue,
+                exchange,
+                key,
+            } => {
+                ch.queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+            }
+        }
+    }
+}
+
 /// Holds the current link and rebuilds it when it breaks.
 pub(super) struct Connector {
     uri: AMQPUri,
@@ -182,6 +266,8 @@ pub(super) struct Connector {
     reconnect: tokio::sync::Mutex<()>,
     epoch: AtomicU64,
     closed: AtomicBool,
+    /// What to declare again on a new connection, in declaration order.
+    topology: Mutex<Vec<Declaration>>,
 }
 
 impl Connector {
@@ -202,6 +288,7 @@ impl Connector {
             reconnect: tokio::sync::Mutex::new(()),
             epoch: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            topology: Mutex::new(Vec::new()),
         }
     }
 
@@ -225,10 +312,60 @@ impl Connector {
         }
         let link = Arc::new(self.connect().await?);
         if link.epoch > 1 {
-            tracing::info!(epoch = link.epoch, "reconnected to RabbitMQ");
+            let redeclared = self.redeclare(&link).await;
+            tracing::info!(epoch = link.epoch, redeclared, "reconnected to RabbitMQ");
         }
         *self.current.lock() = Some(link.clone());
         Ok(link)
+    }
+
+    /// Remembers a declaration that succeeded (a later one of the same target replaces it).
+    pub fn record(&self, declaration: Declaration) {
+        let mut topology = self.topology.lock();
+        match topology.iter_mut().find(|d| d.same_target(&declaration)) {
+            Some(existing) => *existing = declaration,
+            None => topology.push(declaration),
+        }
+    }
+
+    /// Forgets the declarations of deleted queues (and their bindings).
+    pub fn forget_queues(&self, names: &[&str]) {
+        self.topology.lock().retain(|d| match d {
+            Declaration::Queue { name, .. } => !names.contains(&name.as_str()),
+            Declaration::Binding { queue, .. } => !names.contains(&queue.as_str()),
+            Declaration::Exchange { .. } => true,
+        });
+    }
+
+    /// Declares everything recorded again on a fresh connection, in order; returns how many
+    /// declarations succeeded. One that fails (it closes its channel) is logged and skipped.
+    async fn redeclare(&self, link: &Link) -> usize {
+        let declarations = self.topology.lock().clone();
+        let mut channel: Option<Channel> = None;
+        let mut done = 0;
+        for d in &declarations {
+            let ch = match channel.take().filter(|c| c.status().connected()) {
+                Some(ch) => ch,
+                None => match link.conn.create_channel().await {
+                    Ok(ch) => ch,
+                    Err(e) => {
+                        tracing::warn!(error = %self.errors.map("open channel", None, e), "re-declaring after reconnect stopped");
+                        return done;
+                    }
+                },
+            };
+            match d.apply(&ch).await {
+                Ok(()) => done += 1,
+                Err(e) => {
+                    tracing::warn!(declaration = ?d, error = %self.errors.map("re-declare", None, e), "re-declaring after reconnect failed")
+                }
+            }
+            channel = Some(ch);
+        }
+        if let Some(ch) = channel {
+            link.give_back(ch);
+        }
+        done
     }
 
     async fn connect(&self) -> Result<Link> {

@@ -9,6 +9,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -175,14 +177,67 @@ pub(super) enum ReceiptProblem {
 
 #[derive(Default)]
 struct Table {
-    live: HashMap<u64, Lease>,
+    /// Keyed by lease id (a counter, so the cheap Fx hash spreads it well).
+    live: FxHashMap<u64, Lease>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    ended: HashMap<u64, Ended>,
-    ended_order: VecDeque<u64>,
+    ended: EndedMemory,
 }
 
 /// Remembered outcomes, so a repeated delete stays idempotent and a stale receipt is refused.
 const ENDED_MEMORY: usize = 200_000;
+
+/// How the most recent leases ended, by lease id. Lease ids are handed out in order and most
+/// leases end soon after they start, so the outcomes of the last [`ENDED_MEMORY`] ids live in
+/// a window indexed by id (one byte each, written at its end, where it stays in cache) instead
+/// of a hash map. A lease older than the window that ends (a long lease among many short
+/// ones) is remembered in a small map beside it, for the next [`ENDED_MEMORY`] such ends.
+#[derive(Default)]
+struct EndedMemory {
+    /// The id of `window[0]`.
+    base: u64,
+    window: VecDeque<Option<Ended>>,
+    late: FxHashMap<u64, Ended>,
+    late_order: VecDeque<u64>,
+}
+
+impl EndedMemory {
+    fn record(&mut self, id: u64, how: Ended) {
+        if id < self.base {
+            if self.late.insert(id, how).is_none() {
+                self.late_order.push_back(id);
+            }
+            while self.late_order.len() > ENDED_MEMORY {
+                if let Some(old) = self.late_order.pop_front() {
+                    self.late.remove(&old);
+                }
+            }
+            return;
+        }
+        // Slide the window so that `id` fits: older outcomes are forgotten.
+        let limit = ENDED_MEMORY as u64;
+        if id - self.base >= limit {
+            let new_base = id + 1 - limit;
+            let drop = usize::try_from(new_base - self.base)
+                .unwrap_or(usize::MAX)
+                .min(self.window.len());
+            self.window.drain(..drop);
+            self.base = new_base;
+        }
+        let i = (id - self.base) as usize;
+        if i >= self.window.len() {
+            self.window.resize(i + 1, None);
+        }
+        self.window[i] = Some(how);
+    }
+
+    fn get(&self, id: u64) -> Option<Ended> {
+        if id < self.base {
+            return self.late.get(&id).copied();
+        }
+        let i = usize::try_from(id - self.base).ok()?;
+        self.window.get(i).copied().flatten()
+    }
+}
 
 impl Table {
     /// Drops timer entries of settled or extended leases once they outnumber live ones, so
@@ -196,14 +251,27 @@ impl Table {
     }
 
     fn record(&mut self, id: u64, how: Ended) {
-        if self.ended.insert(id, how).is_none() {
-            self.ended_order.push_back(id);
+        self.ended.record(id, how);
+    }
+
+    /// Removes the live lease `id` (to settle it), or says why there is none.
+    fn take(&mut self, queue: &QueueName, id: u64) -> Result<Lease, ReceiptProblem> {
+        // One lookup on the common path: removed, and put back if it may not be settled.
+        let Some(lease) = self.live.remove(&id) else {
+            return Err(match self.ended.get(id) {
+                Some(how) => ReceiptProblem::Ended(how),
+                None => ReceiptProblem::Unknown,
+            });
+        };
+        if &lease.queue != queue {
+            self.live.insert(id, lease);
+            return Err(ReceiptProblem::OtherQueue);
         }
-        while self.ended_order.len() > ENDED_MEMORY {
-            if let Some(old) = self.ended_order.pop_front() {
-                self.ended.remove(&old);
-            }
+        if !lease.channel.connected() {
+            self.record(id, Ended::Lost);
+            return Err(ReceiptProblem::Ended(Ended::Lost));
         }
+        Ok(lease)
     }
 }
 
@@ -271,24 +339,24 @@ impl Leases {
         receipt: &ReceiptHandle,
     ) -> Result<(u64, Lease), ReceiptProblem> {
         let id = self.id_of(receipt)?;
+        self.table.lock().take(queue, id).map(|l| (id, l))
+    }
+
+    /// [`Leases::take`] for many receipts under one lock, in order.
+    #[allow(clippy::type_complexity)]
+    pub fn take_many(
+        &self,
+        queue: &QueueName,
+        receipts: &[ReceiptHandle],
+    ) -> Vec<Result<(u64, Lease), ReceiptProblem>> {
+        let ids: Vec<_> = receipts.iter().map(|r| self.id_of(r)).collect();
         let mut t = self.table.lock();
-        match t.live.get(&id) {
-            Some(l) if &l.queue != queue => return Err(ReceiptProblem::OtherQueue),
-            Some(l) if !l.channel.connected() => {
-                t.live.remove(&id);
-                t.record(id, Ended::Lost);
-                return Err(ReceiptProblem::Ended(Ended::Lost));
-            }
-            Some(_) => {}
-            None => {
-                return Err(match t.ended.get(&id) {
-                    Some(how) => ReceiptProblem::Ended(*how),
-                    None => ReceiptProblem::Unknown,
-                })
-            }
-        }
-        let lease = t.live.remove(&id).map(|l| (id, l));
-        lease.ok_or(ReceiptProblem::Unknown)
+        ids.into_iter()
+            .map(|id| {
+                let id = id?;
+                t.take(queue, id).map(|l| (id, l))
+            })
+            .collect()
     }
 
     pub fn ended(&self, id: u64, how: Ended) {
@@ -326,8 +394,8 @@ impl Leases {
                 t.record(id, Ended::Lost);
                 Err(ReceiptProblem::Ended(Ended::Lost))
             }
-            None => Err(match t.ended.get(&id) {
-                Some(how) => ReceiptProblem::Ended(*how),
+            None => Err(match t.ended.get(id) {
+                Some(how) => ReceiptProblem::Ended(how),
                 None => ReceiptProblem::Unknown,
             }),
         }
@@ -399,5 +467,33 @@ impl Leases {
                 None => self.wake.notified().await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ended_memory_remembers_recent_ids_and_late_ends() {
+        let mut m = EndedMemory::default();
+        m.record(1, Ended::Deleted);
+        m.record(3, Ended::Released);
+        assert_eq!(m.get(1), Some(Ended::Deleted));
+        assert_eq!(m.get(2), None);
+        assert_eq!(m.get(3), Some(Ended::Released));
+        // A later outcome of the same lease replaces the earlier one.
+        m.record(3, Ended::Lost);
+        assert_eq!(m.get(3), Some(Ended::Lost));
+        // Far newer ids slide the window: the oldest outcomes are forgotten...
+        let far = 10 + ENDED_MEMORY as u64;
+        m.record(far, Ended::Deleted);
+        assert_eq!(m.get(far), Some(Ended::Deleted));
+        assert_eq!(m.get(1), None);
+        assert!(m.window.len() <= ENDED_MEMORY);
+        // ...but a long lease that ends now, below the window, is still remembered.
+        m.record(2, Ended::DeadLettered);
+        assert_eq!(m.get(2), Some(Ended::DeadLettered));
+        assert_eq!(m.get(far - 1), None);
     }
 }

@@ -28,6 +28,10 @@
 //!   `multiple` ack where the tags allow it; acks never wait for the broker.
 //! * **Push consumer**: `basic.consume` with prefetch (see `stream.rs`); it reconnects and
 //!   resubscribes after the connection breaks.
+//! * **Recovery**: a broken connection (broker restart, `close_all_connections`) is rebuilt by
+//!   the next call, which first declares again every exchange, queue and binding this service
+//!   declared (see `connection.rs`), so transient topology comes back and a broker that lost
+//!   its data gets the queues again before anything is published.
 //!
 //! What AMQP cannot give, and what the provider does instead:
 //!
@@ -75,7 +79,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::codec::{long_string, H_DL_AT, H_DL_COUNT, H_DL_REASON, H_DL_SOURCE};
-use self::connection::{Connector, Link};
+use self::connection::{Connector, Declaration, Link};
 use self::leases::{Ended, Lease, Leases, ReceiptProblem};
 use crate::config::{MessagingConfig, RabbitMqQueueType};
 use crate::error::{MessagingError, Result};
@@ -188,8 +192,9 @@ pub(crate) struct Inner {
     connector: Connector,
     leases: Arc<Leases>,
     prefetch: AtomicU16,
-    /// Delay queues declared, and when (re-declared before their `x-expires` could pass).
-    delay_queues: Mutex<HashMap<String, std::time::Instant>>,
+    /// Delay queues declared, when, and on which connection (re-declared before their
+    /// `x-expires` could pass, and on a new connection, since the broker may have lost them).
+    delay_queues: Mutex<HashMap<String, (std::time::Instant, u64)>>,
     /// `max_receive_count` of queues this service created (classic queues enforce it here).
     max_receive: Mutex<HashMap<QueueName, u32>>,
     reaper: Mutex<Option<JoinHandle<()>>>,
@@ -473,7 +478,9 @@ impl Inner {
             .delay_queues
             .lock()
             .get(&name)
-            .is_some_and(|at| at.elapsed() < Duration::from_millis(expires_ms / 2));
+            .is_some_and(|(at, epoch)| {
+                *epoch == link.epoch && at.elapsed() < Duration::from_millis(expires_ms / 2)
+            });
         if fresh {
             return Ok(name);
         }
@@ -497,7 +504,7 @@ impl Inner {
         r.map_err(|e| self.map("queue.declare(delay)", None, e))?;
         self.delay_queues
             .lock()
-            .insert(name.clone(), std::time::Instant::now());
+            .insert(name.clone(), (std::time::Instant::now(), link.epoch));
         Ok(name)
     }
 
@@ -733,9 +740,10 @@ impl Inner {
             }
         }
         let deadline = Instant::now() + visibility_timeout;
+        let now = Utc::now();
         let expires = chrono::Duration::from_std(visibility_timeout)
             .ok()
-            .map(|d| Utc::now() + d);
+            .map(|d| now + d);
         Ok(deliveries
             .into_iter()
             .map(|d| {
@@ -746,6 +754,7 @@ impl Inner {
                     &d.properties,
                     d.routing_key.as_str(),
                     d.redelivered,
+                    now,
                 );
                 let receipt = self.leases.register(Lease {
                     queue: queue.clone(),
@@ -770,6 +779,7 @@ impl Inner {
         let link = self.link().await?;
         let dlq = self.dead_letter_queue(queue)?;
         let ch = link.admin(self.errors()).await?;
+        let mut declared = Vec::new();
         let result = async {
             ch.exchange_declare(
                 DEAD_LETTER_EXCHANGE.into(),
@@ -781,10 +791,19 @@ impl Inner {
                 FieldTable::default(),
             )
             .await?;
+            declared.push(Declaration::Exchange {
+                name: DEAD_LETTER_EXCHANGE.into(),
+                kind: lapin::ExchangeKind::Direct,
+                durable: true,
+            });
             let mut dlq_args = FieldTable::default();
             dlq_args.insert("x-queue-type".into(), self.queue_type_arg());
-            ch.queue_declare(dlq.as_str().into(), durable(), dlq_args)
+            ch.queue_declare(dlq.as_str().into(), durable(), dlq_args.clone())
                 .await?;
+            declared.push(Declaration::Queue {
+                name: dlq.as_str().into(),
+                args: dlq_args,
+            });
             let mut args = FieldTable::default();
             args.insert("x-queue-type".into(), self.queue_type_arg());
             if max_receive_count > 0 {
@@ -797,6 +816,11 @@ impl Inner {
                     FieldTable::default(),
                 )
                 .await?;
+                declared.push(Declaration::Binding {
+                    queue: dlq.as_str().into(),
+                    exchange: DEAD_LETTER_EXCHANGE.into(),
+                    key: key.clone(),
+                });
                 args.insert(
                     "x-dead-letter-exchange".into(),
                     long_string(DEAD_LETTER_EXCHANGE),
@@ -809,13 +833,22 @@ impl Inner {
                     );
                 }
             }
-            ch.queue_declare(queue.as_str().into(), durable(), args)
-                .await
+            ch.queue_declare(queue.as_str().into(), durable(), args.clone())
+                .await?;
+            declared.push(Declaration::Queue {
+                name: queue.as_str().into(),
+                args,
+            });
+            Ok(())
         }
         .await;
         match result {
-            Ok(_) => {
+            Ok(()) => {
                 link.give_back(ch);
+                // Declared again on every new connection (see `connection.rs`).
+                for d in declared {
+                    self.connector.record(d);
+                }
                 Ok(true)
             }
             // It exists with other options: the first creation's stay.
@@ -1007,18 +1040,34 @@ impl MessagingService for RabbitMqMessageService {
     ) -> Result<DeleteOutcome> {
         let leases = &self.inner.leases;
         let mut outcome = DeleteOutcome::default();
-        let mut by_channel: HashMap<u64, (Arc<leases::LeaseChannel>, Vec<(u64, u64)>)> =
-            HashMap::new();
-        let mut handles: HashMap<u64, ReceiptHandle> = HashMap::new();
-        for receipt in receipts {
-            match leases.take(queue, receipt) {
+        // Grouped by channel: nearly always one (a stream's, or the queue's lease channel).
+        struct Group {
+            channel: Arc<leases::LeaseChannel>,
+            ids: Vec<u64>,
+            tags: Vec<u64>,
+            /// Index of each lease's receipt in `receipts`.
+            at: Vec<usize>,
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, taken) in leases.take_many(queue, receipts).into_iter().enumerate() {
+            match taken {
                 Ok((id, lease)) => {
-                    handles.insert(id, receipt.clone());
-                    by_channel
-                        .entry(lease.channel.id)
-                        .or_insert_with(|| (lease.channel.clone(), Vec::new()))
-                        .1
-                        .push((id, lease.tag));
+                    let g = match groups.iter().position(|g| g.channel.id == lease.channel.id) {
+                        Some(g) => g,
+                        None => {
+                            groups.push(Group {
+                                channel: lease.channel.clone(),
+                                ids: Vec::with_capacity(receipts.len()),
+                                tags: Vec::with_capacity(receipts.len()),
+                                at: Vec::with_capacity(receipts.len()),
+                            });
+                            groups.len() - 1
+                        }
+                    };
+                    let g = &mut groups[g];
+                    g.ids.push(id);
+                    g.tags.push(lease.tag);
+                    g.at.push(i);
                 }
                 // Idempotent: the message is already gone.
                 Err(ReceiptProblem::Ended(Ended::Deleted | Ended::DeadLettered)) => {
@@ -1026,23 +1075,20 @@ impl MessagingService for RabbitMqMessageService {
                 }
                 Err(problem) => outcome
                     .rejected
-                    .push((receipt.clone(), invalid(queue, problem))),
+                    .push((receipts[i].clone(), invalid(queue, problem))),
             }
         }
-        for (channel, items) in by_channel.into_values() {
-            let tags = items.iter().map(|(_, t)| *t).collect();
-            match channel.ack(tags).await {
+        for g in groups {
+            match g.channel.ack(g.tags).await {
                 Ok(()) => {
-                    leases.ended_many(items.iter().map(|(id, _)| *id), Ended::Deleted);
-                    outcome.deleted += items.len();
+                    outcome.deleted += g.ids.len();
+                    leases.ended_many(g.ids, Ended::Deleted);
                 }
                 Err(e) => {
                     let error = self.inner.map("basic.ack", Some(queue), e);
-                    for (id, _) in items {
-                        leases.ended(id, Ended::Lost);
-                        if let Some(r) = handles.remove(&id) {
-                            outcome.rejected.push((r, error.clone()));
-                        }
+                    leases.ended_many(g.ids, Ended::Lost);
+                    for i in g.at {
+                        outcome.rejected.push((receipts[i].clone(), error.clone()));
                     }
                 }
             }
@@ -1177,6 +1223,9 @@ impl MessagingService for RabbitMqMessageService {
             }
             names
         };
+        inner
+            .connector
+            .forget_queues(&[queue.as_str(), dlq.as_str()]);
         let ch = link.admin(inner.errors()).await?;
         let mut result = ch
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -1229,7 +1278,7 @@ impl AmqpExtensions for RabbitMqMessageService {
         let r = ch
             .exchange_declare(
                 name.into(),
-                kind,
+                kind.clone(),
                 ExchangeDeclareOptions {
                     durable,
                     ..ExchangeDeclareOptions::default()
@@ -1238,7 +1287,13 @@ impl AmqpExtensions for RabbitMqMessageService {
             )
             .await;
         link.give_back(ch);
-        r.map_err(|e| inner.map("exchange.declare", None, e))
+        r.map_err(|e| inner.map("exchange.declare", None, e))?;
+        inner.connector.record(Declaration::Exchange {
+            name: name.to_owned(),
+            kind,
+            durable,
+        });
+        Ok(())
     }
 
     async fn bind_queue(&self, queue: &QueueName, exchange: &str, routing_key: &str) -> Result<()> {
@@ -1255,7 +1310,13 @@ impl AmqpExtensions for RabbitMqMessageService {
             )
             .await;
         link.give_back(ch);
-        r.map_err(|e| inner.map("queue.bind", Some(queue), e))
+        r.map_err(|e| inner.map("queue.bind", Some(queue), e))?;
+        inner.connector.record(Declaration::Binding {
+            queue: queue.as_str().to_owned(),
+            exchange: exchange.to_owned(),
+            key: routing_key.to_owned(),
+        });
+        Ok(())
     }
 
     async fn publish_to_exchange(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -60,6 +60,32 @@ impl Drop for Subscription {
     }
 }
 
+/// Wall-clock time for the informational timestamps of deliveries (lease expiry, the enqueue
+/// time of a message that carries none), read at most once a millisecond: `Utc::now()` per
+/// message was a measurable part of the provider's work at stream rates. The lease itself
+/// runs on the monotonic clock; the expiry shown is at most 1 ms early.
+struct WallClock {
+    utc: DateTime<Utc>,
+    read_at: Instant,
+}
+
+impl WallClock {
+    fn new() -> Self {
+        WallClock {
+            utc: Utc::now(),
+            read_at: Instant::now(),
+        }
+    }
+
+    fn now(&mut self, mono: Instant) -> DateTime<Utc> {
+        if mono.saturating_duration_since(self.read_at) >= Duration::from_millis(1) {
+            self.utc = Utc::now();
+            self.read_at = mono;
+        }
+        self.utc
+    }
+}
+
 struct State {
     inner: Arc<Inner>,
     queue: QueueName,
@@ -68,6 +94,9 @@ struct State {
     pause: Option<Duration>,
     next_pause: Duration,
     finished: bool,
+    clock: WallClock,
+    /// The visibility timeout as a chrono duration (None: too long to show an expiry).
+    shown_lease: Option<chrono::Duration>,
 }
 
 async fn subscribe(st: &State) -> Result<Subscription> {
@@ -112,6 +141,8 @@ pub(super) fn push_stream(
         inner,
         queue,
         next_pause: options.min_idle_backoff.max(Duration::from_millis(50)),
+        shown_lease: chrono::Duration::from_std(options.visibility_timeout).ok(),
+        clock: WallClock::new(),
         options,
         subscription: None,
         pause: None,
@@ -155,6 +186,8 @@ pub(super) fn push_stream(
                 // broker has requeued it already.
                 Some(Ok(_)) if !sub.channel.connected() => st.subscription = None,
                 Some(Ok(d)) => {
+                    let mono = Instant::now();
+                    let now = st.clock.now(mono);
                     let payload = Bytes::from(d.data);
                     let decoded = codec::decode(
                         &st.queue,
@@ -162,18 +195,18 @@ pub(super) fn push_stream(
                         &d.properties,
                         d.routing_key.as_str(),
                         d.redelivered,
+                        now,
                     );
-                    let vt = st.options.visibility_timeout;
                     let receipt = st.inner.leases.register(Lease {
                         queue: st.queue.clone(),
                         channel: sub.channel.clone(),
                         tag: d.delivery_tag,
-                        deadline: Instant::now() + vt,
+                        deadline: mono + st.options.visibility_timeout,
                         payload,
                         properties: d.properties,
                         receive_count: decoded.receive_count,
                     });
-                    let expires = chrono::Duration::from_std(vt).ok().map(|d| Utc::now() + d);
+                    let expires = st.shown_lease.map(|d| now + d);
                     return Some((Ok(decoded.into_received(receipt, expires)), st));
                 }
                 Some(Err(e)) => {
