@@ -77,6 +77,9 @@ pub enum Step {
     SendBatch,
     /// receive(--batch-size) + delete_messages of what came, on a pre-filled queue.
     ReceiveAck,
+    /// The consumer stream (native push where the provider has one) on a pre-filled queue,
+    /// acked with one delete_messages per ready chunk of at most --batch-size.
+    ConsumeAck,
     /// send_batch + receive + delete_messages in a loop: each message's whole life.
     SendReceiveAck,
     /// one producer sends one message at a time, timed until the consumer stream yields it.
@@ -84,10 +87,11 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 5] = [
+    const ALL: [Step; 6] = [
         Step::Send,
         Step::SendBatch,
         Step::ReceiveAck,
+        Step::ConsumeAck,
         Step::SendReceiveAck,
         Step::Latency,
     ];
@@ -97,6 +101,7 @@ impl Step {
             Step::Send => "send",
             Step::SendBatch => "send_batch",
             Step::ReceiveAck => "receive_ack",
+            Step::ConsumeAck => "consume_ack",
             Step::SendReceiveAck => "send_receive_ack",
             Step::Latency => "latency",
         }
@@ -107,6 +112,7 @@ impl Step {
             Step::Send => "send, one message per call".into(),
             Step::SendBatch => format!("send_batch({batch})"),
             Step::ReceiveAck => format!("receive({batch}) + delete_messages"),
+            Step::ConsumeAck => format!("consume stream, delete_messages per chunk (<= {batch})"),
             Step::SendReceiveAck => {
                 format!("send_batch({batch}) + receive({batch}) + delete_messages")
             }
@@ -120,6 +126,7 @@ impl Step {
             Step::Send => "one send call",
             Step::SendBatch => "one send_batch call",
             Step::ReceiveAck => "one receive + delete_messages",
+            Step::ConsumeAck => "one chunk: waiting for it + delete_messages",
             Step::SendReceiveAck => "one send_batch + receive + delete_messages",
             Step::Latency => "send until the consumer sees the message",
         }
@@ -164,6 +171,7 @@ impl Plan {
             Step::Send => "send",
             Step::SendBatch => "batch",
             Step::ReceiveAck => "recv",
+            Step::ConsumeAck => "cons",
             Step::SendReceiveAck => "sra",
             Step::Latency => "lat",
         };
@@ -403,6 +411,7 @@ async fn run_step(
         Step::Send => bench_send(service, &queue, plan, bar).await,
         Step::SendBatch => bench_send_batch(service, &queue, plan, bar).await,
         Step::ReceiveAck => bench_receive_ack(service, &queue, plan, bar).await,
+        Step::ConsumeAck => bench_consume_ack(service, &queue, plan, bar).await,
         Step::SendReceiveAck => bench_send_receive_ack(service, &queue, plan, bar).await,
         Step::Latency => bench_latency(service, &queue, plan, bar).await,
     };
@@ -649,6 +658,77 @@ async fn bench_receive_ack(
         async move {
             let mut h = new_histogram();
             let mine = drain(&service, &queue, batch, &acked, target, &mut h, &bar).await?;
+            Ok((mine, h))
+        }
+    })
+    .await?;
+    anyhow::ensure!(
+        m.messages == target,
+        "acked {} of {target} messages",
+        m.messages
+    );
+    Ok(m)
+}
+
+async fn bench_consume_ack(
+    service: &Arc<dyn MessagingService>,
+    queue: &QueueName,
+    plan: &Plan,
+    bar: &ProgressBar,
+) -> anyhow::Result<Measurement> {
+    fill(service, queue, plan, plan.messages).await?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let (target, batch) = (plan.messages, plan.batch_size as usize);
+    let m = parallel(plan, |_, _| {
+        let (service, queue, bar, acked) =
+            (service.clone(), queue.clone(), bar.clone(), acked.clone());
+        async move {
+            let options = ConsumerOptions {
+                batch_size: batch,
+                visibility_timeout: LEASE,
+                ..ConsumerOptions::default()
+            };
+            // Whatever the stream has ready, up to a batch: acks batch themselves under load
+            // and never wait for a batch to fill.
+            let mut chunks = service.consume(&queue, options).ready_chunks(batch);
+            let mut h = new_histogram();
+            let mut mine = 0;
+            let mut last_progress = Instant::now();
+            while acked.load(Ordering::Relaxed) < target {
+                let t = Instant::now();
+                // Bounded, so a task whose share went to another consumer notices the end.
+                let chunk =
+                    match tokio::time::timeout(Duration::from_millis(100), chunks.next()).await {
+                        Ok(Some(chunk)) => chunk,
+                        Ok(None) => anyhow::bail!("the consumer stream ended"),
+                        Err(_) => {
+                            anyhow::ensure!(
+                                last_progress.elapsed() < STALL_LIMIT,
+                                "no message consumed for {STALL_LIMIT:?} with {} of {target} acked",
+                                acked.load(Ordering::Relaxed)
+                            );
+                            continue;
+                        }
+                    };
+                let mut got = Vec::with_capacity(chunk.len());
+                for item in chunk {
+                    match item {
+                        Ok(message) => got.push(message),
+                        Err(e) if e.is_retryable() => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if got.is_empty() {
+                    continue;
+                }
+                ack_all(&service, &queue, &got).await?;
+                record(&mut h, t);
+                last_progress = Instant::now();
+                let k = got.len() as u64;
+                mine += k;
+                acked.fetch_add(k, Ordering::Relaxed);
+                bar.inc(k);
+            }
             Ok((mine, h))
         }
     })

@@ -944,6 +944,17 @@ impl PgmqMessageService {
         let pool = PgPoolOptions::new()
             .max_connections(self.settings.pool_size)
             .acquire_timeout(Duration::from_secs(10))
+            // Our statements are prepared once per connection and their generic plans are
+            // the right ones (index scans bounded by the LIMIT). Left to itself PostgreSQL
+            // compares them with custom plans that know the LIMIT, finds those cheaper on a
+            // long queue and re-plans every receive (0.2 ms of a 1.5 ms receive).
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(conn, "SET plan_cache_mode = force_generic_plan")
+                        .await
+                        .map(|_| ())
+                })
+            })
             .connect_lazy_with(self.options.clone());
         let (stop, stop_rx) = watch::channel(false);
         let handle = listener::spawn(
@@ -1187,9 +1198,27 @@ impl MessagingService for PgmqMessageService {
         if ids.is_empty() {
             return Ok(outcome);
         }
+        // The statement checks each id against its first receipt: a repeated id goes newest
+        // receipt (highest read_ct) first. Receipts of one receive come in msg_id order, so
+        // usually one pass proves there is no repeat and nothing is copied.
+        let repeated = !ids.windows(2).all(|w| w[0] < w[1]) && {
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            sorted.windows(2).any(|w| w[0] == w[1])
+        };
+        let reordered: Option<(Vec<i64>, Vec<i32>)> = repeated.then(|| {
+            let mut pairs: Vec<(i64, i32)> =
+                ids.iter().copied().zip(counts.iter().copied()).collect();
+            pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            pairs.into_iter().unzip()
+        });
+        let (bound_ids, bound_counts) = match &reordered {
+            Some((i, c)) => (i.as_slice(), c.as_slice()),
+            None => (ids.as_slice(), counts.as_slice()),
+        };
         let rows: Vec<(i64, i32, Option<i32>)> = sqlx::query_as(&meta.sql.delete)
-            .bind(&ids)
-            .bind(&counts)
+            .bind(bound_ids)
+            .bind(bound_counts)
             .fetch_all(self.pool()?)
             .await
             .map_err(|e| self.err(e, "delete", Some(queue)))?;

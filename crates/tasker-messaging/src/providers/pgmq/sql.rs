@@ -287,12 +287,15 @@ SELECT ins.msg_id, w.n FROM ins CROSS JOIN (SELECT count(*) AS n FROM wake) w"#
     ORDER BY msg_id LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), r AS (
+    -- By primary key from an array, not a join: the plan is made once per connection
+    -- (generic), and a join planned from stale statistics becomes a hash join over a
+    -- sequential scan of the whole queue.
     UPDATE {q} m
     SET vt = clock_timestamp() + $2 * interval '1 millisecond',
         read_ct = m.read_ct + 1,
         last_read_at = clock_timestamp()
-    FROM cand
-    WHERE m.msg_id = cand.msg_id AND NOT ($3 > 0 AND cand.read_ct >= $3)
+    WHERE m.msg_id = ANY (ARRAY(
+        SELECT cand.msg_id FROM cand WHERE NOT ($3 > 0 AND cand.read_ct >= $3)))
     RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers,
               m.tasker_message_id, m.tasker_correlation_id, m.tasker_key_order
 )
@@ -311,8 +314,8 @@ ORDER BY r.msg_id"#
     ORDER BY msg_id LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), dead AS (
-    DELETE FROM {q} m USING pick
-    WHERE m.msg_id = pick.msg_id
+    DELETE FROM {q} m
+    WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM pick))
     RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.message, m.headers,
               m.tasker_message_id, m.tasker_correlation_id, m.tasker_key_order
 ), moved AS (
@@ -335,17 +338,20 @@ SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM wake)"#
 
         // Only receipts that did not delete come back (usually none). The outer SELECT sees
         // the table as it was before the DELETE: a row still there has another read_ct (a
-        // stale receipt); one not there was gone already.
+        // stale receipt); one not there was gone already. Rows are found by primary key from
+        // the id array (see `receive` on joins in generic plans); each row's receipt count is
+        // the one at the id's first position, so the caller puts a repeated id's newest
+        // receipt first.
         let delete = format!(
-            r#"WITH rc AS (
-    SELECT * FROM unnest($1::int8[], $2::int4[]) AS rc(id, ct)
-), d AS (
-    DELETE FROM {q} m USING rc
-    WHERE m.msg_id = rc.id AND m.read_ct = rc.ct
+            r#"WITH d AS (
+    DELETE FROM {q} m
+    WHERE m.msg_id = ANY ($1::int8[])
+      AND m.read_ct = ($2::int4[])[array_position($1::int8[], m.msg_id)]
     RETURNING m.msg_id
 )
 SELECT rc.id, rc.ct, (SELECT m.read_ct FROM {q} m WHERE m.msg_id = rc.id) AS current_ct
-FROM rc WHERE NOT EXISTS (SELECT 1 FROM d WHERE d.msg_id = rc.id)"#
+FROM unnest($1::int8[], $2::int4[]) AS rc(id, ct)
+WHERE NOT EXISTS (SELECT 1 FROM d WHERE d.msg_id = rc.id)"#
         );
 
         let set_vt = format!(
@@ -391,7 +397,7 @@ SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM wake) AS wok
     ORDER BY msg_id LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), taken AS (
-    DELETE FROM {d} m USING pick WHERE m.msg_id = pick.msg_id
+    DELETE FROM {d} m WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM pick))
     RETURNING m.msg_id, m.enqueued_at, m.message, m.headers,
               m.tasker_message_id, m.tasker_correlation_id, m.tasker_key_order
 ), back AS (

@@ -87,7 +87,8 @@ impl RawBaseline for RawPgmq {
         let result = match step {
             Step::Send => send(q, &name, plan).await,
             Step::SendBatch => send_batch(q, &name, plan).await,
-            Step::ReceiveAck => receive_ack(q, &name, plan).await,
+            // The crate has no stream: consuming is reading in a loop.
+            Step::ReceiveAck | Step::ConsumeAck => receive_ack(q, &name, plan).await,
             Step::SendReceiveAck => send_receive_ack(q, &name, plan).await,
             Step::Latency => latency(q, &name, plan).await,
         };

@@ -292,7 +292,8 @@ impl RawLapin {
                 }
                 m
             }
-            Step::ReceiveAck => {
+            // A push consumer either way: the raw client's way to receive.
+            Step::ReceiveAck | Step::ConsumeAck => {
                 let filler = confirm_channel(conn).await?;
                 let mut filled = 0;
                 while filled < plan.messages {
