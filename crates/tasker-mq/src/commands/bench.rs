@@ -446,6 +446,78 @@ fn record(h: &mut Histogram<u64>, since: Instant) {
     h.saturating_record(since.elapsed().as_nanos().min(u64::MAX as u128) as u64);
 }
 
+/// The bookkeeping of a latency step, shared with the raw baselines: a few untimed round
+/// trips first (so the consumer is running when timing starts), then `latency_samples` timed
+/// ones.
+pub struct LatencyTimer {
+    warmup: u64,
+    samples: u64,
+    histogram: Histogram<u64>,
+    timed_from: Instant,
+}
+
+impl LatencyTimer {
+    pub fn new(plan: &Plan) -> Self {
+        LatencyTimer {
+            warmup: (plan.latency_samples / 10).clamp(1, 100),
+            samples: plan.latency_samples,
+            histogram: new_histogram(),
+            timed_from: Instant::now(),
+        }
+    }
+
+    /// Round trips to make, warm-up included.
+    pub fn round_trips(&self) -> u64 {
+        self.warmup + self.samples
+    }
+
+    /// Called before round trip `i`: the step's clock starts with the first timed one.
+    pub fn begin(&mut self, i: u64) {
+        if i == self.warmup {
+            self.timed_from = Instant::now();
+        }
+    }
+
+    /// Records round trip `i` (sent at `start`, seen at `seen`); true when it was timed.
+    pub fn record(&mut self, i: u64, start: Instant, seen: Instant) -> bool {
+        if i < self.warmup {
+            return false;
+        }
+        let took = seen.saturating_duration_since(start);
+        self.histogram
+            .saturating_record(took.as_nanos().min(u64::MAX as u128) as u64);
+        true
+    }
+
+    pub fn finish(self) -> Measurement {
+        Measurement {
+            messages: self.samples,
+            elapsed: self.timed_from.elapsed(),
+            histogram: self.histogram,
+        }
+    }
+}
+
+/// When the consumer reporting on `seen` saw the message `id`, skipping reports of others;
+/// an error if it reports one, ends, or stays silent for 10 s.
+pub async fn seen_within<T: PartialEq + std::fmt::Display>(
+    seen: &mut mpsc::UnboundedReceiver<anyhow::Result<(T, Instant)>>,
+    id: &T,
+    consumer: &str,
+) -> anyhow::Result<Instant> {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("{consumer}: message {id} not delivered within 10 s"))?;
+        match next {
+            Some(Ok((got, at))) if got == *id => return Ok(at),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.context(consumer.to_owned())),
+            None => anyhow::bail!("{consumer} ended"),
+        }
+    }
+}
+
 fn rate(m: &Measurement) -> f64 {
     m.messages as f64 / m.elapsed.as_secs_f64().max(1e-9)
 }
@@ -826,41 +898,20 @@ async fn bench_latency(
             }
         })
     };
-    // A few untimed round trips first, so the consumer is polling when timing starts.
-    let warmup = (plan.latency_samples / 10).clamp(1, 100);
     let result = async {
-        let mut h = new_histogram();
-        let mut timed_from = Instant::now();
-        for i in 0..warmup + plan.latency_samples {
-            if i == warmup {
-                timed_from = Instant::now();
-            }
+        let mut timer = LatencyTimer::new(plan);
+        for i in 0..timer.round_trips() {
+            timer.begin(i);
             let message = plan.message(i);
             let id = message.message_id;
             let start = Instant::now();
             service.send(queue, message).await?;
-            let seen = loop {
-                let next = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
-                    .await
-                    .map_err(|_| anyhow::anyhow!("message {id} not delivered within 10 s"))?;
-                match next {
-                    Some(Ok((got, at))) if got == id => break at,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(e.context("consumer stream")),
-                    None => anyhow::bail!("consumer stream ended"),
-                }
-            };
-            if i >= warmup {
-                let took = seen.saturating_duration_since(start);
-                h.saturating_record(took.as_nanos().min(u64::MAX as u128) as u64);
+            let seen = seen_within(&mut seen_rx, &id, "consumer stream").await?;
+            if timer.record(i, start, seen) {
                 bar.inc(1);
             }
         }
-        Ok(Measurement {
-            messages: plan.latency_samples,
-            elapsed: timed_from.elapsed(),
-            histogram: h,
-        })
+        Ok(timer.finish())
     }
     .await;
     consumer.abort();

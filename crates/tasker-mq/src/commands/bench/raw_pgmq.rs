@@ -17,7 +17,10 @@ use pgmq::PGMQueueExt;
 use sqlx::postgres::PgPoolOptions;
 use tasker_messaging::MessagingConfig;
 
-use super::{new_histogram, parallel, record, Measurement, Plan, RawBaseline, Step, STALL_LIMIT};
+use super::{
+    new_histogram, parallel, record, LatencyTimer, Measurement, Plan, RawBaseline, Step,
+    STALL_LIMIT,
+};
 
 /// Lease of every read, in pgmq's whole seconds (as the provider's 30 s lease).
 const VT_SECS: i32 = 30;
@@ -258,30 +261,19 @@ async fn latency(q: &Arc<PGMQueueExt>, name: &str, plan: &Plan) -> anyhow::Resul
             }
         })
     };
-    let warmup = (plan.latency_samples / 10).clamp(1, 100);
     let result = async {
-        let mut h = new_histogram();
-        let mut timed_from = Instant::now();
-        for i in 0..warmup + plan.latency_samples {
-            if i == warmup {
-                timed_from = Instant::now();
-            }
+        let mut timer = LatencyTimer::new(plan);
+        for i in 0..timer.round_trips() {
+            timer.begin(i);
             let start = Instant::now();
             q.send(name, pick(&values, i)).await?;
             let seen = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
                 .await
                 .map_err(|_| anyhow::anyhow!("raw pgmq: message not read within 10 s"))?
                 .context("raw pgmq poller stopped")?;
-            if i >= warmup {
-                let took = seen.saturating_duration_since(start);
-                h.saturating_record(took.as_nanos().min(u64::MAX as u128) as u64);
-            }
+            timer.record(i, start, seen);
         }
-        Ok(Measurement {
-            messages: plan.latency_samples,
-            elapsed: timed_from.elapsed(),
-            histogram: h,
-        })
+        Ok(timer.finish())
     }
     .await;
     poller.abort();

@@ -35,7 +35,8 @@ use tasker_messaging::{MessagingConfig, OutgoingMessage, RabbitMqQueueType};
 use tokio::sync::{mpsc, OnceCell};
 
 use super::{
-    fresh, new_histogram, parallel, record, Measurement, Plan, RawBaseline, Step, STALL_LIMIT,
+    fresh, new_histogram, parallel, record, seen_within, LatencyTimer, Measurement, Plan,
+    RawBaseline, Step, STALL_LIMIT,
 };
 
 /// How long a consumer waits for the rest of a batch before it acks what it has.
@@ -421,39 +422,18 @@ impl RawLapin {
             })
         };
         let publisher = confirm_channel(conn).await?;
-        let warmup = (plan.latency_samples / 10).clamp(1, 100);
         let result = async {
-            let mut h = new_histogram();
-            let mut timed_from = Instant::now();
-            for i in 0..warmup + plan.latency_samples {
-                if i == warmup {
-                    timed_from = Instant::now();
-                }
+            let mut timer = LatencyTimer::new(plan);
+            for i in 0..timer.round_trips() {
+                timer.begin(i);
                 let message = plan.message(i);
                 let id = message.message_id.to_string();
                 let start = Instant::now();
                 publish(&publisher, queue, std::slice::from_ref(&message)).await?;
-                let seen = loop {
-                    let next = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
-                        .await
-                        .map_err(|_| anyhow::anyhow!("raw: {id} not delivered within 10 s"))?;
-                    match next {
-                        Some(Ok((got, at))) if got == id => break at,
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => return Err(e.context("raw consumer")),
-                        None => anyhow::bail!("the raw consumer ended"),
-                    }
-                };
-                if i >= warmup {
-                    let took = seen.saturating_duration_since(start);
-                    h.saturating_record(took.as_nanos().min(u64::MAX as u128) as u64);
-                }
+                let seen = seen_within(&mut seen_rx, &id, "raw lapin consumer").await?;
+                timer.record(i, start, seen);
             }
-            Ok(Measurement {
-                messages: plan.latency_samples,
-                elapsed: timed_from.elapsed(),
-                histogram: h,
-            })
+            Ok(timer.finish())
         }
         .await;
         task.abort();
