@@ -80,6 +80,7 @@ fn bench_json_reports_every_step() {
             "send",
             "send_batch",
             "receive_ack",
+            "consume_ack",
             "send_receive_ack",
             "latency"
         ]
