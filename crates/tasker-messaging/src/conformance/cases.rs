@@ -550,9 +550,26 @@ async fn c3_stale_receipt(ctx: Ctx) -> CaseResultInner {
         "third delivery count {}",
         third.metadata.receive_count
     );
-    svc.delete_message(&q, third.receipt())
+    // One batch holding a stale and the current receipt of the same message, stale first:
+    // the current one deletes it (the stale one may be refused or counted as already gone).
+    let receipts = [old.receipt().clone(), third.receipt().clone()];
+    let outcome = svc
+        .delete_messages(&q, &receipts)
         .await
-        .ctx("delete")?;
+        .ctx("batch delete with a stale and the current receipt")?;
+    ensure!(
+        outcome.rejected.iter().all(|(r, _)| r != third.receipt()),
+        "the current receipt was refused next to a stale one: {outcome:?}"
+    );
+    ctx.eventually(
+        "the message gone after the batch delete",
+        ctx.slack(),
+        || async {
+            let stats = svc.get_queue_stats(&q).await.ctx("stats")?;
+            Ok((stats.total() == 0).then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }
 
