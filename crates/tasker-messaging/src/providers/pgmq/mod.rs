@@ -469,6 +469,18 @@ fn decode_row(
     })
 }
 
+/// Serializes creating and dropping one queue between processes, for the transaction.
+async fn lock_queue_ddl(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    queue: &QueueName,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tasker_messaging.create'), hashtext($1))")
+        .bind(queue.as_str())
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
 impl PgmqMessageService {
     /// A service for `settings`; connects in [`MessagingService::initialize`].
     pub fn new(settings: PgmqSettings) -> Result<Self> {
@@ -705,13 +717,7 @@ impl PgmqMessageService {
         let pool = self.pool()?;
         let e = |e| self.err(e, "create queue", None);
         let mut tx = pool.begin().await.map_err(e)?;
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtext('tasker_messaging.create'), hashtext($1))",
-        )
-        .bind(queue.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(e)?;
+        lock_queue_ddl(&mut tx, queue).await.map_err(e)?;
         sqlx::query("SELECT pgmq.create($1)")
             .bind(queue.as_str())
             .execute(&mut *tx)
@@ -1335,13 +1341,7 @@ impl MessagingService for PgmqMessageService {
         let e = |e| self.err(e, "delete queue", Some(queue));
         let dlq = self.dead_letter_name(queue);
         let mut tx = pool.begin().await.map_err(e)?;
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtext('tasker_messaging.create'), hashtext($1))",
-        )
-        .bind(queue.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(e)?;
+        lock_queue_ddl(&mut tx, queue).await.map_err(e)?;
         let existed: bool = sqlx::query_scalar(
             "SELECT CASE WHEN to_regclass('pgmq.q_' || $1) IS NULL THEN false
                          ELSE pgmq.drop_queue($1) END",
