@@ -64,7 +64,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -661,7 +661,7 @@ impl Inner {
                 return;
             }
         }
-        let tag = format!("tasker-get-{}", uuid::Uuid::new_v4().simple());
+        let tag = stream::consumer_tag();
         let consumer = lc
             .channel
             .basic_consume(
@@ -680,8 +680,16 @@ impl Inner {
         };
         let mut got = 0;
         while got < n {
-            match tokio::time::timeout(WINDOW_IDLE, consumer.next()).await {
-                Ok(Some(Ok(d))) => {
+            // What lapin has buffered is taken without arming a timer per delivery.
+            let next = match consumer.next().now_or_never() {
+                Some(ready) => ready,
+                None => match tokio::time::timeout(WINDOW_IDLE, consumer.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                Some(Ok(d)) => {
                     out.push(d);
                     got += 1;
                 }
