@@ -110,6 +110,17 @@ pub struct RabbitMqConnectionConfig {
     /// the delivery limit itself) or `classic`.
     #[serde(default)]
     pub queue_type: Option<RabbitMqQueueType>,
+    /// With an `amqps://` URL: PEM file of the certificate authorities to trust besides the
+    /// system's (a private CA).
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// With an `amqps://` URL: client certificate (PEM) for brokers that require one; needs
+    /// `tls_client_key_file`.
+    #[serde(default)]
+    pub tls_client_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_client_key_file: Option<std::path::PathBuf>,
 }
 
 /// The kind of queue the RabbitMQ provider declares.

@@ -76,7 +76,7 @@ pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
 #[cfg(feature = "pgmq")]
 pub use providers::pgmq::{InstallOutcome, PgmqInstallation, PgmqMessageService, PgmqSettings};
 #[cfg(feature = "rabbitmq")]
-pub use providers::rabbitmq::{RabbitMqMessageService, RabbitMqSettings};
+pub use providers::rabbitmq::{RabbitMqMessageService, RabbitMqSettings, RabbitMqTls};
 
 /// Compiles the README's examples as doc tests, so they stay true.
 #[cfg(doctest)]

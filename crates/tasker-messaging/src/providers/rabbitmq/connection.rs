@@ -21,6 +21,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
@@ -258,6 +259,8 @@ impl Declaration {
 /// Holds the current link and rebuilds it when it breaks.
 pub(super) struct Connector {
     uri: AMQPUri,
+    /// Holds the client key when one is configured: never printed (no `Debug`).
+    tls: OwnedTLSConfig,
     pub errors: ErrorMapper,
     connect_timeout: Duration,
     publisher_channels: usize,
@@ -273,6 +276,7 @@ pub(super) struct Connector {
 impl Connector {
     pub fn new(
         uri: AMQPUri,
+        tls: OwnedTLSConfig,
         url: SecretUrl,
         connect_timeout: Duration,
         publisher_channels: usize,
@@ -280,6 +284,7 @@ impl Connector {
     ) -> Self {
         Connector {
             uri,
+            tls,
             errors: ErrorMapper { url },
             connect_timeout,
             publisher_channels: publisher_channels.max(1),
@@ -370,10 +375,12 @@ impl Connector {
 
     async fn connect(&self) -> Result<Link> {
         let attempt = async {
-            let conn = Connection::connect_uri(
+            let conn = Connection::connect_uri_with_config(
                 self.uri.clone(),
                 ConnectionProperties::default()
                     .with_connection_name(self.connection_name.as_str().into()),
+                self.tls.clone(),
+                lapin::runtime::default_runtime()?,
             )
             .await?;
             let mut publishers = Vec::with_capacity(self.publisher_channels);

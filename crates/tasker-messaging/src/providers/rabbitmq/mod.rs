@@ -32,6 +32,9 @@
 //!   the next call, which first declares again every exchange, queue and binding this service
 //!   declared (see `connection.rs`), so transient topology comes back and a broker that lost
 //!   its data gets the queues again before anything is published.
+//! * **TLS**: an `amqps://` URL connects through rustls, trusting the system's certificate
+//!   authorities plus an optional private CA, with an optional client certificate
+//!   ([`RabbitMqTls`]); the files are read and checked when the service is built.
 //!
 //! What AMQP cannot give, and what the provider does instead:
 //!
@@ -56,6 +59,7 @@ mod leases;
 mod stream;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
@@ -71,8 +75,9 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Confirmation, ErrorKind};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -122,6 +127,92 @@ pub struct RabbitMqSettings {
     pub publisher_channels: usize,
     /// Shown by the broker (`rabbitmqctl list_connections client_properties`).
     pub connection_name: String,
+    /// TLS for `amqps://` URLs beyond the system's trust store (see [`RabbitMqTls`]).
+    pub tls: RabbitMqTls,
+}
+
+/// Extra TLS settings for an `amqps://` URL. Without them the broker's certificate is checked
+/// against the system's certificate authorities and no client certificate is sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RabbitMqTls {
+    /// PEM file of certificate authorities to trust too (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) and its private key, for brokers that verify clients.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl RabbitMqTls {
+    fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.client_cert_file.is_some() || self.client_key_file.is_some()
+    }
+
+    /// Reads and checks the files now, so a wrong path or a file that holds no certificate is
+    /// a configuration error at start, not a handshake failure later.
+    fn load(&self) -> Result<OwnedTLSConfig> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+        fn read(key: &str, path: &Path) -> Result<Vec<u8>> {
+            std::fs::read(path).map_err(|e| MessagingError::Configuration {
+                key: key.into(),
+                message: format!("cannot read {}: {e}", path.display()),
+            })
+        }
+        fn certificates(key: &str, path: &Path, pem: &[u8]) -> Result<()> {
+            let count = CertificateDer::pem_slice_iter(pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| MessagingError::Configuration {
+                    key: key.into(),
+                    message: format!("{} is not valid PEM: {e}", path.display()),
+                })?
+                .len();
+            if count == 0 {
+                return Err(MessagingError::Configuration {
+                    key: key.into(),
+                    message: format!("{} holds no certificate", path.display()),
+                });
+            }
+            Ok(())
+        }
+
+        let mut config = OwnedTLSConfig::default();
+        if let Some(path) = &self.ca_file {
+            const KEY: &str = "connection.rabbitmq.tls_ca_file";
+            let pem = read(KEY, path)?;
+            certificates(KEY, path, &pem)?;
+            config.cert_chain =
+                Some(
+                    String::from_utf8(pem).map_err(|_| MessagingError::Configuration {
+                        key: KEY.into(),
+                        message: format!("{} is not PEM text", path.display()),
+                    })?,
+                );
+        }
+        match (&self.client_cert_file, &self.client_key_file) {
+            (None, None) => {}
+            (Some(cert_path), Some(key_path)) => {
+                const CERT: &str = "connection.rabbitmq.tls_client_cert_file";
+                const KEY: &str = "connection.rabbitmq.tls_client_key_file";
+                let pem = read(CERT, cert_path)?;
+                certificates(CERT, cert_path, &pem)?;
+                let key = read(KEY, key_path)?;
+                // The key's bytes never go into a message.
+                PrivateKeyDer::from_pem_slice(&key).map_err(|_| MessagingError::Configuration {
+                    key: KEY.into(),
+                    message: format!("{} holds no PEM private key", key_path.display()),
+                })?;
+                config.identity = Some(OwnedIdentity::PKCS8 { pem, key });
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(MessagingError::Configuration {
+                    key: "connection.rabbitmq.tls_client_cert_file".into(),
+                    message: "tls_client_cert_file and tls_client_key_file go together".into(),
+                })
+            }
+        }
+        Ok(config)
+    }
 }
 
 impl RabbitMqSettings {
@@ -140,6 +231,7 @@ impl RabbitMqSettings {
             max_payload_bytes: defaults.queues.max_payload_bytes,
             publisher_channels: 4,
             connection_name: "tasker-messaging".into(),
+            tls: RabbitMqTls::default(),
         }
     }
 
@@ -162,6 +254,11 @@ impl RabbitMqSettings {
             s.prefetch_count = p.max(1);
         }
         s.queue_type = c.queue_type.unwrap_or_default();
+        s.tls = RabbitMqTls {
+            ca_file: c.tls_ca_file.clone(),
+            client_cert_file: c.tls_client_cert_file.clone(),
+            client_key_file: c.tls_client_key_file.clone(),
+        };
         s.default_max_receive_count = config.queues.max_receive_count;
         s.dead_letter_suffix = config.queues.dead_letter_queue_suffix.clone();
         s.max_payload_bytes = config.queues.max_payload_bytes;
@@ -182,6 +279,15 @@ impl RabbitMqSettings {
             uri.query.heartbeat = Some(h);
         }
         uri.query.connection_timeout = Some(self.connection_timeout.as_millis() as u64);
+        if self.tls.is_set() && uri.scheme != AMQPScheme::AMQPS {
+            return Err(MessagingError::Configuration {
+                key: "connection.rabbitmq.url".into(),
+                message: format!(
+                    "TLS files are set but {} is not an amqps:// URL",
+                    self.url.redacted()
+                ),
+            });
+        }
         Ok(uri)
     }
 }
@@ -227,8 +333,10 @@ impl RabbitMqMessageService {
     /// Builds the service without connecting (`initialize` connects).
     pub fn new(settings: RabbitMqSettings) -> Result<Self> {
         let uri = settings.uri()?;
+        let tls = settings.tls.load()?;
         let connector = Connector::new(
             uri,
+            tls,
             settings.url.clone(),
             settings.connection_timeout,
             settings.publisher_channels,
@@ -1406,6 +1514,31 @@ mod tests {
             "provider = 'rabbitmq'\n[connection.rabbitmq]\nurl = 'amqp://u:pw@h/%2f'\nqueue_type = 'stream'",
         );
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn config_carries_the_tls_files() {
+        let config = MessagingConfig::from_toml_str(
+            "provider = 'rabbitmq'\n[connection.rabbitmq]\nurl = 'amqps://u:pw@broker:5671/%2f'\ntls_ca_file = '/etc/tasker/ca.pem'\ntls_client_cert_file = '/etc/tasker/client.pem'\ntls_client_key_file = '/etc/tasker/client-key.pem'",
+        )
+        .unwrap();
+        let s = RabbitMqSettings::from_config(&config).unwrap();
+        assert_eq!(
+            s.tls,
+            RabbitMqTls {
+                ca_file: Some("/etc/tasker/ca.pem".into()),
+                client_cert_file: Some("/etc/tasker/client.pem".into()),
+                client_key_file: Some("/etc/tasker/client-key.pem".into()),
+            }
+        );
+        assert_eq!(s.uri().unwrap().scheme, AMQPScheme::AMQPS);
+        // The files are read when the service is built: these do not exist.
+        match RabbitMqMessageService::new(s) {
+            Err(MessagingError::Configuration { key, .. }) => {
+                assert_eq!(key, "connection.rabbitmq.tls_ca_file")
+            }
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
     }
 
     #[test]
