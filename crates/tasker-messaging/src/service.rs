@@ -3,7 +3,7 @@
 //! [`MessagingService`] is used as `Arc<dyn MessagingService>`, chosen at runtime from
 //! configuration (see [`crate::build_service`]). It moves payload bytes; the typed layer
 //! ([`crate::MessagingServiceExt`]) adds serde on top. The contract every implementation keeps
-//! is `docs/semantics.md`, checked by [`crate::conformance`].
+//! is `docs/semantics.md`, checked by the `conformance` module (feature `conformance`).
 
 use std::fmt;
 use std::pin::Pin;
@@ -412,7 +412,7 @@ pub trait MessagingService: Send + Sync + 'static {
     }
 
     /// A native push stream, for providers that have one (`push_consumer`). `None` makes
-    /// [`crate::MessagingServiceExt::consume`] use receive in a loop with idle backoff.
+    /// [`crate::ConsumerExt::consume`] use receive in a loop with idle backoff.
     fn native_consumer_stream(
         &self,
         queue: &QueueName,

@@ -58,6 +58,7 @@ impl GlobalOpts {
     }
 
     /// The configuration with `provider` forced (for provider-specific subcommands).
+    #[cfg_attr(not(feature = "pgmq"), allow(dead_code))]
     pub fn load_config_for_provider(&self, provider: &str) -> anyhow::Result<MessagingConfig> {
         GlobalOpts {
             config: self.config.clone(),
