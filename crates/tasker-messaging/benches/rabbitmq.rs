@@ -10,6 +10,8 @@
 //!   `basic.get` + one `multiple` ack).
 //! * latency: publish to delivery through the push consumer, p50 / p99 printed after the
 //!   criterion groups (1,000 messages each).
+//! * `TASKER_BENCH_PROFILE=raw|provider`: only three consume + ack rounds on one side, to count
+//!   the client's instructions under callgrind.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,6 +162,65 @@ fn publish(c: &mut Criterion, s: &Setup) {
     group.finish();
 }
 
+/// Raw lapin: consume the `CONSUME` messages waiting in the queue with prefetch 500 and one
+/// `multiple` ack per 50. Timed from the channel open, as the provider's stream opens its own.
+async fn raw_consume_ack(s: &Setup) -> Duration {
+    let q = s.queue.as_str();
+    let start = Instant::now();
+    let ch = s.raw.create_channel().await.expect("channel");
+    ch.basic_qos(500, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = ch
+        .basic_consume(
+            q.into(),
+            "raw-bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    for i in 1..=CONSUME {
+        let d = consumer.next().await.expect("open").expect("delivery");
+        if i % 50 == 0 {
+            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
+                .await
+                .expect("ack");
+        }
+    }
+    let took = start.elapsed();
+    ch.basic_cancel("raw-bench".into(), BasicCancelOptions::default())
+        .await
+        .expect("cancel");
+    let _ = ch.close(200, "done".into()).await;
+    took
+}
+
+/// The provider: the same messages through its push stream (prefetch 500, every delivery a
+/// lease with a 60 s visibility timeout) and `delete_messages` of 50.
+async fn provider_consume_ack(s: &Setup) -> Duration {
+    let options = ConsumerOptions {
+        batch_size: 500,
+        visibility_timeout: Duration::from_secs(60),
+        ..ConsumerOptions::default()
+    };
+    let start = Instant::now();
+    let mut stream = s.svc.consume(&s.queue, options);
+    let mut receipts = Vec::with_capacity(50);
+    for _ in 0..CONSUME {
+        let m = stream.next().await.expect("open").expect("message");
+        receipts.push(m.metadata.receipt_handle);
+        if receipts.len() == 50 {
+            s.svc
+                .delete_messages(&s.queue, &receipts)
+                .await
+                .expect("delete");
+            receipts.clear();
+        }
+    }
+    start.elapsed()
+}
+
 fn consume(c: &mut Criterion, s: &Setup) {
     let q = s.queue.as_str();
     let mut group = c.benchmark_group("rabbitmq_consume_ack_prefetch500_ack50");
@@ -170,34 +231,7 @@ fn consume(c: &mut Criterion, s: &Setup) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 raw_publish(&s.raw_pub, q, &s.payload, CONSUME).await;
-                // Timed from the channel open, as the provider's stream opens its own.
-                let start = Instant::now();
-                let ch = s.raw.create_channel().await.expect("channel");
-                ch.basic_qos(500, BasicQosOptions::default())
-                    .await
-                    .expect("qos");
-                let mut consumer = ch
-                    .basic_consume(
-                        q.into(),
-                        "raw-bench".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .expect("consume");
-                for i in 1..=CONSUME {
-                    let d = consumer.next().await.expect("open").expect("delivery");
-                    if i % 50 == 0 {
-                        ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
-                            .await
-                            .expect("ack");
-                    }
-                }
-                total += start.elapsed();
-                ch.basic_cancel("raw-bench".into(), BasicCancelOptions::default())
-                    .await
-                    .expect("cancel");
-                let _ = ch.close(200, "done".into()).await;
+                total += raw_consume_ack(s).await;
             }
             total
         })
@@ -207,32 +241,33 @@ fn consume(c: &mut Criterion, s: &Setup) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 raw_publish(&s.raw_pub, q, &s.payload, CONSUME).await;
-                let options = ConsumerOptions {
-                    batch_size: 500,
-                    visibility_timeout: Duration::from_secs(60),
-                    ..ConsumerOptions::default()
-                };
-                let start = Instant::now();
-                let mut stream = s.svc.consume(&s.queue, options);
-                let mut receipts = Vec::with_capacity(50);
-                for _ in 0..CONSUME {
-                    let m = stream.next().await.expect("open").expect("message");
-                    receipts.push(m.metadata.receipt_handle);
-                    if receipts.len() == 50 {
-                        s.svc
-                            .delete_messages(&s.queue, &receipts)
-                            .await
-                            .expect("delete");
-                        receipts.clear();
-                    }
-                }
-                total += start.elapsed();
-                drop(stream);
+                total += provider_consume_ack(s).await;
             }
             total
         })
     });
     group.finish();
+}
+
+/// `TASKER_BENCH_PROFILE=provider|raw`: only three rounds of consume + ack on that side, for
+/// an instruction count of the client under `valgrind --tool=callgrind` (docs/benchmarks.md).
+fn profile_consume(s: &Setup, side: &str) {
+    let q = s.queue.as_str();
+    let mut took = Duration::ZERO;
+    s.rt.block_on(async {
+        for _ in 0..3 {
+            raw_publish(&s.raw_pub, q, &s.payload, CONSUME).await;
+            took += match side {
+                "raw" => raw_consume_ack(s).await,
+                _ => provider_consume_ack(s).await,
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    println!(
+        "rabbitmq_profile_consume/{side}: {:.1}k msg/s over 3 rounds of {CONSUME}",
+        (3 * CONSUME) as f64 / took.as_secs_f64() / 1000.0
+    );
 }
 
 fn pull(c: &mut Criterion, s: &Setup) {
@@ -414,50 +449,12 @@ fn interleaved(s: &Setup) {
 
                 // Consume + ack every 50, prefetch 500, from a prefilled queue.
                 raw_publish(&s.raw_pub, q, &s.payload, CONSUME).await;
-                let start = Instant::now();
-                if provider_turn {
-                    let options = ConsumerOptions {
-                        batch_size: 500,
-                        visibility_timeout: Duration::from_secs(60),
-                        ..ConsumerOptions::default()
-                    };
-                    let mut stream = s.svc.consume(&s.queue, options);
-                    let mut receipts = Vec::with_capacity(50);
-                    for _ in 0..CONSUME {
-                        let m = stream.next().await.expect("open").expect("message");
-                        receipts.push(m.metadata.receipt_handle);
-                        if receipts.len() == 50 {
-                            s.svc
-                                .delete_messages(&s.queue, &receipts)
-                                .await
-                                .expect("delete");
-                            receipts.clear();
-                        }
-                    }
+                let took = if provider_turn {
+                    provider_consume_ack(s).await
                 } else {
-                    let ch = s.raw.create_channel().await.expect("channel");
-                    ch.basic_qos(500, BasicQosOptions::default())
-                        .await
-                        .expect("qos");
-                    let mut consumer = ch
-                        .basic_consume(
-                            q.into(),
-                            "raw-ab".into(),
-                            BasicConsumeOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await
-                        .expect("consume");
-                    for i in 1..=CONSUME {
-                        let d = consumer.next().await.expect("open").expect("delivery");
-                        if i % 50 == 0 {
-                            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
-                                .await
-                                .expect("ack");
-                        }
-                    }
-                }
-                let rate = CONSUME as f64 / start.elapsed().as_secs_f64();
+                    raw_consume_ack(s).await
+                };
+                let rate = CONSUME as f64 / took.as_secs_f64();
                 if provider_turn {
                     consume.1.push(rate)
                 } else {
@@ -486,6 +483,13 @@ fn interleaved(s: &Setup) {
 
 fn main() {
     let s = setup();
+    if let Ok(side) = std::env::var("TASKER_BENCH_PROFILE") {
+        profile_consume(&s, &side);
+        s.rt.block_on(async {
+            let _ = s.svc.delete_queue(&s.queue).await;
+        });
+        return;
+    }
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5))
