@@ -574,3 +574,221 @@ async fn classic_queue_dead_letters_at_max_receive_count() {
     svc.delete_message(&q, back[0].receipt()).await.unwrap();
     svc.delete_queue(&q).await.unwrap();
 }
+
+/// A wait takes the first message that arrives and keeps it, leased, for this service's next
+/// receive; other receivers do not get it meanwhile, and when no receive claims it, it comes
+/// back after the default visibility timeout like any lease (counted on a quorum queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_keeps_the_message_for_the_next_receive_and_releases_it_unclaimed() {
+    let mut settings = rabbitmq_support::settings();
+    settings.default_visibility_timeout = Duration::from_secs(1);
+    let Some(waiting) = rabbitmq_support::service_with(settings).await else {
+        return;
+    };
+    let Some(other) = rabbitmq_support::service().await else {
+        return;
+    };
+    let q = unique("waitkeep");
+    waiting.create_queue(&q).await.unwrap();
+
+    // Claimed: the waiting service's receive gets it, as its first delivery.
+    let wait = {
+        let (svc, q) = (waiting.clone(), q.clone());
+        tokio::spawn(async move { svc.wait_for_messages(&q, Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = other.send(&q, OutgoingMessage::new("first")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .expect("the wait wakes on the send")
+        .unwrap();
+    assert!(
+        other
+            .receive(&q, 10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a kept message is leased to the waiting service"
+    );
+    let got = waiting
+        .receive(&q, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].metadata.message_id, first);
+    assert_eq!(got[0].metadata.receive_count, 1);
+    assert!(got[0].metadata.visibility_timeout_expires.is_some());
+    waiting.delete_message(&q, got[0].receipt()).await.unwrap();
+
+    // Unclaimed: back after the default visibility timeout (1 s here), counted.
+    let second = other
+        .send(&q, OutgoingMessage::new("second"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    waiting.wait_for_messages(&q, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a ready message ends the wait"
+    );
+    let back = loop {
+        let got = other
+            .receive(&q, 10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the unclaimed message did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "came back after {:?}, before its lease ended",
+        started.elapsed()
+    );
+    assert_eq!(back[0].metadata.message_id, second);
+    assert_eq!(back[0].metadata.receive_count, 2);
+    other.delete_message(&q, back[0].receipt()).await.unwrap();
+    waiting.delete_queue(&q).await.unwrap();
+}
+
+/// Several tasks waiting on one queue share one subscription: one send wakes one of them (not
+/// all into an empty receive), and the queue stays watched for the others: a second send wakes
+/// another. Each message is received once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_waits_share_one_subscription_and_each_send_wakes_one() {
+    let Some(svc) = rabbitmq_support::service().await else {
+        return;
+    };
+    let Some(other) = rabbitmq_support::service().await else {
+        return;
+    };
+    let q = unique("waitmany");
+    svc.create_queue(&q).await.unwrap();
+    let mut waits: Vec<_> = (0..4)
+        .map(|_| {
+            let (svc, q) = (svc.clone(), q.clone());
+            tokio::spawn(async move { svc.wait_for_messages(&q, Duration::from_secs(30)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        waits.iter().all(|w| !w.is_finished()),
+        "nothing was sent yet"
+    );
+    for round in 0..2 {
+        let id = other.send(&q, OutgoingMessage::new("one")).await.unwrap();
+        let sent = Instant::now();
+        while waits.iter().all(|w| !w.is_finished()) {
+            assert!(
+                sent.elapsed() < Duration::from_secs(5),
+                "round {round}: no waiter woke on the send"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (woke, still): (Vec<_>, Vec<_>) = waits.into_iter().partition(|w| w.is_finished());
+        assert_eq!(woke.len(), 1, "round {round}: one send woke {}", woke.len());
+        waits = still;
+        let got = svc.receive(&q, 10, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(got.len(), 1, "round {round}");
+        assert_eq!(got[0].metadata.message_id, id);
+        assert_eq!(got[0].metadata.receive_count, 1);
+        svc.delete_message(&q, got[0].receipt()).await.unwrap();
+    }
+    for w in waits {
+        w.abort();
+    }
+    svc.delete_queue(&q).await.unwrap();
+}
+
+/// Waiting on a queue that does not exist sleeps out its time: a caller's loop never spins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_on_a_missing_queue_sleeps_instead_of_spinning() {
+    let Some(svc) = rabbitmq_support::service().await else {
+        return;
+    };
+    let missing = unique("waitmissing");
+    let started = Instant::now();
+    svc.wait_for_messages(&missing, Duration::from_millis(400))
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(380),
+        "returned after {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(
+        svc.receive(&missing, 1, Duration::from_secs(1)).await,
+        Err(MessagingError::QueueNotFound { .. })
+    ));
+}
+
+/// A caller that gives up on a wait (a timeout around it) leaves no subscription behind that
+/// could sit on a message: what arrives during the wait's time is kept for this service, and
+/// after it other receivers get new messages at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_wait_leaves_no_subscription_holding_messages() {
+    let Some(svc) = rabbitmq_support::service().await else {
+        return;
+    };
+    let Some(other) = rabbitmq_support::service().await else {
+        return;
+    };
+    let q = unique("waitcancel");
+    svc.create_queue(&q).await.unwrap();
+    let wait_for = Duration::from_secs(2);
+    let started = Instant::now();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        svc.wait_for_messages(&q, wait_for),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the wait was still waiting");
+    // Within the wait's time the watch still runs: what arrives is kept for this service
+    // (leased, so no other receiver gets it), and this service receives it.
+    let first = other
+        .send(&q, OutgoingMessage::new("during"))
+        .await
+        .unwrap();
+    assert!(
+        other
+            .receive(&q, 10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the watch stopped with its caller"
+    );
+    let got = loop {
+        let got = svc.receive(&q, 10, Duration::from_secs(30)).await.unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the message was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(got[0].metadata.message_id, first);
+    assert_eq!(got[0].metadata.receive_count, 1);
+    svc.delete_message(&q, got[0].receipt()).await.unwrap();
+    // After the wait's time nothing of it subscribes: another service gets the next message.
+    tokio::time::sleep(wait_for.saturating_sub(started.elapsed()) + Duration::from_millis(300))
+        .await;
+    let second = other.send(&q, OutgoingMessage::new("after")).await.unwrap();
+    let got = other
+        .receive(&q, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.len(),
+        1,
+        "a message sat with a subscription nobody reads"
+    );
+    assert_eq!(got[0].metadata.message_id, second);
+    other.delete_message(&q, got[0].receipt()).await.unwrap();
+    svc.delete_queue(&q).await.unwrap();
+}

@@ -148,6 +148,18 @@ pub(crate) fn all() -> Vec<Case> {
             [],
             c12_stream
         ),
+        case!(
+            "C13",
+            "wait_for_messages wakes on a send from another connection",
+            [WakeupNotifications],
+            c13_wakeup
+        ),
+        case!(
+            "C14",
+            "a message taken from a dropped stream keeps its lease, then returns counted",
+            [],
+            c14_stream_lease_ends
+        ),
     ]
 }
 
@@ -1363,5 +1375,126 @@ async fn c12_stream(ctx: Ctx) -> CaseResultInner {
         m.metadata.message_id == id && m.metadata.receive_count == 1,
         "a dropped stream took a message"
     );
+    Ok(())
+}
+
+async fn c13_wakeup(ctx: Ctx) -> CaseResultInner {
+    let svc = ctx.service.clone();
+    let other = (ctx.factory)().await.ctx("factory (second sender)")?;
+    let q = ctx.queue("wake").await?;
+    // Far longer than the case may take: returning by timeout fails it.
+    let max_wait = Duration::from_secs(60);
+    let waiting = {
+        let (svc, q) = (svc.clone(), q.clone());
+        tokio::spawn(async move { svc.wait_for_messages(&q, max_wait).await })
+    };
+    // The queue is empty: the wait must still be waiting (a wait that returns at once would
+    // make every idle loop a spin).
+    tokio::time::sleep(ctx.unit * 2).await;
+    ensure!(
+        !waiting.is_finished(),
+        "wait_for_messages returned on an empty queue with nothing sent"
+    );
+    let id = other
+        .send(&q, OutgoingMessage::new("wake up"))
+        .await
+        .ctx("send (other connection)")?;
+    let sent_at = Instant::now();
+    let within = ctx.slack();
+    match tokio::time::timeout(within, waiting).await {
+        Ok(joined) => joined.map_err(|e| format!("the waiting task failed: {e}"))?,
+        Err(_) => {
+            return Err(format!(
+                "wait_for_messages did not wake within {within:?} of a send"
+            ))
+        }
+    }
+    let woke_after = sent_at.elapsed();
+    // The wait did not use up a delivery: the waiting service receives the message now, as
+    // its first delivery.
+    let got = recv(&*svc, &q, 10, Duration::from_secs(30)).await?;
+    ensure!(
+        got.len() == 1 && got[0].metadata.message_id == id,
+        "after the wake the waiting service received {} message(s), not the one sent",
+        got.len()
+    );
+    ensure!(
+        got[0].metadata.receive_count == 1,
+        "the woken receive has receive_count {} (want 1)",
+        got[0].metadata.receive_count
+    );
+    svc.delete_message(&q, got[0].receipt())
+        .await
+        .ctx("delete")?;
+    ensure!(
+        woke_after < within,
+        "the wait woke {woke_after:?} after the send"
+    );
+    Ok(())
+}
+
+async fn c14_stream_lease_ends(ctx: Ctx) -> CaseResultInner {
+    let svc = ctx.service.clone();
+    let other = (ctx.factory)().await.ctx("factory (second receiver)")?;
+    let q = ctx.queue("streamlease").await?;
+    let id = svc
+        .send(&q, OutgoingMessage::new("taken by a stream"))
+        .await
+        .ctx("send")?;
+    let lease = ctx.unit * 3;
+    let options = ConsumerOptions {
+        batch_size: 1,
+        visibility_timeout: lease,
+        ..ConsumerOptions::default()
+    };
+    let mut stream = svc.consume(&q, options);
+    let first = tokio::time::timeout(ctx.slack(), stream.next())
+        .await
+        .map_err(|_| "the stream delivered nothing".to_string())?
+        .ok_or("the stream ended")?
+        .ctx("stream item")?;
+    let leased_at = Instant::now();
+    ensure!(
+        first.metadata.message_id == id && first.metadata.receive_count == 1,
+        "the stream's first delivery is the message with receive_count 1 (got {})",
+        first.metadata.receive_count
+    );
+    // The stream is dropped; the message it yielded keeps its lease (hidden from everyone)
+    // until the lease ends, then any receiver gets it, counted as its second delivery.
+    drop(stream);
+    ensure!(
+        recv(&*other, &q, 10, Duration::from_secs(30))
+            .await?
+            .is_empty()
+            || leased_at.elapsed() >= lease,
+        "dropping the stream ended the lease of a message it had yielded"
+    );
+    let back = recv_some(
+        &ctx,
+        &*other,
+        &q,
+        10,
+        Duration::from_secs(30),
+        lease + ctx.slack(),
+    )
+    .await?;
+    let waited = leased_at.elapsed();
+    ensure!(
+        waited + ctx.unit / 4 >= lease,
+        "the message came back after {waited:?}, before its {lease:?} lease ended"
+    );
+    ensure!(
+        back.len() == 1 && back[0].metadata.message_id == id,
+        "another message came back"
+    );
+    ensure!(
+        back[0].metadata.receive_count == 2,
+        "the second delivery has receive_count {} (want 2)",
+        back[0].metadata.receive_count
+    );
+    other
+        .delete_message(&q, back[0].receipt())
+        .await
+        .ctx("delete")?;
     Ok(())
 }

@@ -127,19 +127,19 @@ fn millis_to_utc(ms: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
 }
 
-/// Receive count of this delivery: the quorum queue's count of earlier deliveries, else the
-/// provider's own header (classic queues), plus this one.
+/// Receive count of this delivery: earlier deliveries, counted by the quorum queue
+/// (`x-delivery-count`) or by the provider's own header (classic queues, and a copy
+/// republished on release), whichever is higher, plus this one.
 pub(super) fn receive_count(props: &BasicProperties, redelivered: bool) -> u32 {
-    if let Some(n) = header(props, H_DELIVERY_COUNT).and_then(as_i64) {
-        return u32::try_from(n.max(0)).unwrap_or(u32::MAX - 1) + 1;
-    }
-    if let Some(n) = header(props, H_RECEIVE_COUNT).and_then(as_i64) {
-        return u32::try_from(n.max(0)).unwrap_or(u32::MAX - 1) + 1;
-    }
-    if redelivered {
-        2
-    } else {
-        1
+    let earlier = |key| {
+        header(props, key)
+            .and_then(as_i64)
+            .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX - 1))
+    };
+    match (earlier(H_DELIVERY_COUNT), earlier(H_RECEIVE_COUNT)) {
+        (None, None) if redelivered => 2,
+        (None, None) => 1,
+        (broker, ours) => broker.max(ours).unwrap_or(0) + 1,
     }
 }
 
@@ -324,6 +324,19 @@ mod tests {
         headers.insert(H_DELIVERY_COUNT.into(), AMQPValue::LongLongInt(2));
         let props = BasicProperties::default().with_headers(headers);
         assert_eq!(receive_count(&props, true), 3);
+    }
+
+    #[test]
+    fn a_republished_copy_keeps_its_count_on_a_quorum_queue() {
+        // The broker counts the copy from zero; our header remembers the earlier receipts.
+        let mut headers = FieldTable::default();
+        headers.insert(H_DELIVERY_COUNT.into(), AMQPValue::LongLongInt(0));
+        headers.insert(H_RECEIVE_COUNT.into(), AMQPValue::LongLongInt(2));
+        let props = BasicProperties::default().with_headers(headers);
+        assert_eq!(receive_count(&props, false), 3);
+        // Without any count: redelivered says "at least the second".
+        assert_eq!(receive_count(&BasicProperties::default(), false), 1);
+        assert_eq!(receive_count(&BasicProperties::default(), true), 2);
     }
 
     #[test]

@@ -28,6 +28,9 @@
 //!   `multiple` ack where the tags allow it; acks never wait for the broker.
 //! * **Push consumer**: `basic.consume` with prefetch (see `stream.rs`); it reconnects and
 //!   resubscribes after the connection breaks.
+//! * **Waiting**: `wait_for_messages` subscribes with prefetch 1 and keeps the first message
+//!   that arrives, leased, for this service's next `receive` (see `wait.rs`): idle workers
+//!   wake on a send from any connection instead of sleeping out their idle wait.
 //! * **Recovery**: a broken connection (broker restart, `close_all_connections`) is rebuilt by
 //!   the next call, which first declares again every exchange, queue and binding this service
 //!   declared (see `connection.rs`), so transient topology comes back and a broker that lost
@@ -57,6 +60,7 @@ mod codec;
 mod connection;
 mod leases;
 mod stream;
+mod wait;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -123,6 +127,9 @@ pub struct RabbitMqSettings {
     pub default_max_receive_count: u32,
     pub dead_letter_suffix: String,
     pub max_payload_bytes: usize,
+    /// The lease a message taken by `wait_for_messages` runs under until a `receive` claims
+    /// it (`queues.default_visibility_timeout_secs`); unclaimed, it comes back after this.
+    pub default_visibility_timeout: Duration,
     /// Confirm-mode channels publishing is spread over.
     pub publisher_channels: usize,
     /// Shown by the broker (`rabbitmqctl list_connections client_properties`).
@@ -227,6 +234,7 @@ impl RabbitMqSettings {
             prefetch_count: 500,
             queue_type: RabbitMqQueueType::Quorum,
             default_max_receive_count: defaults.queues.max_receive_count,
+            default_visibility_timeout: defaults.queues.default_visibility_timeout(),
             dead_letter_suffix: defaults.queues.dead_letter_queue_suffix,
             max_payload_bytes: defaults.queues.max_payload_bytes,
             publisher_channels: 4,
@@ -262,6 +270,7 @@ impl RabbitMqSettings {
         s.default_max_receive_count = config.queues.max_receive_count;
         s.dead_letter_suffix = config.queues.dead_letter_queue_suffix.clone();
         s.max_payload_bytes = config.queues.max_payload_bytes;
+        s.default_visibility_timeout = config.queues.default_visibility_timeout();
         Ok(s)
     }
 
@@ -303,6 +312,8 @@ pub(crate) struct Inner {
     delay_queues: Mutex<HashMap<String, (std::time::Instant, u64)>>,
     /// `max_receive_count` of queues this service created (classic queues enforce it here).
     max_receive: Mutex<HashMap<QueueName, u32>>,
+    /// Messages `wait_for_messages` took and keeps for the next receive.
+    waiters: wait::Waiters,
     reaper: Mutex<Option<JoinHandle<()>>>,
     me: std::sync::Weak<Inner>,
 }
@@ -353,7 +364,7 @@ impl RabbitMqMessageService {
             transactional_send: false,
             receipt_fencing: true,
             detailed_stats: false,
-            wakeup_notifications: false,
+            wakeup_notifications: true,
             pgmq_extensions: false,
             max_payload_bytes: settings.max_payload_bytes,
             max_batch_size: MAX_BATCH,
@@ -367,6 +378,7 @@ impl RabbitMqMessageService {
                 leases: Arc::new(Leases::new()),
                 delay_queues: Mutex::new(HashMap::new()),
                 max_receive: Mutex::new(HashMap::new()),
+                waiters: wait::Waiters::default(),
                 reaper: Mutex::new(None),
                 me: me.clone(),
             }),
@@ -664,9 +676,14 @@ impl Inner {
     /// nothing: the message is published again with its receive count in a header (or
     /// dead-lettered at `max_receive_count`), then the delivery is acked.
     async fn release_leases(&self, leases: Vec<Lease>) {
+        // The queues this service declares are all of the configured type. The header alone
+        // cannot tell: RabbitMQ 3.10 leaves `x-delivery-count` off a quorum queue's first
+        // delivery to a consumer (it is on `basic.get`'s), and republishing such a message
+        // would start its count, and the broker's delivery limit, from zero again.
+        let quorum_queues = self.settings.queue_type == RabbitMqQueueType::Quorum;
         let (quorum, classic): (Vec<_>, Vec<_>) = leases
             .into_iter()
-            .partition(|l| codec::counted_by_broker(&l.properties));
+            .partition(|l| quorum_queues || codec::counted_by_broker(&l.properties));
         leases::nack_all(quorum).await;
         for lease in classic {
             if !lease.channel.connected() {
@@ -818,13 +835,34 @@ impl Inner {
         }
     }
 
-    /// `basic.get`s up to `max` messages on the queue's lease channel and leases them.
+    /// Hands out what a wait kept first, then `basic.get`s the rest on the queue's lease
+    /// channel and leases them.
     async fn receive(
         &self,
         queue: &QueueName,
         max: usize,
         visibility_timeout: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
+        let deadline = Instant::now() + visibility_timeout;
+        let now = Utc::now();
+        let expires = chrono::Duration::from_std(visibility_timeout)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d));
+        let mut out = Vec::new();
+        for mut kept in self.waiters.take_kept(queue, max) {
+            // A kept lease that ran out (or whose channel closed) was released: skip it.
+            if self
+                .leases
+                .extend(queue, &kept.metadata.receipt_handle, deadline)
+                .is_ok()
+            {
+                kept.metadata.visibility_timeout_expires = expires;
+                out.push(kept);
+            }
+        }
+        if out.len() == max {
+            return Ok(out);
+        }
         let link = self.link().await?;
         let lc = link.queue_channel(queue, self.errors()).await?;
         let _in_order = lc.receive.lock().await;
@@ -832,13 +870,14 @@ impl Inner {
             lc.channel
                 .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
         };
-        let first = get()
-            .await
-            .map_err(|e| self.map("basic.get", Some(queue), e))?;
-        let Some(first) = first else {
-            return Ok(Vec::new());
+        let first = match get().await {
+            Ok(Some(first)) => first,
+            Ok(None) => return Ok(out),
+            // What is in hand is leased already: hand it out; the error shows next time.
+            Err(_) if !out.is_empty() => return Ok(out),
+            Err(e) => return Err(self.map("basic.get", Some(queue), e)),
         };
-        let more = (max - 1).min(first.message_count as usize);
+        let more = (max - out.len() - 1).min(first.message_count as usize);
         let mut deliveries = vec![first.delivery];
         if more >= CONSUME_WINDOW_FROM {
             // A quorum queue commits every basic.get through Raft, one after another, so a
@@ -855,35 +894,43 @@ impl Inner {
                 }
             }
         }
-        let deadline = Instant::now() + visibility_timeout;
-        let now = Utc::now();
-        let expires = chrono::Duration::from_std(visibility_timeout)
-            .ok()
-            .map(|d| now + d);
-        Ok(deliveries
-            .into_iter()
-            .map(|d| {
-                let payload = Bytes::from(d.data);
-                let decoded = codec::decode(
-                    queue,
-                    payload.clone(),
-                    &d.properties,
-                    d.routing_key.as_str(),
-                    d.redelivered,
-                    now,
-                );
-                let receipt = self.leases.register(Lease {
-                    queue: queue.clone(),
-                    channel: lc.clone(),
-                    tag: d.delivery_tag,
-                    deadline,
-                    payload,
-                    properties: d.properties,
-                    receive_count: decoded.receive_count,
-                });
-                decoded.into_received(receipt, expires)
-            })
-            .collect())
+        out.extend(
+            deliveries
+                .into_iter()
+                .map(|d| self.lease_delivery(queue, &lc, d, deadline, now, expires)),
+        );
+        Ok(out)
+    }
+
+    /// Registers a lease for a delivery on `channel`; returns the received message.
+    fn lease_delivery(
+        &self,
+        queue: &QueueName,
+        channel: &Arc<leases::LeaseChannel>,
+        d: lapin::message::Delivery,
+        deadline: Instant,
+        now: chrono::DateTime<Utc>,
+        expires: Option<chrono::DateTime<Utc>>,
+    ) -> ReceivedMessage {
+        let payload = Bytes::from(d.data);
+        let decoded = codec::decode(
+            queue,
+            payload.clone(),
+            &d.properties,
+            d.routing_key.as_str(),
+            d.redelivered,
+            now,
+        );
+        let receipt = self.leases.register(Lease {
+            queue: queue.clone(),
+            channel: channel.clone(),
+            tag: d.delivery_tag,
+            deadline,
+            payload,
+            properties: d.properties,
+            receive_count: decoded.receive_count,
+        });
+        decoded.into_received(receipt, expires)
     }
 
     /// Declares the dead-letter exchange, the DLQ and its binding, then the queue. Returns
@@ -1342,6 +1389,7 @@ impl MessagingService for RabbitMqMessageService {
         inner
             .connector
             .forget_queues(&[queue.as_str(), dlq.as_str()]);
+        inner.waiters.forget(queue);
         let ch = link.admin(inner.errors()).await?;
         let mut result = ch
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -1360,6 +1408,10 @@ impl MessagingService for RabbitMqMessageService {
         }
         link.give_back(ch);
         result
+    }
+
+    async fn wait_for_messages(&self, queue: &QueueName, max_wait: Duration) {
+        self.inner.wait_for_messages(queue, max_wait).await
     }
 
     fn native_consumer_stream(
