@@ -162,24 +162,29 @@ fn publish(c: &mut Criterion, s: &Setup) {
     group.finish();
 }
 
-/// Raw lapin: consume the `CONSUME` messages waiting in the queue with prefetch 500 and one
-/// `multiple` ack per 50. Timed from the channel open, as the provider's stream opens its own.
-async fn raw_consume_ack(s: &Setup) -> Duration {
-    let q = s.queue.as_str();
-    let start = Instant::now();
+/// Raw lapin: a new channel with prefetch 500, subscribed to the bench queue as `tag`.
+async fn raw_subscribe(s: &Setup, tag: &str) -> (Channel, lapin::Consumer) {
     let ch = s.raw.create_channel().await.expect("channel");
     ch.basic_qos(500, BasicQosOptions::default())
         .await
         .expect("qos");
-    let mut consumer = ch
+    let consumer = ch
         .basic_consume(
-            q.into(),
-            "raw-bench".into(),
+            s.queue.as_str().into(),
+            tag.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
         .expect("consume");
+    (ch, consumer)
+}
+
+/// Raw lapin: consume the `CONSUME` messages waiting in the queue with prefetch 500 and one
+/// `multiple` ack per 50. Timed from the channel open, as the provider's stream opens its own.
+async fn raw_consume_ack(s: &Setup) -> Duration {
+    let start = Instant::now();
+    let (ch, mut consumer) = raw_subscribe(s, "raw-bench").await;
     for i in 1..=CONSUME {
         let d = consumer.next().await.expect("open").expect("delivery");
         if i % 50 == 0 {
@@ -336,19 +341,7 @@ fn latency(s: &Setup) {
     let (raw, provider) = s.rt.block_on(async {
         purge(&s.raw_pub, q).await;
         // Raw: publish (confirm awaited elsewhere), time until the consumer has it.
-        let ch = s.raw.create_channel().await.expect("channel");
-        ch.basic_qos(500, BasicQosOptions::default())
-            .await
-            .expect("qos");
-        let mut consumer = ch
-            .basic_consume(
-                q.into(),
-                "raw-latency".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+        let (ch, mut consumer) = raw_subscribe(s, "raw-latency").await;
         let mut raw = Histogram::<u64>::new(3).expect("histogram");
         for _ in 0..N {
             let start = Instant::now();

@@ -427,6 +427,32 @@ async fn c1_round_trip(ctx: Ctx) -> CaseResultInner {
     Ok(())
 }
 
+/// Checks a message that came back after its lease: the one expected, not before the lease
+/// ended (within `tolerance`), counted as its second delivery.
+fn came_back_counted(
+    back: &[ReceivedMessage],
+    id: MessageId,
+    waited: Duration,
+    lease: Duration,
+    tolerance: Duration,
+) -> R {
+    ensure!(
+        back.len() == 1 && back[0].metadata.message_id == id,
+        "{} message(s) came back, not the one leased",
+        back.len()
+    );
+    ensure!(
+        waited + tolerance >= lease,
+        "came back after {waited:?}, before the {lease:?} lease ended"
+    );
+    ensure!(
+        back[0].metadata.receive_count == 2,
+        "receive_count after a lease ended is {}, expected 2",
+        back[0].metadata.receive_count
+    );
+    Ok(())
+}
+
 async fn c2_leases(ctx: Ctx) -> CaseResultInner {
     let svc = &ctx.service;
     let other = (ctx.factory)().await.ctx("factory (second receiver)")?;
@@ -465,25 +491,13 @@ async fn c2_leases(ctx: Ctx) -> CaseResultInner {
         lease + ctx.slack(),
     )
     .await?;
-    let waited = leased_at.elapsed();
-    ensure!(
-        back.len() == 1,
-        "{} messages came back, expected 1",
-        back.len()
-    );
-    ensure!(
-        back[0].metadata.message_id == id,
-        "a different message came back"
-    );
-    ensure!(
-        waited + Duration::from_millis(50) >= lease,
-        "came back after {waited:?}, before the {lease:?} lease ended"
-    );
-    ensure!(
-        back[0].metadata.receive_count == 2,
-        "receive_count after a lease ended is {}, expected 2",
-        back[0].metadata.receive_count
-    );
+    came_back_counted(
+        &back,
+        id,
+        leased_at.elapsed(),
+        lease,
+        Duration::from_millis(50),
+    )?;
     other
         .delete_message(&q, back[0].receipt())
         .await
@@ -1478,20 +1492,7 @@ async fn c14_stream_lease_ends(ctx: Ctx) -> CaseResultInner {
         lease + ctx.slack(),
     )
     .await?;
-    let waited = leased_at.elapsed();
-    ensure!(
-        waited + ctx.unit / 4 >= lease,
-        "the message came back after {waited:?}, before its {lease:?} lease ended"
-    );
-    ensure!(
-        back.len() == 1 && back[0].metadata.message_id == id,
-        "another message came back"
-    );
-    ensure!(
-        back[0].metadata.receive_count == 2,
-        "the second delivery has receive_count {} (want 2)",
-        back[0].metadata.receive_count
-    );
+    came_back_counted(&back, id, leased_at.elapsed(), lease, ctx.unit / 4)?;
     other
         .delete_message(&q, back[0].receipt())
         .await

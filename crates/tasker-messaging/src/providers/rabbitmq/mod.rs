@@ -74,9 +74,9 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
@@ -786,18 +786,8 @@ impl Inner {
                 return;
             }
         }
-        let tag = stream::consumer_tag();
-        let consumer = lc
-            .channel
-            .basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await;
-        let mut consumer = match consumer {
-            Ok(c) => c,
+        let (tag, mut consumer) = match stream::basic_consume(&lc.channel, queue).await {
+            Ok(subscribed) => subscribed,
             Err(e) => {
                 tracing::debug!(error = %e, "basic.consume for a batch failed");
                 return;

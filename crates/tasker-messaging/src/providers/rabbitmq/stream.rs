@@ -34,10 +34,23 @@ use crate::service::{ConsumerOptions, MessageStream};
 
 static NEXT_CONSUMER: AtomicU64 = AtomicU64::new(1);
 
-/// A consumer tag. Tags only need to be unique on their channel, and lapin hashes the tag
-/// (SipHash) several times per delivery: `tk<n>` is measurably cheaper than a UUID.
-pub(super) fn consumer_tag() -> String {
-    format!("tk{}", NEXT_CONSUMER.fetch_add(1, Ordering::Relaxed))
+/// Subscribes to `queue` on `channel` under a fresh consumer tag; returns the tag (for the
+/// cancel) and the consumer. Tags only need to be unique on their channel, and lapin hashes
+/// the tag (SipHash) several times per delivery: `tk<n>` is measurably cheaper than a UUID.
+pub(super) async fn basic_consume(
+    channel: &lapin::Channel,
+    queue: &QueueName,
+) -> lapin::Result<(String, lapin::Consumer)> {
+    let tag = format!("tk{}", NEXT_CONSUMER.fetch_add(1, Ordering::Relaxed));
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((tag, consumer))
 }
 
 struct Subscription {
@@ -136,14 +149,7 @@ async fn subscribe(
         .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .map_err(|e| inner.map("basic.qos", None, e))?;
-    let tag = consumer_tag();
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+    let (tag, consumer) = basic_consume(&channel, &queue)
         .await
         .map_err(|e| inner.map("basic.consume", Some(&queue), e))?;
     Ok(Subscription {

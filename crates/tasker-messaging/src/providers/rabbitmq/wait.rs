@@ -17,8 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicCancelOptions, BasicQosOptions};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -130,15 +129,7 @@ impl Inner {
         deadline: Instant,
     ) -> Result<()> {
         let channel = self.wait_channel(waiter).await?;
-        let tag = stream::consumer_tag();
-        let mut consumer = channel
-            .channel
-            .basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+        let (tag, mut consumer) = stream::basic_consume(&channel.channel, queue)
             .await
             .map_err(|e| self.map("basic.consume", Some(queue), e))?;
         let mut arrived = Vec::new();
