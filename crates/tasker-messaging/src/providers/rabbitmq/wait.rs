@@ -1,16 +1,16 @@
 //! `wait_for_messages` on AMQP. The broker tells nobody that a message arrived except a
 //! consumer it delivers to, so one task per queue subscribes with prefetch 1 for the wait and
 //! takes the first message that arrives: it is leased to this service at once (so it cannot
-//! be lost or delivered twice), kept for the next `receive` on the queue, and every waiter on
-//! the queue wakes. `receive` hands kept messages out first, with its own visibility timeout.
+//! be lost or delivered twice) and kept for the next `receive` on the queue, which hands kept
+//! messages out first, with its own visibility timeout. The other tasks waiting on the queue
+//! sleep; the watch passes to one of them whenever the watching task returns.
 //!
 //! A kept message runs under the default visibility timeout
 //! (`queues.default_visibility_timeout_secs`) until a `receive` claims it and sets its own; one
 //! that no `receive` claims comes back when that runs out, like any lease (on a quorum queue
-//! that counts as a delivery). Waiting
-//! costs a `basic.consume` and a `basic.cancel` per wait that finds the queue empty, never a
-//! poll; when subscribing fails (the queue is missing, the connection is down) the wait sleeps
-//! out its time instead, so callers in a loop never spin.
+//! that counts as a delivery). Waiting costs a `basic.consume` and a `basic.cancel` per wait
+//! that finds the queue empty, never a poll; when subscribing fails (the queue is missing, the
+//! connection is down) the wait sleeps out its time instead, so callers in a loop never spin.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
