@@ -446,6 +446,55 @@ fn record(h: &mut Histogram<u64>, since: Instant) {
     h.saturating_record(since.elapsed().as_nanos().min(u64::MAX as u128) as u64);
 }
 
+/// The bookkeeping of one task draining a shared target, shared with the raw baselines: the
+/// total acked by all tasks, this task's share, its histogram, and the stall check (a round
+/// without messages for [`STALL_LIMIT`] is an error, not a hang).
+struct DrainProgress<'a> {
+    acked: &'a AtomicU64,
+    target: u64,
+    mine: u64,
+    last_progress: Instant,
+}
+
+impl<'a> DrainProgress<'a> {
+    fn new(acked: &'a AtomicU64, target: u64) -> Self {
+        DrainProgress {
+            acked,
+            target,
+            mine: 0,
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// Acked by all tasks so far.
+    fn total(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    fn unfinished(&self) -> bool {
+        self.total() < self.target
+    }
+
+    /// A round that found nothing: fine until nothing has come for [`STALL_LIMIT`].
+    fn idle(&self, who: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.last_progress.elapsed() < STALL_LIMIT,
+            "{who}: nothing for {STALL_LIMIT:?} with {} of {} acked",
+            self.total(),
+            self.target
+        );
+        Ok(())
+    }
+
+    /// `k` messages acked by a round that started at `t`.
+    fn acked(&mut self, k: u64, h: &mut Histogram<u64>, t: Instant) {
+        record(h, t);
+        self.last_progress = Instant::now();
+        self.mine += k;
+        self.acked.fetch_add(k, Ordering::Relaxed);
+    }
+}
+
 /// The bookkeeping of a latency step, shared with the raw baselines: a few untimed round
 /// trips first (so the consumer is running when timing starts), then `latency_samples` timed
 /// ones.
@@ -675,31 +724,22 @@ async fn drain(
     h: &mut Histogram<u64>,
     bar: &ProgressBar,
 ) -> anyhow::Result<u64> {
-    let mut mine = 0;
-    let mut last_progress = Instant::now();
-    while acked.load(Ordering::Relaxed) < target {
+    let mut progress = DrainProgress::new(acked, target);
+    while progress.unfinished() {
         let t = Instant::now();
         let got = service.receive(queue, batch as usize, LEASE).await?;
         if got.is_empty() {
-            anyhow::ensure!(
-                last_progress.elapsed() < STALL_LIMIT,
-                "no message received for {STALL_LIMIT:?} with {} of {target} acked",
-                acked.load(Ordering::Relaxed)
-            );
+            progress.idle("receive")?;
             service
                 .wait_for_messages(queue, Duration::from_millis(5))
                 .await;
             continue;
         }
         ack_all(service, queue, &got).await?;
-        record(h, t);
-        last_progress = Instant::now();
-        let k = got.len() as u64;
-        mine += k;
-        acked.fetch_add(k, Ordering::Relaxed);
-        bar.inc(k);
+        progress.acked(got.len() as u64, h, t);
+        bar.inc(got.len() as u64);
     }
-    Ok(mine)
+    Ok(progress.mine)
 }
 
 async fn ack_all(
@@ -764,9 +804,8 @@ async fn bench_consume_ack(
             // and never wait for a batch to fill.
             let mut chunks = service.consume(&queue, options).ready_chunks(batch);
             let mut h = new_histogram();
-            let mut mine = 0;
-            let mut last_progress = Instant::now();
-            while acked.load(Ordering::Relaxed) < target {
+            let mut progress = DrainProgress::new(&acked, target);
+            while progress.unfinished() {
                 let t = Instant::now();
                 // Bounded, so a task whose share went to another consumer notices the end.
                 let chunk =
@@ -774,11 +813,7 @@ async fn bench_consume_ack(
                         Ok(Some(chunk)) => chunk,
                         Ok(None) => anyhow::bail!("the consumer stream ended"),
                         Err(_) => {
-                            anyhow::ensure!(
-                                last_progress.elapsed() < STALL_LIMIT,
-                                "no message consumed for {STALL_LIMIT:?} with {} of {target} acked",
-                                acked.load(Ordering::Relaxed)
-                            );
+                            progress.idle("consume")?;
                             continue;
                         }
                     };
@@ -794,14 +829,10 @@ async fn bench_consume_ack(
                     continue;
                 }
                 ack_all(&service, &queue, &got).await?;
-                record(&mut h, t);
-                last_progress = Instant::now();
-                let k = got.len() as u64;
-                mine += k;
-                acked.fetch_add(k, Ordering::Relaxed);
-                bar.inc(k);
+                progress.acked(got.len() as u64, &mut h, t);
+                bar.inc(got.len() as u64);
             }
-            Ok((mine, h))
+            Ok((progress.mine, h))
         }
     })
     .await?;

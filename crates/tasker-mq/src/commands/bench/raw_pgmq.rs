@@ -18,8 +18,8 @@ use sqlx::postgres::PgPoolOptions;
 use tasker_messaging::MessagingConfig;
 
 use super::{
-    new_histogram, parallel, record, LatencyTimer, Measurement, Plan, RawBaseline, Step,
-    STALL_LIMIT,
+    new_histogram, parallel, record, DrainProgress, LatencyTimer, Measurement, Plan, RawBaseline,
+    Step,
 };
 
 /// Lease of every read, in pgmq's whole seconds (as the provider's 30 s lease).
@@ -153,30 +153,22 @@ async fn drain(
     target: u64,
     h: &mut Histogram<u64>,
 ) -> anyhow::Result<u64> {
-    let mut mine = 0;
-    let mut last_progress = Instant::now();
-    while acked.load(Ordering::Relaxed) < target {
+    let mut progress = DrainProgress::new(acked, target);
+    while progress.unfinished() {
         let t = Instant::now();
         let got = q
             .read_batch::<serde_json::Value>(name, VT_SECS, batch as i32)
             .await?;
         if got.is_empty() {
-            anyhow::ensure!(
-                last_progress.elapsed() < STALL_LIMIT,
-                "raw pgmq: nothing read for {STALL_LIMIT:?}"
-            );
+            progress.idle("raw pgmq read")?;
             tokio::time::sleep(POLL).await;
             continue;
         }
         let ids: Vec<i64> = got.iter().map(|m| m.msg_id).collect();
         q.delete_batch(name, &ids).await?;
-        record(h, t);
-        last_progress = Instant::now();
-        let k = ids.len() as u64;
-        mine += k;
-        acked.fetch_add(k, Ordering::Relaxed);
+        progress.acked(ids.len() as u64, h, t);
     }
-    Ok(mine)
+    Ok(progress.mine)
 }
 
 async fn receive_ack(q: &Arc<PGMQueueExt>, name: &str, plan: &Plan) -> anyhow::Result<Measurement> {

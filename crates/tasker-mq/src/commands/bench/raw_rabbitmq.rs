@@ -35,8 +35,8 @@ use tasker_messaging::{MessagingConfig, OutgoingMessage, RabbitMqQueueType};
 use tokio::sync::{mpsc, OnceCell};
 
 use super::{
-    fresh, new_histogram, parallel, record, seen_within, LatencyTimer, Measurement, Plan,
-    RawBaseline, Step, STALL_LIMIT,
+    fresh, new_histogram, parallel, record, seen_within, DrainProgress, LatencyTimer, Measurement,
+    Plan, RawBaseline, Step,
 };
 
 /// How long a consumer waits for the rest of a batch before it acks what it has.
@@ -177,30 +177,19 @@ async fn drain(
     target: u64,
     h: &mut Histogram<u64>,
 ) -> anyhow::Result<u64> {
-    let mut mine = 0;
-    let mut last_progress = Instant::now();
-    while acked.load(Ordering::Relaxed) < target {
+    let mut progress = DrainProgress::new(acked, target);
+    while progress.unfinished() {
         let t = Instant::now();
-        let (n, last) = take(consumer, batch, |got| {
-            acked.load(Ordering::Relaxed) + got >= target
-        })
-        .await?;
+        let (n, last) = take(consumer, batch, |got| progress.total() + got >= target).await?;
         let Some(last) = last else {
-            anyhow::ensure!(
-                last_progress.elapsed() < STALL_LIMIT,
-                "raw lapin: nothing delivered for {STALL_LIMIT:?} with {} of {target} acked",
-                acked.load(Ordering::Relaxed)
-            );
+            progress.idle("raw lapin consume")?;
             continue;
         };
         ch.basic_ack(last, BasicAckOptions { multiple: true })
             .await?;
-        record(h, t);
-        last_progress = Instant::now();
-        mine += n;
-        acked.fetch_add(n, Ordering::Relaxed);
+        progress.acked(n, h, t);
     }
-    Ok(mine)
+    Ok(progress.mine)
 }
 
 impl RawLapin {
