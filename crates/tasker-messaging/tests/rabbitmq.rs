@@ -705,27 +705,6 @@ async fn concurrent_waits_share_one_subscription_and_each_send_wakes_one() {
     svc.delete_queue(&q).await.unwrap();
 }
 
-/// Waiting on a queue that does not exist sleeps out its time: a caller's loop never spins.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wait_on_a_missing_queue_sleeps_instead_of_spinning() {
-    let Some(svc) = rabbitmq_support::service().await else {
-        return;
-    };
-    let missing = unique("waitmissing");
-    let started = Instant::now();
-    svc.wait_for_messages(&missing, Duration::from_millis(400))
-        .await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(380),
-        "returned after {:?}",
-        started.elapsed()
-    );
-    assert!(matches!(
-        svc.receive(&missing, 1, Duration::from_secs(1)).await,
-        Err(MessagingError::QueueNotFound { .. })
-    ));
-}
-
 /// A caller that gives up on a wait (a timeout around it) leaves no subscription behind that
 /// could sit on a message: what arrives during the wait's time is kept for this service, and
 /// after it other receivers get new messages at once.

@@ -1389,6 +1389,17 @@ async fn c12_stream(ctx: Ctx) -> CaseResultInner {
         m.metadata.message_id == id && m.metadata.receive_count == 1,
         "a dropped stream took a message"
     );
+
+    // Waiting on a queue that does not exist sleeps out its time: a loop around it never spins.
+    let missing = ctx.queue_name("missing");
+    let max_wait = Duration::from_millis(300);
+    let started = Instant::now();
+    ctx.service.wait_for_messages(&missing, max_wait).await;
+    ensure!(
+        started.elapsed() + Duration::from_millis(20) >= max_wait,
+        "wait_for_messages on a missing queue returned after {:?}, before its {max_wait:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -1444,6 +1455,35 @@ async fn c13_wakeup(ctx: Ctx) -> CaseResultInner {
         woke_after < within,
         "the wait woke {woke_after:?} after the send"
     );
+
+    // A caller that gives up on a wait (a timeout around it) loses nothing: the next message
+    // sent is received by the waiting service, as a first delivery. (One early return is
+    // allowed, e.g. a wakeup left over from the last send; returning at once again and again
+    // on an empty queue would make a loop spin.)
+    let mut gave_up = false;
+    for _ in 0..3 {
+        let wait = svc.wait_for_messages(&q, Duration::from_secs(2));
+        if tokio::time::timeout(ctx.unit / 2, wait).await.is_err() {
+            gave_up = true;
+            break;
+        }
+    }
+    ensure!(
+        gave_up,
+        "wait_for_messages on an empty queue returned at once three times in a row"
+    );
+    let id = other
+        .send(&q, OutgoingMessage::new("after a given-up wait"))
+        .await
+        .ctx("send (other connection)")?;
+    let got = recv_some(&ctx, &*svc, &q, 10, Duration::from_secs(30), ctx.slack()).await?;
+    ensure!(
+        got.len() == 1 && got[0].metadata.message_id == id && got[0].metadata.receive_count == 1,
+        "after a given-up wait the message was not received as its first delivery"
+    );
+    svc.delete_message(&q, got[0].receipt())
+        .await
+        .ctx("delete")?;
     Ok(())
 }
 
