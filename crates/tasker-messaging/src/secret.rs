@@ -68,7 +68,7 @@ pub fn redact_url(raw: &str) -> String {
 }
 
 /// Removes `secret`'s password and secret query values from `text` (as written in the URL and
-/// percent-decoded, the form client libraries print), then whatever [`scrub_known`] removes:
+/// percent-decoded, the form client libraries print), then whatever `scrub_known` removes:
 /// for error messages from client libraries and servers, which may echo either.
 pub fn scrub(text: &str, secret: &SecretUrl) -> String {
     let mut out = text.replace(secret.expose(), &secret.redacted());

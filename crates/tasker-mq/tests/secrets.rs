@@ -5,11 +5,7 @@
 //! Needs the machine's PostgreSQL and RabbitMQ for the wrong-password and pass-through cases;
 //! run under `flock -s /tmp/tasker-services.lock`.
 
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Command, Output};
-use std::thread;
 
 /// The password as client libraries print it once they decoded the URL.
 const RAW: &str = "Xq9#sEcr3t/p@ss";
@@ -114,11 +110,13 @@ fn assert_no_password(case: &Case) {
 }
 
 /// A loopback port nothing listens on.
+#[cfg(all(feature = "pgmq", feature = "rabbitmq"))]
 fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     listener.local_addr().expect("its address").port()
 }
 
+#[cfg(feature = "pgmq")]
 fn pg_url_with(password: &str, host_port: &str) -> String {
     format!("postgres://postgres:{password}@{host_port}/test")
 }
@@ -160,6 +158,7 @@ fn configuration_errors_name_the_key_without_the_value() {
     }
 }
 
+#[cfg(all(feature = "pgmq", feature = "rabbitmq"))]
 #[test]
 fn bad_urls_and_unreachable_servers_do_not_show_the_password() {
     let closed = format!("127.0.0.1:{}", closed_port());
@@ -204,6 +203,7 @@ fn bad_urls_and_unreachable_servers_do_not_show_the_password() {
     }
 }
 
+#[cfg(all(feature = "pgmq", feature = "rabbitmq"))]
 #[test]
 fn a_wrong_password_on_the_real_servers_does_not_show_it() {
     let cases = [
@@ -242,10 +242,11 @@ fn a_wrong_password_on_the_real_servers_does_not_show_it() {
 /// A server that quotes the password back in its error reaches every place that shows a
 /// client library's error: the provider's start (`scrub` with the URL, which must remove the
 /// decoded form the library sent) and the LISTEN connection's log lines (which hold no URL).
+#[cfg(feature = "pgmq")]
 #[test]
 fn a_server_quoting_the_password_back_does_not_make_it_print() {
-    let everyone = echoing_postgres(None);
-    let listener_only = echoing_postgres(Some("tasker_messaging_listener"));
+    let everyone = hostile::echoing_postgres(None);
+    let listener_only = hostile::echoing_postgres(Some("tasker_messaging_listener"));
     let cases = [
         Case::new(
             "echo_on_start",
@@ -273,88 +274,96 @@ fn a_server_quoting_the_password_back_does_not_make_it_print() {
     }
 }
 
-/// A PostgreSQL front door on a loopback port that asks for the password in clear text and
-/// refuses the login quoting it back (as a careless proxy might). With `only_for`, just the
-/// connections whose `application_name` starts with it get that; the others are passed
-/// through to the machine's PostgreSQL. Returns `host:port`.
-fn echoing_postgres(only_for: Option<&'static str>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let address = listener.local_addr().expect("its address").to_string();
-    thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let _ = serve(client, only_for);
-            });
-        }
-    });
-    address
-}
+#[cfg(feature = "pgmq")]
+mod hostile {
+    use std::collections::HashMap;
+    use std::io::{self, Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::thread;
 
-/// A startup-phase message: a length (itself included), then the body.
-fn read_body(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len)?;
-    let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-    stream.read_exact(&mut body)?;
-    Ok(body)
-}
-
-fn serve(mut client: TcpStream, only_for: Option<&str>) -> io::Result<()> {
-    const SSL_REQUEST: u32 = 80_877_103;
-    const GSSENC_REQUEST: u32 = 80_877_104;
-    let startup = loop {
-        let body = read_body(&mut client)?;
-        let code = u32::from_be_bytes(body[..4].try_into().unwrap_or_default());
-        if code == SSL_REQUEST || code == GSSENC_REQUEST {
-            client.write_all(b"N")?; // no encryption: go on in clear text
-            continue;
-        }
-        break body;
-    };
-    let fields: Vec<String> = startup[4..]
-        .split(|b| *b == 0)
-        .map(|f| String::from_utf8_lossy(f).into_owned())
-        .collect();
-    let params: HashMap<_, _> = fields
-        .chunks(2)
-        .filter(|kv| kv.len() == 2)
-        .map(|kv| (kv[0].clone(), kv[1].clone()))
-        .collect();
-    let app = params.get("application_name").map_or("", String::as_str);
-    if only_for.is_some_and(|prefix| !app.starts_with(prefix)) {
-        let mut server = TcpStream::connect("127.0.0.1:5432")?;
-        server.write_all(&(startup.len() as u32 + 4).to_be_bytes())?;
-        server.write_all(&startup)?;
-        let (mut from_server, mut to_client) = (server.try_clone()?, client.try_clone()?);
+    /// A PostgreSQL front door on a loopback port that asks for the password in clear text and
+    /// refuses the login quoting it back (as a careless proxy might). With `only_for`, just the
+    /// connections whose `application_name` starts with it get that; the others are passed
+    /// through to the machine's PostgreSQL. Returns `host:port`.
+    pub fn echoing_postgres(only_for: Option<&'static str>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let address = listener.local_addr().expect("its address").to_string();
         thread::spawn(move || {
-            let _ = io::copy(&mut from_server, &mut to_client);
-            let _ = to_client.shutdown(Shutdown::Both);
+            for client in listener.incoming().flatten() {
+                thread::spawn(move || {
+                    let _ = serve(client, only_for);
+                });
+            }
         });
-        let _ = io::copy(&mut client, &mut server);
-        let _ = server.shutdown(Shutdown::Both);
-        return Ok(());
+        address
     }
-    // AuthenticationCleartextPassword, then the client's PasswordMessage ('p').
-    client.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])?;
-    let mut tag = [0u8; 1];
-    client.read_exact(&mut tag)?;
-    let body = read_body(&mut client)?;
-    let password = String::from_utf8_lossy(body.split(|b| *b == 0).next().unwrap_or_default());
-    let message = format!("password authentication failed: this server got \"{password}\"");
-    let mut error = Vec::new();
-    for (code, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', "28P01"),
-        (b'M', message.as_str()),
-    ] {
-        error.push(code);
-        error.extend_from_slice(value.as_bytes());
+
+    /// A startup-phase message: a length (itself included), then the body.
+    fn read_body(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len)?;
+        let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+        stream.read_exact(&mut body)?;
+        Ok(body)
+    }
+
+    fn serve(mut client: TcpStream, only_for: Option<&str>) -> io::Result<()> {
+        const SSL_REQUEST: u32 = 80_877_103;
+        const GSSENC_REQUEST: u32 = 80_877_104;
+        let startup = loop {
+            let body = read_body(&mut client)?;
+            let code = u32::from_be_bytes(body[..4].try_into().unwrap_or_default());
+            if code == SSL_REQUEST || code == GSSENC_REQUEST {
+                client.write_all(b"N")?; // no encryption: go on in clear text
+                continue;
+            }
+            break body;
+        };
+        let fields: Vec<String> = startup[4..]
+            .split(|b| *b == 0)
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        let params: HashMap<_, _> = fields
+            .chunks(2)
+            .filter(|kv| kv.len() == 2)
+            .map(|kv| (kv[0].clone(), kv[1].clone()))
+            .collect();
+        let app = params.get("application_name").map_or("", String::as_str);
+        if only_for.is_some_and(|prefix| !app.starts_with(prefix)) {
+            let mut server = TcpStream::connect("127.0.0.1:5432")?;
+            server.write_all(&(startup.len() as u32 + 4).to_be_bytes())?;
+            server.write_all(&startup)?;
+            let (mut from_server, mut to_client) = (server.try_clone()?, client.try_clone()?);
+            thread::spawn(move || {
+                let _ = io::copy(&mut from_server, &mut to_client);
+                let _ = to_client.shutdown(Shutdown::Both);
+            });
+            let _ = io::copy(&mut client, &mut server);
+            let _ = server.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        // AuthenticationCleartextPassword, then the client's PasswordMessage ('p').
+        client.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])?;
+        let mut tag = [0u8; 1];
+        client.read_exact(&mut tag)?;
+        let body = read_body(&mut client)?;
+        let password = String::from_utf8_lossy(body.split(|b| *b == 0).next().unwrap_or_default());
+        let message = format!("password authentication failed: this server got \"{password}\"");
+        let mut error = Vec::new();
+        for (code, value) in [
+            (b'S', "FATAL"),
+            (b'V', "FATAL"),
+            (b'C', "28P01"),
+            (b'M', message.as_str()),
+        ] {
+            error.push(code);
+            error.extend_from_slice(value.as_bytes());
+            error.push(0);
+        }
         error.push(0);
+        client.write_all(b"E")?;
+        client.write_all(&(error.len() as u32 + 4).to_be_bytes())?;
+        client.write_all(&error)?;
+        client.flush()
     }
-    error.push(0);
-    client.write_all(b"E")?;
-    client.write_all(&(error.len() as u32 + 4).to_be_bytes())?;
-    client.write_all(&error)?;
-    client.flush()
 }
