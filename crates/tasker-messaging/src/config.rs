@@ -425,7 +425,7 @@ impl MessagingConfig {
 
     /// Sources given by the caller, extracted and validated like `load`.
     pub fn from_figment(figment: Figment) -> Result<Self, MessagingError> {
-        let config: MessagingConfig = figment.extract().map_err(figment_error)?;
+        let config: MessagingConfig = figment.extract().map_err(MessagingError::from_figment)?;
         config.validate()?;
         Ok(config)
     }
@@ -579,40 +579,6 @@ impl MessagingConfig {
     }
 }
 
-/// Turns figment's error into one naming the full key.
-fn figment_error(err: figment::Error) -> MessagingError {
-    use figment::error::Kind;
-    let mut key = err.path.join(".");
-    let message = match &err.kind {
-        Kind::UnknownField(field, expected) => {
-            if err.path.last() != Some(field) {
-                if !key.is_empty() {
-                    key.push('.');
-                }
-                key.push_str(field);
-            }
-            format!("unknown key; expected one of {}", expected.join(", "))
-        }
-        Kind::MissingField(field) => {
-            if !key.is_empty() {
-                key.push('.');
-            }
-            key.push_str(field);
-            "missing required key".to_owned()
-        }
-        other => other.to_string(),
-    };
-    let source = err
-        .metadata
-        .as_ref()
-        .map(|m| format!(" (from {})", m.name))
-        .unwrap_or_default();
-    MessagingError::config(
-        if key.is_empty() { "<root>".into() } else { key },
-        format!("{message}{source}"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,6 +628,41 @@ mod tests {
         assert_eq!(key_of(err), "queues.max_recieve_count");
         let err = MessagingConfig::from_toml_str("provdier = 'pgmq'").unwrap_err();
         assert_eq!(key_of(err), "provdier");
+    }
+
+    #[test]
+    fn errors_name_the_key_but_never_echo_a_value() {
+        let pw = "Zz%2Fq!9secret";
+        for (toml, key) in [
+            (
+                format!("[connection]\npgmq = 'postgres://u:{pw}@h/db'"),
+                "connection.pgmq",
+            ),
+            (
+                format!("[connection.pgmq]\ndatabase_url = 'postgres://u:p@h/db'\npool_size = 'postgres://u:{pw}@h'"),
+                "connection.pgmq.pool_size",
+            ),
+            (format!("provider = 'postgres://u:{pw}@h/db'"), "provider"),
+            (format!("[queues]\nnamespaces = '{pw}'"), "queues.namespaces"),
+            (format!("[queues]\nmax_payload_bytes = ['{pw}']"), "queues.max_payload_bytes"),
+            (format!("[connection.pgmq]\ndatabase_url = \"postgres://u:{pw}@h/db"), "<root>"),
+        ] {
+            let err = MessagingConfig::from_toml_str(&toml).unwrap_err();
+            let shown = err.to_string();
+            assert!(!shown.contains("Zz%2Fq") && !shown.contains("Zz/q"), "{shown}");
+            assert_eq!(key_of(err), key, "{shown}");
+        }
+        let err =
+            MessagingConfig::from_toml_str("[queues]\nmax_receive_count = 'lots'").unwrap_err();
+        assert!(
+            err.to_string().contains("expected u32, found a string"),
+            "{err}"
+        );
+        let err = MessagingConfig::from_toml_str("x = [1,").unwrap_err();
+        assert!(
+            err.to_string().contains("TOML parse error at line 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -189,11 +189,116 @@ impl MessagingError {
             message: message.into(),
         }
     }
+
+    /// Turns figment's error into one naming the full key, and never the value: a value in the
+    /// wrong place (a URL where a table belongs, a password in a number's key) may be a
+    /// secret, and serde's messages quote it. The source (file or environment) is named.
+    pub(crate) fn from_figment(err: figment::Error) -> Self {
+        use figment::error::Kind;
+        let mut key = err.path.join(".");
+        let mut extend_key = |field: &str| {
+            if err.path.last().map(String::as_str) != Some(field) {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(field);
+            }
+        };
+        let message = match &err.kind {
+            Kind::UnknownField(field, expected) => {
+                extend_key(field);
+                format!("unknown key; expected one of {}", expected.join(", "))
+            }
+            Kind::MissingField(field) => {
+                extend_key(field);
+                "missing required key".to_owned()
+            }
+            Kind::DuplicateField(field) => {
+                extend_key(field);
+                "key given twice".to_owned()
+            }
+            Kind::InvalidType(actual, expected) => {
+                format!("expected {expected}, found {}", kind_of(actual))
+            }
+            Kind::InvalidValue(actual, expected) => {
+                format!("invalid {}, expected {expected}", kind_of(actual))
+            }
+            Kind::InvalidLength(len, expected) => format!("{len} items, expected {expected}"),
+            Kind::UnknownVariant(_, expected) => {
+                format!("unknown value; expected one of {}", expected.join(", "))
+            }
+            Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "number out of range".into(),
+            Kind::Unsupported(actual) => format!("{} is not supported here", kind_of(actual)),
+            Kind::UnsupportedKey(actual, expected) => {
+                format!("{} cannot be a key, expected {expected}", kind_of(actual))
+            }
+            Kind::Message(message) => without_quoted_source(message),
+        };
+        let source = err
+            .metadata
+            .as_ref()
+            .map(|m| format!(" (from {})", m.name))
+            .unwrap_or_default();
+        MessagingError::config(
+            if key.is_empty() { "<root>".into() } else { key },
+            format!("{message}{source}"),
+        )
+    }
+}
+
+/// What kind of value serde found, without the value.
+fn kind_of(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) => "a character",
+        Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Unit => "an empty value",
+        Actual::Option => "an optional value",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        Actual::NewtypeStruct
+        | Actual::Enum
+        | Actual::UnitVariant
+        | Actual::NewtypeVariant
+        | Actual::TupleVariant
+        | Actual::StructVariant
+        | Actual::Other(_) => "another kind of value",
+    }
+}
+
+/// A parser's own message (a TOML syntax error, a custom deserializer's error) without the
+/// source excerpt it quotes (`3 | database_url = "postgres://u:pw@...`), lines joined, and
+/// any remaining URL userinfo or known secret scrubbed.
+fn without_quoted_source(message: &str) -> String {
+    let kept: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            !line.is_empty()
+                && !line
+                    .trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ')
+                    .starts_with('|')
+        })
+        .collect();
+    crate::secret::scrub_known(&kept.join(": "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parser_message_loses_its_quoted_source() {
+        let toml = "TOML parse error at line 3, column 64\n  |\n3 | url = \"amqp://u:Pw@h\n  |      ^\ninvalid basic string\n";
+        assert_eq!(
+            without_quoted_source(toml),
+            "TOML parse error at line 3, column 64: invalid basic string"
+        );
+    }
 
     #[test]
     fn classification_separates_transient_from_bad_input() {

@@ -125,8 +125,13 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// Logs go to stderr, quiet unless RUST_LOG asks, so stdout stays clean for `--json`.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // sqlx logs the value of every connect parameter it does not know, at warn, decoded: a
+    // `?sslpassword=...` (libpq's, not sqlx's) would print the password.
+    if let Ok(quiet) = "sqlx_postgres::options::parse=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

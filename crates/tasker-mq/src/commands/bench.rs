@@ -4,41 +4,61 @@
 //! runs never see each other's messages. The payload is the orchestrator's canonical message,
 //! the JSON three-UUID `StepMessage` (about 159 bytes), encoded before timing starts.
 //!
-//! A provider may register a raw-client baseline ([`raw_baseline`]): the same steps done with
-//! the backend's own client, no abstraction, run in the same process so the table can quote
-//! the ratio on a noisy machine.
+//! The timed loop exists once, in `bench/timed.rs`: every step of the provider
+//! (`bench/service.rs`) and of every raw baseline runs through it, and a backend only says how
+//! to do each operation. A raw baseline is the same steps done with the backend's own client,
+//! no abstraction, in the same process, rounds alternating with the provider, so the table can
+//! quote the ratio on a noisy machine.
+//!
+//! # Adding a provider's raw baseline
+//!
+//! 1. Add `bench/raw_<provider>.rs` (behind the provider's cargo feature, with the raw client
+//!    as an optional dependency of that feature) holding two types:
+//!    * a target implementing [`target::Target`]: its `label` (client and version, shown in
+//!      the table), `create_queue` / `delete_queue` (queues of the same kind the provider
+//!      makes; names come with the suffix `_raw`), `client` (one task's connection, channel or
+//!      handle for a step, opened before the clock starts; a `SendBatch` client also fills the
+//!      receive steps' queues) and `watch` (a consumer reporting each message it sees, for the
+//!      latency step, started with [`target::Watch::spawn`]);
+//!    * a client implementing [`target::Client`]: `message(i)` (the plan's templates as that
+//!      client sends them, built untimed), `send`, `send_batch`, `receive_ack(max)` (take up
+//!      to `max` and ack them the fastest way the raw client can, returning how many; 0 after
+//!      a short wait when none came), and optionally `idle` (how its users wait on an empty
+//!      queue), `close` and `message_id`.
+//!
+//!    Do what the client's users would do where it has no equivalent of a step (say so in
+//!    the file's docs), or return `false` from `supports(step)` to show "-".
+//! 2. Register it in [`raw_baseline`] below, built from the provider's connection settings;
+//!    never print its URL unredacted.
+//! 3. Run `tasker-mq bench --provider <name>` and quote the same-run ratios in
+//!    docs/benchmarks.md.
 
-use std::future::Future;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use clap::{Args, ValueEnum};
-use futures::StreamExt;
-use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use serde::Serialize;
 use tasker_messaging::{
-    ConsumerExt, ConsumerOptions, MessageId, MessagingConfig, MessagingService, OutgoingMessage,
-    ProviderKind, QueueName, StepMessage,
+    MessageId, MessagingConfig, MessagingService, OutgoingMessage, ProviderKind, QueueName,
+    StepMessage,
 };
-use tokio::sync::{mpsc, Barrier};
 
 use crate::provider::GlobalOpts;
-use crate::table;
 
 #[cfg(feature = "pgmq")]
 mod raw_pgmq;
 #[cfg(feature = "rabbitmq")]
 mod raw_rabbitmq;
+mod report;
+mod service;
+mod target;
+mod timed;
 
-/// Lease taken by every receive: long enough that nothing is redelivered during a step.
-const LEASE: Duration = Duration::from_secs(30);
-/// A step that makes no progress for this long has lost messages: fail instead of hanging.
-const STALL_LIMIT: Duration = Duration::from_secs(30);
+use report::{BenchReport, RawReport, StepReport};
+use timed::{Bench, Measurement};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -149,17 +169,13 @@ impl Plan {
     /// Round `r` of `rounds`: the same plan with its share of the messages and samples.
     fn part(&self, rounds: u64, r: u64) -> Plan {
         Plan {
-            messages: share(self.messages, rounds, r),
+            messages: timed::share(self.messages, rounds, r),
             tasks: self.tasks,
             batch_size: self.batch_size,
-            latency_samples: share(self.latency_samples, rounds, r),
+            latency_samples: timed::share(self.latency_samples, rounds, r),
             templates: self.templates.clone(),
             run_id: self.run_id.clone(),
         }
-    }
-
-    fn message(&self, i: u64) -> OutgoingMessage {
-        fresh(&self.templates, i)
     }
 
     pub fn payload_bytes(&self) -> usize {
@@ -180,7 +196,7 @@ impl Plan {
 }
 
 /// A template with a fresh message id: what a producer would send.
-fn fresh(templates: &[OutgoingMessage], i: u64) -> OutgoingMessage {
+pub fn fresh(templates: &[OutgoingMessage], i: u64) -> OutgoingMessage {
     let t = &templates[(i % templates.len() as u64) as usize];
     OutgoingMessage {
         payload: t.payload.clone(),
@@ -190,87 +206,18 @@ fn fresh(templates: &[OutgoingMessage], i: u64) -> OutgoingMessage {
     }
 }
 
-/// The outcome of one step: messages moved, wall time, and a histogram of call times (ns).
-pub struct Measurement {
-    pub messages: u64,
-    pub elapsed: Duration,
-    pub histogram: Histogram<u64>,
-}
-
-impl Measurement {
-    /// Adds the rounds of a step together.
-    fn absorb(total: Option<Measurement>, part: Measurement) -> anyhow::Result<Measurement> {
-        let Some(mut total) = total else {
-            return Ok(part);
-        };
-        total.messages += part.messages;
-        total.elapsed += part.elapsed;
-        total
-            .histogram
-            .add(part.histogram)
-            .context("merging histograms")?;
-        Ok(total)
-    }
-}
-
-/// A backend's own client doing a step with no abstraction, for the ratio column.
-#[async_trait]
-pub trait RawBaseline: Send + Sync {
-    /// Names the client, e.g. "pgmq crate 0.33".
-    fn client(&self) -> String;
-    /// Runs `step` as `plan` says, on its own queues (cleaned up after); `None` when the raw
-    /// client has no equivalent of the step.
-    async fn run(&self, step: Step, plan: &Plan) -> anyhow::Result<Option<Measurement>>;
-}
-
 /// The raw baseline registered for the configured provider, if any.
-fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn RawBaseline>>> {
+fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn Bench>>> {
     match config.provider {
         // Nothing lies beneath the in-memory provider to compare it with.
         ProviderKind::InMemory => Ok(None),
         #[cfg(feature = "pgmq")]
         ProviderKind::Pgmq => Ok(Some(Box::new(raw_pgmq::RawPgmq::from_config(config)?))),
         #[cfg(feature = "rabbitmq")]
-        ProviderKind::Rabbitmq => raw_rabbitmq::baseline(config).map(Some),
+        ProviderKind::Rabbitmq => Ok(Some(Box::new(raw_rabbitmq::RawLapin::from_config(config)?))),
         // Providers register their raw client here as they land.
         _ => Ok(None),
     }
-}
-
-#[derive(Debug, Serialize)]
-pub struct BenchReport {
-    pub provider: ProviderKind,
-    pub messages: u64,
-    pub tasks: u64,
-    pub batch_size: u64,
-    pub latency_samples: u64,
-    pub payload_bytes: usize,
-    pub steps: Vec<StepReport>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct StepReport {
-    pub step: Step,
-    pub description: String,
-    pub messages: u64,
-    pub seconds: f64,
-    pub msg_per_sec: f64,
-    /// What p50/p99/max time.
-    pub timed: &'static str,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    pub raw: Option<RawReport>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RawReport {
-    pub client: String,
-    pub msg_per_sec: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    /// Provider throughput over raw throughput.
-    pub throughput_ratio: f64,
 }
 
 pub async fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<()> {
@@ -294,9 +241,10 @@ async fn run_steps(
     config: &MessagingConfig,
     service: &Arc<dyn MessagingService>,
     args: BenchArgs,
-    current: &Mutex<Option<QueueName>>,
+    current: &Arc<Mutex<Option<QueueName>>>,
 ) -> anyhow::Result<()> {
     let baseline = raw_baseline(config)?;
+    let provider = service::ServiceTarget::new(service.clone(), current.clone());
     let steps = if args.steps.is_empty() {
         Step::ALL.to_vec()
     } else {
@@ -323,6 +271,8 @@ async fn run_steps(
         payload_bytes: plan.payload_bytes(),
         steps: Vec::new(),
     };
+    // The raw side's progress is not drawn: the bar counts the provider's messages.
+    let hidden = ProgressBar::hidden();
     for step in steps {
         let total = match step {
             Step::Latency => plan.latency_samples,
@@ -341,24 +291,22 @@ async fn run_steps(
             for raw_turn in [raw_first, !raw_first] {
                 match (&baseline, raw_turn) {
                     (Some(b), true) => {
-                        if let Some(m) = b.run(step, &part).await.with_context(|| {
-                            format!("raw baseline ({}) step {}", b.client(), step.name())
-                        })? {
+                        let m = b.run(step, &part, &hidden).await.with_context(|| {
+                            format!("raw baseline ({}) step {}", b.label(), step.name())
+                        });
+                        if let Some(m) = finish_on_error(&bar, m)? {
                             raw_measured = Some(Measurement::absorb(raw_measured, m)?);
                         }
                     }
                     (None, true) => {}
                     (_, false) => {
-                        let m = run_step(service, step, &part, &bar, current).await;
-                        let m = m.with_context(|| format!("bench step {}", step.name()));
-                        let m = match m {
-                            Ok(m) => m,
-                            Err(e) => {
-                                bar.finish_and_clear();
-                                return Err(e);
-                            }
-                        };
-                        measured = Some(Measurement::absorb(measured, m)?);
+                        let m = provider
+                            .run(step, &part, &bar)
+                            .await
+                            .with_context(|| format!("bench step {}", step.name()));
+                        if let Some(m) = finish_on_error(&bar, m)? {
+                            measured = Some(Measurement::absorb(measured, m)?);
+                        }
                     }
                 }
             }
@@ -366,21 +314,21 @@ async fn run_steps(
         bar.finish_and_clear();
         let measured = measured.context("a bench step ran no round")?;
         let raw = raw_measured.map(|m| RawReport {
-            client: baseline.as_ref().map(|b| b.client()).unwrap_or_default(),
-            msg_per_sec: rate(&m),
-            p50_ms: quantile_ms(&m.histogram, 0.5),
-            p99_ms: quantile_ms(&m.histogram, 0.99),
-            throughput_ratio: rate(&measured) / rate(&m).max(f64::MIN_POSITIVE),
+            client: baseline.as_ref().map(|b| b.label()).unwrap_or_default(),
+            msg_per_sec: m.rate(),
+            p50_ms: m.quantile_ms(0.5),
+            p99_ms: m.quantile_ms(0.99),
+            throughput_ratio: measured.rate() / m.rate().max(f64::MIN_POSITIVE),
         });
         report.steps.push(StepReport {
             step,
             description: step.describe(plan.batch_size),
             messages: measured.messages,
             seconds: measured.elapsed.as_secs_f64(),
-            msg_per_sec: rate(&measured),
+            msg_per_sec: measured.rate(),
             timed: step.timed(),
-            p50_ms: quantile_ms(&measured.histogram, 0.5),
-            p99_ms: quantile_ms(&measured.histogram, 0.99),
+            p50_ms: measured.quantile_ms(0.5),
+            p99_ms: measured.quantile_ms(0.99),
             max_ms: measured.histogram.max() as f64 / 1e6,
             raw,
         });
@@ -388,650 +336,21 @@ async fn run_steps(
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        out!("{}", render(&report))?;
+        out!("{}", report::render(&report))?;
     }
     Ok(())
 }
 
-/// Runs one step on its own queue and deletes the queue, whatever the outcome.
-async fn run_step(
-    service: &Arc<dyn MessagingService>,
-    step: Step,
-    plan: &Plan,
-    bar: &ProgressBar,
-    current: &Mutex<Option<QueueName>>,
-) -> anyhow::Result<Measurement> {
-    let queue = plan.queue_for(step)?;
-    set_current(current, Some(queue.clone()));
-    service
-        .create_queue(&queue)
-        .await
-        .with_context(|| format!("creating {queue}"))?;
-    let result = match step {
-        Step::Send => bench_send(service, &queue, plan, bar).await,
-        Step::SendBatch => bench_send_batch(service, &queue, plan, bar).await,
-        Step::ReceiveAck => bench_receive_ack(service, &queue, plan, bar).await,
-        Step::ConsumeAck => bench_consume_ack(service, &queue, plan, bar).await,
-        Step::SendReceiveAck => bench_send_receive_ack(service, &queue, plan, bar).await,
-        Step::Latency => bench_latency(service, &queue, plan, bar).await,
-    };
-    let cleanup = service
-        .delete_queue(&queue)
-        .await
-        .with_context(|| format!("deleting {queue}"));
-    set_current(current, None);
-    let measured = result?;
-    cleanup?;
-    Ok(measured)
-}
-
-fn set_current(current: &Mutex<Option<QueueName>>, queue: Option<QueueName>) {
-    if let Ok(mut slot) = current.lock() {
-        *slot = queue;
+/// Clears the progress bar before an error is printed.
+fn finish_on_error<T>(bar: &ProgressBar, result: anyhow::Result<T>) -> anyhow::Result<T> {
+    if result.is_err() {
+        bar.finish_and_clear();
     }
+    result
 }
 
 fn templates(n: u64) -> anyhow::Result<Vec<OutgoingMessage>> {
     (0..n)
         .map(|_| Ok(OutgoingMessage::json(&StepMessage::random())?))
         .collect()
-}
-
-fn new_histogram() -> Histogram<u64> {
-    // 1 ns to 10 minutes at 3 significant digits.
-    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("static histogram bounds are valid")
-}
-
-fn record(h: &mut Histogram<u64>, since: Instant) {
-    h.saturating_record(since.elapsed().as_nanos().min(u64::MAX as u128) as u64);
-}
-
-/// The bookkeeping of one task draining a shared target, shared with the raw baselines: the
-/// total acked by all tasks, this task's share, its histogram, and the stall check (a round
-/// without messages for [`STALL_LIMIT`] is an error, not a hang).
-struct DrainProgress<'a> {
-    acked: &'a AtomicU64,
-    target: u64,
-    mine: u64,
-    last_progress: Instant,
-}
-
-impl<'a> DrainProgress<'a> {
-    fn new(acked: &'a AtomicU64, target: u64) -> Self {
-        DrainProgress {
-            acked,
-            target,
-            mine: 0,
-            last_progress: Instant::now(),
-        }
-    }
-
-    /// Acked by all tasks so far.
-    fn total(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
-    }
-
-    fn unfinished(&self) -> bool {
-        self.total() < self.target
-    }
-
-    /// A round that found nothing: fine until nothing has come for [`STALL_LIMIT`].
-    fn idle(&self, who: &str) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.last_progress.elapsed() < STALL_LIMIT,
-            "{who}: nothing for {STALL_LIMIT:?} with {} of {} acked",
-            self.total(),
-            self.target
-        );
-        Ok(())
-    }
-
-    /// `k` messages acked by a round that started at `t`.
-    fn acked(&mut self, k: u64, h: &mut Histogram<u64>, t: Instant) {
-        record(h, t);
-        self.last_progress = Instant::now();
-        self.mine += k;
-        self.acked.fetch_add(k, Ordering::Relaxed);
-    }
-}
-
-/// The bookkeeping of a latency step, shared with the raw baselines: a few untimed round
-/// trips first (so the consumer is running when timing starts), then `latency_samples` timed
-/// ones.
-pub struct LatencyTimer {
-    warmup: u64,
-    samples: u64,
-    histogram: Histogram<u64>,
-    timed_from: Instant,
-}
-
-impl LatencyTimer {
-    pub fn new(plan: &Plan) -> Self {
-        LatencyTimer {
-            warmup: (plan.latency_samples / 10).clamp(1, 100),
-            samples: plan.latency_samples,
-            histogram: new_histogram(),
-            timed_from: Instant::now(),
-        }
-    }
-
-    /// Round trips to make, warm-up included.
-    pub fn round_trips(&self) -> u64 {
-        self.warmup + self.samples
-    }
-
-    /// Called before round trip `i`: the step's clock starts with the first timed one.
-    pub fn begin(&mut self, i: u64) {
-        if i == self.warmup {
-            self.timed_from = Instant::now();
-        }
-    }
-
-    /// Records round trip `i` (sent at `start`, seen at `seen`); true when it was timed.
-    pub fn record(&mut self, i: u64, start: Instant, seen: Instant) -> bool {
-        if i < self.warmup {
-            return false;
-        }
-        let took = seen.saturating_duration_since(start);
-        self.histogram
-            .saturating_record(took.as_nanos().min(u64::MAX as u128) as u64);
-        true
-    }
-
-    pub fn finish(self) -> Measurement {
-        Measurement {
-            messages: self.samples,
-            elapsed: self.timed_from.elapsed(),
-            histogram: self.histogram,
-        }
-    }
-}
-
-/// When the consumer reporting on `seen` saw the message `id`, skipping reports of others;
-/// an error if it reports one, ends, or stays silent for 10 s.
-pub async fn seen_within<T: PartialEq + std::fmt::Display>(
-    seen: &mut mpsc::UnboundedReceiver<anyhow::Result<(T, Instant)>>,
-    id: &T,
-    consumer: &str,
-) -> anyhow::Result<Instant> {
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), seen.recv())
-            .await
-            .map_err(|_| anyhow::anyhow!("{consumer}: message {id} not delivered within 10 s"))?;
-        match next {
-            Some(Ok((got, at))) if got == *id => return Ok(at),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.context(consumer.to_owned())),
-            None => anyhow::bail!("{consumer} ended"),
-        }
-    }
-}
-
-fn rate(m: &Measurement) -> f64 {
-    m.messages as f64 / m.elapsed.as_secs_f64().max(1e-9)
-}
-
-fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1e6
-}
-
-/// The share of `total` that task `i` of `k` handles.
-fn share(total: u64, k: u64, i: u64) -> u64 {
-    total / k + u64::from(i < total % k)
-}
-
-/// Starts `plan.tasks` tasks together and times them from the first start to the last
-/// finish, as the tasks themselves saw it (the spawning thread may be descheduled while they
-/// run). Each returns (messages handled, call-time histogram).
-async fn parallel<F, Fut>(plan: &Plan, task: F) -> anyhow::Result<Measurement>
-where
-    F: Fn(u64, u64) -> Fut,
-    Fut: Future<Output = anyhow::Result<(u64, Histogram<u64>)>> + Send + 'static,
-{
-    let barrier = Arc::new(Barrier::new(plan.tasks as usize));
-    let mut handles = Vec::with_capacity(plan.tasks as usize);
-    for i in 0..plan.tasks {
-        let fut = task(i, share(plan.messages, plan.tasks, i));
-        let barrier = barrier.clone();
-        handles.push(tokio::spawn(async move {
-            barrier.wait().await;
-            let start = Instant::now();
-            let result = fut.await;
-            (start, Instant::now(), result)
-        }));
-    }
-    let mut histogram = new_histogram();
-    let mut messages = 0;
-    let mut first_error = None;
-    let mut span: Option<(Instant, Instant)> = None;
-    for handle in handles {
-        let (start, end, result) = handle.await.context("bench task panicked")?;
-        span = Some(match span {
-            None => (start, end),
-            Some((s, e)) => (s.min(start), e.max(end)),
-        });
-        match result {
-            Ok((n, h)) => {
-                messages += n;
-                histogram.add(h).context("merging histograms")?;
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    let elapsed = span.map_or(Duration::ZERO, |(s, e)| e - s);
-    Ok(Measurement {
-        messages,
-        elapsed,
-        histogram,
-    })
-}
-
-async fn bench_send(
-    service: &Arc<dyn MessagingService>,
-    queue: &QueueName,
-    plan: &Plan,
-    bar: &ProgressBar,
-) -> anyhow::Result<Measurement> {
-    parallel(plan, |task, n| {
-        let (service, queue, bar) = (service.clone(), queue.clone(), bar.clone());
-        let templates = plan.templates.clone();
-        async move {
-            let mut h = new_histogram();
-            for i in 0..n {
-                let message = fresh(&templates, task * n + i);
-                let t = Instant::now();
-                service.send(&queue, message).await?;
-                record(&mut h, t);
-                if i % 100 == 99 {
-                    bar.inc(100);
-                }
-            }
-            bar.inc(n % 100);
-            Ok((n, h))
-        }
-    })
-    .await
-}
-
-async fn bench_send_batch(
-    service: &Arc<dyn MessagingService>,
-    queue: &QueueName,
-    plan: &Plan,
-    bar: &ProgressBar,
-) -> anyhow::Result<Measurement> {
-    let batch = plan.batch_size;
-    parallel(plan, |task, n| {
-        let (service, queue, bar) = (service.clone(), queue.clone(), bar.clone());
-        let templates = plan.templates.clone();
-        async move {
-            let mut h = new_histogram();
-            let mut sent = 0;
-            while sent < n {
-                let k = batch.min(n - sent);
-                let messages = (sent..sent + k)
-                    .map(|i| fresh(&templates, task * n + i))
-                    .collect();
-                let t = Instant::now();
-                let ids = service.send_batch(&queue, messages).await?;
-                record(&mut h, t);
-                anyhow::ensure!(
-                    ids.len() as u64 == k,
-                    "send_batch returned {} ids for {k}",
-                    ids.len()
-                );
-                sent += k;
-                bar.inc(k);
-            }
-            Ok((n, h))
-        }
-    })
-    .await
-}
-
-/// Fills `queue` with `n` messages (untimed).
-async fn fill(
-    service: &Arc<dyn MessagingService>,
-    queue: &QueueName,
-    plan: &Plan,
-    n: u64,
-) -> anyhow::Result<()> {
-    let mut sent = 0;
-    while sent < n {
-        let k = plan.batch_size.min(n - sent);
-        let messages = (sent..sent + k).map(|i| plan.message(i)).collect();
-        service
-            .send_batch(queue, messages)
-            .await
-            .context("filling the queue")?;
-        sent += k;
-    }
-    Ok(())
-}
-
-/// Receives and acks until `acked` reaches `target` (shared by all tasks). An empty receive
-/// while others still hold leases waits for the provider's wakeup instead of spinning.
-async fn drain(
-    service: &Arc<dyn MessagingService>,
-    queue: &QueueName,
-    batch: u64,
-    acked: &AtomicU64,
-    target: u64,
-    h: &mut Histogram<u64>,
-    bar: &ProgressBar,
-) -> anyhow::Result<u64> {
-    let mut progress = DrainProgress::new(acked, target);
-    while progress.unfinished() {
-        let t = Instant::now();
-        let got = service.receive(queue, batch as usize, LEASE).await?;
-        if got.is_empty() {
-            progress.idle("receive")?;
-            service
-                .wait_for_messages(queue, Duration::from_millis(5))
-                .await;
-            continue;
-        }
-        ack_all(service, queue, &got).await?;
-        progress.acked(got.len() as u64, h, t);
-        bar.inc(got.len() as u64);
-    }
-    Ok(progress.mine)
-}
-
-async fn ack_all(
-    service: &Arc<dyn MessagingService>,
-    queue: &QueueName,
-    got: &[tasker_messaging::ReceivedMessage],
-) -> anyhow::Result<()> {
-    let receipts: Vec<_> = got.iter().map(|m| m.receipt().clone()).collect();
-    let outcome = service.delete_messages(queue, &receipts).await?;
-    if let Some((receipt, e)) = outcome.rejected.into_iter().next() {
-        anyhow::bail!("ack of receipt {receipt} refused: {e}");
-    }
-    Ok(())
-}
-
-async fn bench_receive_ack(
-    service: &Arc<dyn MessagingService>,
-    queue: &QueueName,
-    plan: &Plan,
-    bar: &ProgressBar,
-) -> anyhow::Result<Measurement> {
-    fill(service, queue, plan, plan.messages).await?;
-    let acked = Arc::new(AtomicU64::new(0));
-    let (target, batch) = (plan.messages, plan.batch_size);
-    let m = parallel(plan, |_, _| {
-        let (service, queue, bar, acked) =
-            (service.clone(), queue.clone(), bar.clone(), acked.clone());
-        async move {
-            let mut h = new_histogram();
-            let mine = drain(&service, &queue, batch, &acked, target, &mut h, &bar).await?;
-            Ok((mine, h))
-        }
-    })
-    .await?;
-    anyhow::ensure!(
-        m.messages == target,
-        "acked {} of {target} messages",
-        m.messages
-    );
-    Ok(m)
-}
-
-async fn bench_consume_ack(
-    service: &Arc<dyn MessagingService>,
-    queue: &QueueName,
-    plan: &Plan,
-    bar: &ProgressBar,
-) -> anyhow::Result<Measurement> {
-    fill(service, queue, plan, plan.messages).await?;
-    let acked = Arc::new(AtomicU64::new(0));
-    let (target, batch) = (plan.messages, plan.batch_size as usize);
-    let m = parallel(plan, |_, _| {
-        let (service, queue, bar, acked) =
-            (service.clone(), queue.clone(), bar.clone(), acked.clone());
-        async move {
-            let options = ConsumerOptions {
-                batch_size: batch,
-                visibility_timeout: LEASE,
-                ..ConsumerOptions::default()
-            };
-            // Whatever the stream has ready, up to a batch: acks batch themselves under load
-            // and never wait for a batch to fill.
-            let mut chunks = service.consume(&queue, options).ready_chunks(batch);
-            let mut h = new_histogram();
-            let mut progress = DrainProgress::new(&acked, target);
-            while progress.unfinished() {
-                let t = Instant::now();
-                // Bounded, so a task whose share went to another consumer notices the end.
-                let chunk =
-                    match tokio::time::timeout(Duration::from_millis(100), chunks.next()).await {
-                        Ok(Some(chunk)) => chunk,
-                        Ok(None) => anyhow::bail!("the consumer stream ended"),
-                        Err(_) => {
-                            progress.idle("consume")?;
-                            continue;
-                        }
-                    };
-                let mut got = Vec::with_capacity(chunk.len());
-                for item in chunk {
-                    match item {
-                        Ok(message) => got.push(message),
-                        Err(e) if e.is_retryable() => continue,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                if got.is_empty() {
-                    continue;
-                }
-                ack_all(&service, &queue, &got).await?;
-                progress.acked(got.len() as u64, &mut h, t);
-                bar.inc(got.len() as u64);
-            }
-            Ok((progress.mine, h))
-        }
-    })
-    .await?;
-    anyhow::ensure!(
-        m.messages == target,
-        "acked {} of {target} messages",
-        m.messages
-    );
-    Ok(m)
-}
-
-async fn bench_send_receive_ack(
-    service: &Arc<dyn MessagingService>,
-    queue: &QueueName,
-    plan: &Plan,
-    bar: &ProgressBar,
-) -> anyhow::Result<Measurement> {
-    let acked = Arc::new(AtomicU64::new(0));
-    let (target, batch) = (plan.messages, plan.batch_size);
-    let m = parallel(plan, |task, n| {
-        let (service, queue, bar, acked) =
-            (service.clone(), queue.clone(), bar.clone(), acked.clone());
-        let templates = plan.templates.clone();
-        async move {
-            let mut h = new_histogram();
-            let mut sent = 0;
-            let mut mine = 0;
-            while sent < n {
-                let k = batch.min(n - sent);
-                let messages = (sent..sent + k)
-                    .map(|i| fresh(&templates, task * n + i))
-                    .collect();
-                let t = Instant::now();
-                service.send_batch(&queue, messages).await?;
-                let got = service.receive(&queue, batch as usize, LEASE).await?;
-                if !got.is_empty() {
-                    ack_all(&service, &queue, &got).await?;
-                }
-                record(&mut h, t);
-                sent += k;
-                let r = got.len() as u64;
-                mine += r;
-                acked.fetch_add(r, Ordering::Relaxed);
-                bar.inc(r);
-            }
-            // With several tasks, a receive may have found fewer than it sent: take the rest.
-            mine += drain(&service, &queue, batch, &acked, target, &mut h, &bar).await?;
-            Ok((mine, h))
-        }
-    })
-    .await?;
-    anyhow::ensure!(
-        m.messages == target,
-        "acked {} of {target} messages",
-        m.messages
-    );
-    Ok(m)
-}
-
-async fn bench_latency(
-    service: &Arc<dyn MessagingService>,
-    queue: &QueueName,
-    plan: &Plan,
-    bar: &ProgressBar,
-) -> anyhow::Result<Measurement> {
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<anyhow::Result<(MessageId, Instant)>>();
-    let mut stream = service.consume(
-        queue,
-        ConsumerOptions {
-            batch_size: plan.batch_size as usize,
-            visibility_timeout: LEASE,
-            ..ConsumerOptions::default()
-        },
-    );
-    let consumer = {
-        let (service, queue) = (service.clone(), queue.clone());
-        tokio::spawn(async move {
-            while let Some(item) = stream.next().await {
-                let seen = Instant::now();
-                match item {
-                    Ok(message) => {
-                        let _ = seen_tx.send(Ok((message.metadata.message_id, seen)));
-                        // Acked after reporting: the ack is not part of the latency.
-                        if let Err(e) = service.delete_message(&queue, message.receipt()).await {
-                            let _ = seen_tx.send(Err(e.into()));
-                        }
-                    }
-                    Err(e) if e.is_retryable() => continue,
-                    Err(e) => {
-                        let _ = seen_tx.send(Err(e.into()));
-                        break;
-                    }
-                }
-            }
-        })
-    };
-    let result = async {
-        let mut timer = LatencyTimer::new(plan);
-        for i in 0..timer.round_trips() {
-            timer.begin(i);
-            let message = plan.message(i);
-            let id = message.message_id;
-            let start = Instant::now();
-            service.send(queue, message).await?;
-            let seen = seen_within(&mut seen_rx, &id, "consumer stream").await?;
-            if timer.record(i, start, seen) {
-                bar.inc(1);
-            }
-        }
-        Ok(timer.finish())
-    }
-    .await;
-    consumer.abort();
-    let _ = consumer.await;
-    result
-}
-
-fn render(report: &BenchReport) -> String {
-    let mut out = format!(
-        "provider {}  messages {}  tasks {}  batch {}  payload {} bytes  latency samples {}\n\n",
-        report.provider,
-        report.messages,
-        report.tasks,
-        report.batch_size,
-        report.payload_bytes,
-        report.latency_samples
-    );
-    let has_raw = report.steps.iter().any(|s| s.raw.is_some());
-    let mut header = vec!["step", "what", "msg/s", "p50", "p99", "max", "p50/p99 time"];
-    if has_raw {
-        header.extend(["raw msg/s", "raw p50", "ratio"]);
-    }
-    let rows: Vec<Vec<String>> = report
-        .steps
-        .iter()
-        .map(|s| {
-            let mut row = vec![
-                s.step.name().to_owned(),
-                s.description.clone(),
-                thousands(s.msg_per_sec),
-                duration_ms(s.p50_ms),
-                duration_ms(s.p99_ms),
-                duration_ms(s.max_ms),
-                s.timed.to_owned(),
-            ];
-            if has_raw {
-                match &s.raw {
-                    Some(r) => row.extend([
-                        thousands(r.msg_per_sec),
-                        duration_ms(r.p50_ms),
-                        format!("{:.2}x", r.throughput_ratio),
-                    ]),
-                    None => row.extend(["-".into(), "-".into(), "-".into()]),
-                }
-            }
-            row
-        })
-        .collect();
-    out.push_str(&table::render(&header, &rows));
-    out
-}
-
-fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Milliseconds, shown in µs below 1 ms so fast providers do not print zeros.
-fn duration_ms(ms: f64) -> String {
-    if ms < 1.0 {
-        format!("{:.1} µs", ms * 1000.0)
-    } else {
-        format!("{ms:.2} ms")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shares_add_up() {
-        for (total, k) in [(20_000, 1), (20_000, 3), (7, 4), (1, 8)] {
-            assert_eq!((0..k).map(|i| share(total, k, i)).sum::<u64>(), total);
-        }
-    }
-
-    #[test]
-    fn numbers_format_for_the_table() {
-        assert_eq!(thousands(1_234_567.4), "1,234,567");
-        assert_eq!(thousands(999.0), "999");
-        assert_eq!(duration_ms(0.0123), "12.3 µs");
-        assert_eq!(duration_ms(2.5), "2.50 ms");
-    }
 }

@@ -122,7 +122,9 @@ pub(super) fn spawn(
                                     break;
                                 }
                                 Err(e) => {
-                                    tracing::warn!(error = %e, "pgmq listener failed; reconnecting");
+                                    // sqlx errors may quote what the server echoed back.
+                                    let error = crate::secret::scrub_known(&e.to_string());
+                                    tracing::warn!(%error, "pgmq listener failed; reconnecting");
                                     break;
                                 }
                             }
@@ -137,7 +139,8 @@ pub(super) fn spawn(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "pgmq listener cannot connect; consumers poll meanwhile");
+                    let error = crate::secret::scrub_known(&e.to_string());
+                    tracing::warn!(%error, "pgmq listener cannot connect; consumers poll meanwhile");
                 }
             }
             tokio::select! {

@@ -1,26 +1,23 @@
 //! The raw `pgmq` crate (`PGMQueueExt`) doing each bench step, for the ratio column of
 //! `tasker-mq bench --provider pgmq`: same database, same payloads (the templates' JSON), a
-//! pool of the provider's size, its own queues (`bench_<run>_raw_<step>`, dropped after).
+//! pool of the provider's size, its own queues (`bench_<run>_<step>_raw`, dropped after).
 //!
-//! What the crate has no equivalent for is done the way its users would: the latency step
-//! polls with one `read` and a 1 ms sleep when the queue is empty (pgmq's documented
-//! pattern; the crate has no notification stream).
+//! | step | the pgmq crate |
+//! | --- | --- |
+//! | send / send_batch(B) | `send` / `send_batch` |
+//! | receive(B) + delete, consume | `read_batch(vt 30 s, B)` + `delete_batch` of the ids; the crate has no stream, so consuming is reading in a loop, sleeping 1 ms when the queue is empty |
+//! | latency | a poller doing `read_batch(1)` with a 1 ms sleep when the queue is empty (pgmq's documented pattern; the crate has no notification stream) |
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_trait::async_trait;
-use hdrhistogram::Histogram;
 use pgmq::PGMQueueExt;
 use sqlx::postgres::PgPoolOptions;
-use tasker_messaging::MessagingConfig;
+use tasker_messaging::{MessagingConfig, QueueName};
 
-use super::{
-    new_histogram, parallel, record, DrainProgress, LatencyTimer, Measurement, Plan, RawBaseline,
-    Step,
-};
+use super::target::{Client, SeenTx, Target, Watch};
+use super::{Plan, Step};
 
 /// Lease of every read, in pgmq's whole seconds (as the provider's 30 s lease).
 const VT_SECS: i32 = 30;
@@ -46,6 +43,10 @@ impl RawPgmq {
             .map_err(|e| anyhow::anyhow!("connection.pgmq.database_url: {}", scrub_sqlx(&e)))?;
         Ok(RawPgmq { pool })
     }
+
+    async fn queue(&self) -> Arc<PGMQueueExt> {
+        Arc::new(PGMQueueExt::new_with_pool(self.pool.clone()).await)
+    }
 }
 
 /// sqlx's URL errors quote the URL; keep only the kind of error.
@@ -66,184 +67,49 @@ fn values(plan: &Plan) -> anyhow::Result<Arc<Vec<serde_json::Value>>> {
     Ok(Arc::new(values))
 }
 
-fn pick(values: &[serde_json::Value], i: u64) -> &serde_json::Value {
-    &values[(i % values.len() as u64) as usize]
-}
+impl Target for RawPgmq {
+    type Client = PgmqClient;
 
-/// `k` values starting at `from`, cycling through the templates.
-fn batch_of(values: &[serde_json::Value], from: u64, k: u64) -> Vec<serde_json::Value> {
-    (from..from + k).map(|i| pick(values, i).clone()).collect()
-}
-
-#[async_trait]
-impl RawBaseline for RawPgmq {
-    fn client(&self) -> String {
+    fn label(&self) -> String {
         "pgmq crate 0.33".to_owned()
     }
 
-    async fn run(&self, step: Step, plan: &Plan) -> anyhow::Result<Option<Measurement>> {
-        let name = format!("{}_raw", plan.queue_for(step)?);
-        let q = &Arc::new(PGMQueueExt::new_with_pool(self.pool.clone()).await);
-        q.create(&name)
+    async fn create_queue(&self, queue: &QueueName) -> anyhow::Result<()> {
+        Ok(self
+            .queue()
             .await
-            .with_context(|| format!("raw pgmq: creating {name}"))?;
-        let result = match step {
-            Step::Send => send(q, &name, plan).await,
-            Step::SendBatch => send_batch(q, &name, plan).await,
-            // The crate has no stream: consuming is reading in a loop.
-            Step::ReceiveAck | Step::ConsumeAck => receive_ack(q, &name, plan).await,
-            Step::SendReceiveAck => send_receive_ack(q, &name, plan).await,
-            Step::Latency => latency(q, &name, plan).await,
-        };
-        let dropped = q
-            .drop_queue(&name)
+            .create(queue.as_str())
             .await
-            .with_context(|| format!("raw pgmq: dropping {name}"));
-        let measured = result?;
-        dropped?;
-        Ok(Some(measured))
+            .map(|_| ())?)
     }
-}
 
-async fn send(q: &Arc<PGMQueueExt>, name: &str, plan: &Plan) -> anyhow::Result<Measurement> {
-    let values = values(plan)?;
-    parallel(plan, |task, n| {
-        let (q, name, values) = (q.clone(), name.to_owned(), values.clone());
-        async move {
-            let mut h = new_histogram();
-            for i in 0..n {
-                let t = Instant::now();
-                q.send(&name, pick(&values, task * n + i)).await?;
-                record(&mut h, t);
-            }
-            Ok((n, h))
-        }
-    })
-    .await
-}
-
-async fn send_batch(q: &Arc<PGMQueueExt>, name: &str, plan: &Plan) -> anyhow::Result<Measurement> {
-    let values = values(plan)?;
-    let batch = plan.batch_size;
-    parallel(plan, |task, n| {
-        let (q, name, values) = (q.clone(), name.to_owned(), values.clone());
-        async move {
-            let mut h = new_histogram();
-            let mut sent = 0;
-            while sent < n {
-                let k = batch.min(n - sent);
-                let messages = batch_of(&values, task * n + sent, k);
-                let t = Instant::now();
-                q.send_batch(&name, &messages).await?;
-                record(&mut h, t);
-                sent += k;
-            }
-            Ok((n, h))
-        }
-    })
-    .await
-}
-
-/// Reads and deletes until `acked` reaches `target` (shared by all tasks).
-async fn drain(
-    q: &PGMQueueExt,
-    name: &str,
-    batch: u64,
-    acked: &AtomicU64,
-    target: u64,
-    h: &mut Histogram<u64>,
-) -> anyhow::Result<u64> {
-    let mut progress = DrainProgress::new(acked, target);
-    while progress.unfinished() {
-        let t = Instant::now();
-        let got = q
-            .read_batch::<serde_json::Value>(name, VT_SECS, batch as i32)
-            .await?;
-        if got.is_empty() {
-            progress.idle("raw pgmq read")?;
-            tokio::time::sleep(POLL).await;
-            continue;
-        }
-        let ids: Vec<i64> = got.iter().map(|m| m.msg_id).collect();
-        q.delete_batch(name, &ids).await?;
-        progress.acked(ids.len() as u64, h, t);
+    async fn delete_queue(&self, queue: &QueueName) -> anyhow::Result<()> {
+        Ok(self.queue().await.drop_queue(queue.as_str()).await?)
     }
-    Ok(progress.mine)
-}
 
-async fn receive_ack(q: &Arc<PGMQueueExt>, name: &str, plan: &Plan) -> anyhow::Result<Measurement> {
-    let values = values(plan)?;
-    let mut filled = 0;
-    while filled < plan.messages {
-        let k = plan.batch_size.min(plan.messages - filled);
-        q.send_batch(name, &batch_of(&values, filled, k))
-            .await
-            .context("raw pgmq: filling the queue")?;
-        filled += k;
+    async fn client(&self, queue: &QueueName, _: Step, plan: &Plan) -> anyhow::Result<PgmqClient> {
+        Ok(PgmqClient {
+            q: self.queue().await,
+            name: queue.to_string(),
+            values: values(plan)?,
+        })
     }
-    let acked = Arc::new(AtomicU64::new(0));
-    let (target, batch) = (plan.messages, plan.batch_size);
-    parallel(plan, |_, _| {
-        let (q, name, acked) = (q.clone(), name.to_owned(), acked.clone());
-        async move {
-            let mut h = new_histogram();
-            let mine = drain(&q, &name, batch, &acked, target, &mut h).await?;
-            Ok((mine, h))
-        }
-    })
-    .await
-}
 
-async fn send_receive_ack(
-    q: &Arc<PGMQueueExt>,
-    name: &str,
-    plan: &Plan,
-) -> anyhow::Result<Measurement> {
-    let values = values(plan)?;
-    let acked = Arc::new(AtomicU64::new(0));
-    let (target, batch) = (plan.messages, plan.batch_size);
-    parallel(plan, |task, n| {
-        let (q, name, values, acked) = (q.clone(), name.to_owned(), values.clone(), acked.clone());
-        async move {
-            let mut h = new_histogram();
-            let (mut sent, mut mine) = (0, 0);
-            while sent < n {
-                let k = batch.min(n - sent);
-                let messages = batch_of(&values, task * n + sent, k);
-                let t = Instant::now();
-                q.send_batch(&name, &messages).await?;
-                let got = q
-                    .read_batch::<serde_json::Value>(&name, VT_SECS, batch as i32)
-                    .await?;
-                let ids: Vec<i64> = got.iter().map(|m| m.msg_id).collect();
-                if !ids.is_empty() {
-                    q.delete_batch(&name, &ids).await?;
-                }
-                record(&mut h, t);
-                sent += k;
-                mine += ids.len() as u64;
-                acked.fetch_add(ids.len() as u64, Ordering::Relaxed);
-            }
-            mine += drain(&q, &name, batch, &acked, target, &mut h).await?;
-            Ok((mine, h))
-        }
-    })
-    .await
-}
-
-async fn latency(q: &Arc<PGMQueueExt>, name: &str, plan: &Plan) -> anyhow::Result<Measurement> {
-    let values = values(plan)?;
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    let poller = {
-        let (q, name) = (q.clone(), name.to_owned());
-        tokio::spawn(async move {
+    async fn watch(&self, queue: &QueueName, _: &Plan) -> anyhow::Result<Watch> {
+        let (q, name) = (self.queue().await, queue.to_string());
+        let poller = |seen: SeenTx| async move {
             loop {
-                let Ok(got) = q.read_batch::<serde_json::Value>(&name, VT_SECS, 1).await else {
-                    break;
+                let got = match q.read_batch::<serde_json::Value>(&name, VT_SECS, 1).await {
+                    Ok(got) => got,
+                    Err(e) => {
+                        let _ = seen.send(Err(e.into()));
+                        break;
+                    }
                 };
                 match got.into_iter().next() {
                     Some(m) => {
-                        if seen_tx.send(Instant::now()).is_err() {
+                        // pgmq carries no message id of ours: one message is in flight.
+                        if seen.send(Ok((None, Instant::now()))).is_err() {
                             break;
                         }
                         let _ = q.delete(&name, m.msg_id).await;
@@ -251,24 +117,48 @@ async fn latency(q: &Arc<PGMQueueExt>, name: &str, plan: &Plan) -> anyhow::Resul
                     None => tokio::time::sleep(POLL).await,
                 }
             }
-        })
-    };
-    let result = async {
-        let mut timer = LatencyTimer::new(plan);
-        for i in 0..timer.round_trips() {
-            timer.begin(i);
-            let start = Instant::now();
-            q.send(name, pick(&values, i)).await?;
-            let seen = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
-                .await
-                .map_err(|_| anyhow::anyhow!("raw pgmq: message not read within 10 s"))?
-                .context("raw pgmq poller stopped")?;
-            timer.record(i, start, seen);
-        }
-        Ok(timer.finish())
+        };
+        Ok(Watch::spawn(poller, async {}))
     }
-    .await;
-    poller.abort();
-    let _ = poller.await;
-    result
+}
+
+pub struct PgmqClient {
+    q: Arc<PGMQueueExt>,
+    name: String,
+    values: Arc<Vec<serde_json::Value>>,
+}
+
+impl Client for PgmqClient {
+    type Message = serde_json::Value;
+
+    fn message(&self, i: u64) -> serde_json::Value {
+        self.values[(i % self.values.len() as u64) as usize].clone()
+    }
+
+    async fn send(&mut self, message: serde_json::Value) -> anyhow::Result<()> {
+        self.q.send(&self.name, &message).await?;
+        Ok(())
+    }
+
+    async fn send_batch(&mut self, messages: Vec<serde_json::Value>) -> anyhow::Result<()> {
+        self.q.send_batch(&self.name, &messages).await?;
+        Ok(())
+    }
+
+    async fn receive_ack(&mut self, max: u64) -> anyhow::Result<u64> {
+        let got = self
+            .q
+            .read_batch::<serde_json::Value>(&self.name, VT_SECS, max as i32)
+            .await?;
+        if got.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = got.iter().map(|m| m.msg_id).collect();
+        self.q.delete_batch(&self.name, &ids).await?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn idle(&mut self) {
+        tokio::time::sleep(POLL).await;
+    }
 }

@@ -8,6 +8,7 @@
 //! | send | `basic_publish` (mandatory) and await its confirm, one channel per task |
 //! | send_batch(B) | publish B, then await the B confirms (window B) |
 //! | receive(B) + delete | `basic_consume` with prefetch B, one `multiple` ack per B deliveries |
+//! | consume + ack | the same push consumer |
 //! | send_batch + receive + delete | the two above, in turn, per task |
 //! | latency | publish and await the confirm; time until the consumer task has the message |
 //!
@@ -16,14 +17,10 @@
 //! queue serves one Raft commit at a time (about 2k msg/s here).
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_trait::async_trait;
 use futures::StreamExt;
-use hdrhistogram::Histogram;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -31,43 +28,43 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
-use tasker_messaging::{MessagingConfig, OutgoingMessage, RabbitMqQueueType};
-use tokio::sync::{mpsc, OnceCell};
+use tasker_messaging::{MessagingConfig, OutgoingMessage, QueueName, RabbitMqQueueType};
+use tokio::sync::OnceCell;
 
-use super::{
-    fresh, new_histogram, parallel, record, seen_within, DrainProgress, LatencyTimer, Measurement,
-    Plan, RawBaseline, Step,
-};
+use super::target::{Client, SeenTx, Target, Watch};
+use super::{fresh, Plan, Step};
 
 /// How long a consumer waits for the rest of a batch before it acks what it has.
 const BATCH_IDLE: Duration = Duration::from_millis(20);
 
-pub(super) struct RawLapin {
+pub struct RawLapin {
     uri: AMQPUri,
     shown: String,
     queue_type: RabbitMqQueueType,
     connection: OnceCell<Connection>,
 }
 
-/// The raw baseline for the configured broker (connects on first use).
-pub(super) fn baseline(config: &MessagingConfig) -> anyhow::Result<Box<dyn super::RawBaseline>> {
-    let c = config
-        .connection
-        .rabbitmq
-        .as_ref()
-        .context("connection.rabbitmq.url is required for the raw lapin baseline")?;
-    let shown = c.url.redacted();
-    let mut uri = AMQPUri::from_str(c.url.expose())
-        .map_err(|_| anyhow::anyhow!("invalid AMQP URL {shown}"))?;
-    if let Some(vhost) = &c.vhost {
-        uri.vhost = vhost.clone();
+impl RawLapin {
+    /// The raw baseline for the configured broker (connects on first use).
+    pub fn from_config(config: &MessagingConfig) -> anyhow::Result<Self> {
+        let c = config
+            .connection
+            .rabbitmq
+            .as_ref()
+            .context("connection.rabbitmq.url is required for the raw lapin baseline")?;
+        let shown = c.url.redacted();
+        let mut uri = AMQPUri::from_str(c.url.expose())
+            .map_err(|_| anyhow::anyhow!("invalid AMQP URL {shown}"))?;
+        if let Some(vhost) = &c.vhost {
+            uri.vhost = vhost.clone();
+        }
+        Ok(RawLapin {
+            uri,
+            shown,
+            queue_type: c.queue_type.unwrap_or_default(),
+            connection: OnceCell::new(),
+        })
     }
-    Ok(Box::new(RawLapin {
-        uri,
-        shown,
-        queue_type: c.queue_type.unwrap_or_default(),
-        connection: OnceCell::new(),
-    }))
 }
 
 fn long_string(s: &str) -> AMQPValue {
@@ -146,16 +143,12 @@ async fn close(ch: &Channel, consumer: &Consumer) {
     let _ = ch.close(200, "done".into()).await;
 }
 
-/// Takes up to `want` deliveries, stopping early when none came for [`BATCH_IDLE`] or when
-/// `enough` says the step has them all; returns how many came and the last delivery tag.
-async fn take(
-    consumer: &mut Consumer,
-    want: u64,
-    enough: impl Fn(u64) -> bool,
-) -> anyhow::Result<(u64, Option<u64>)> {
+/// Takes up to `want` deliveries, stopping early when none came for [`BATCH_IDLE`]; returns
+/// how many came and the last delivery tag.
+async fn take(consumer: &mut Consumer, want: u64) -> anyhow::Result<(u64, Option<u64>)> {
     let mut got = 0;
     let mut last = None;
-    while got < want && !enough(got) {
+    while got < want {
         match tokio::time::timeout(BATCH_IDLE, consumer.next()).await {
             Ok(Some(d)) => {
                 last = Some(d?.delivery_tag);
@@ -166,30 +159,6 @@ async fn take(
         }
     }
     Ok((got, last))
-}
-
-/// Consumes and acks (one `multiple` ack per batch) until `acked` reaches `target`.
-async fn drain(
-    ch: &Channel,
-    consumer: &mut Consumer,
-    batch: u64,
-    acked: &AtomicU64,
-    target: u64,
-    h: &mut Histogram<u64>,
-) -> anyhow::Result<u64> {
-    let mut progress = DrainProgress::new(acked, target);
-    while progress.unfinished() {
-        let t = Instant::now();
-        let (n, last) = take(consumer, batch, |got| progress.total() + got >= target).await?;
-        let Some(last) = last else {
-            progress.idle("raw lapin consume")?;
-            continue;
-        };
-        ch.basic_ack(last, BasicAckOptions { multiple: true })
-            .await?;
-        progress.acked(n, h, t);
-    }
-    Ok(progress.mine)
 }
 
 impl RawLapin {
@@ -210,8 +179,20 @@ impl RawLapin {
             .await
     }
 
-    async fn declare(&self, conn: &Connection, queue: &str) -> anyhow::Result<()> {
-        let ch = conn.create_channel().await?;
+    fn prefetch(plan: &Plan) -> u16 {
+        u16::try_from(plan.batch_size).unwrap_or(u16::MAX)
+    }
+}
+
+impl Target for RawLapin {
+    type Client = LapinClient;
+
+    fn label(&self) -> String {
+        "lapin 4".into()
+    }
+
+    async fn create_queue(&self, queue: &QueueName) -> anyhow::Result<()> {
+        let ch = self.conn().await?.create_channel().await?;
         let mut args = FieldTable::default();
         let kind = match self.queue_type {
             RabbitMqQueueType::Quorum => "quorum",
@@ -219,7 +200,7 @@ impl RawLapin {
         };
         args.insert("x-queue-type".into(), long_string(kind));
         ch.queue_declare(
-            queue.into(),
+            queue.as_str().into(),
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
@@ -231,227 +212,133 @@ impl RawLapin {
         Ok(())
     }
 
-    async fn delete(&self, conn: &Connection, queue: &str) -> anyhow::Result<()> {
-        let ch = conn.create_channel().await?;
-        ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+    async fn delete_queue(&self, queue: &QueueName) -> anyhow::Result<()> {
+        let ch = self.conn().await?.create_channel().await?;
+        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
         let _ = ch.close(200, "done".into()).await;
         Ok(())
     }
 
-    async fn step(
+    /// A confirm channel to publish on and/or a consumer with prefetch = batch, as the step
+    /// needs (a push consumer either way: the raw client's way to receive).
+    async fn client(
         &self,
+        queue: &QueueName,
         step: Step,
         plan: &Plan,
-        conn: &Connection,
-        queue: &str,
-    ) -> anyhow::Result<Measurement> {
-        match step {
-            Step::Send | Step::SendBatch => {
-                let per_call = if step == Step::Send {
-                    1
-                } else {
-                    plan.batch_size
-                };
-                let mut channels = Vec::with_capacity(plan.tasks as usize);
-                for _ in 0..plan.tasks {
-                    channels.push(confirm_channel(conn).await?);
-                }
-                let m = parallel(plan, |task, n| {
-                    let ch = channels[task as usize].clone();
-                    let (queue, templates) = (queue.to_owned(), plan.templates.clone());
-                    async move {
-                        let mut h = new_histogram();
-                        let mut sent = 0;
-                        while sent < n {
-                            let k = per_call.min(n - sent);
-                            let messages: Vec<_> = (sent..sent + k)
-                                .map(|i| fresh(&templates, task * n + i))
-                                .collect();
-                            let t = Instant::now();
-                            publish(&ch, &queue, &messages).await?;
-                            record(&mut h, t);
-                            sent += k;
-                        }
-                        Ok((n, h))
-                    }
-                })
-                .await;
-                for ch in channels {
-                    let _ = ch.close(200, "done".into()).await;
-                }
-                m
-            }
-            // A push consumer either way: the raw client's way to receive.
-            Step::ReceiveAck | Step::ConsumeAck => {
-                let filler = confirm_channel(conn).await?;
-                let mut filled = 0;
-                while filled < plan.messages {
-                    let k = plan.batch_size.min(plan.messages - filled);
-                    let messages: Vec<_> = (filled..filled + k).map(|i| plan.message(i)).collect();
-                    publish(&filler, queue, &messages).await?;
-                    filled += k;
-                }
-                let _ = filler.close(200, "done".into()).await;
-                self.consume_all(plan, conn, queue, false).await
-            }
-            Step::SendReceiveAck => self.consume_all(plan, conn, queue, true).await,
-            Step::Latency => self.latency(plan, conn, queue).await,
-        }
-    }
-
-    /// Receive+ack (and, with `send`, a confirmed batch published before each receive) by
-    /// `plan.tasks` consumers with prefetch = batch, until every message is acked.
-    async fn consume_all(
-        &self,
-        plan: &Plan,
-        conn: &Connection,
-        queue: &str,
-        send: bool,
-    ) -> anyhow::Result<Measurement> {
-        let batch = plan.batch_size;
-        let prefetch = u16::try_from(batch).unwrap_or(u16::MAX);
-        let mut parts = Vec::with_capacity(plan.tasks as usize);
-        for _ in 0..plan.tasks {
-            let publisher = if send {
-                Some(confirm_channel(conn).await?)
-            } else {
-                None
-            };
-            let (ch, consumer) = consumer(conn, queue, prefetch).await?;
-            parts.push(tokio::sync::Mutex::new(Some((publisher, ch, consumer))));
-        }
-        let parts = Arc::new(parts);
-        let acked = Arc::new(AtomicU64::new(0));
-        let target = plan.messages;
-        let m = parallel(plan, |task, n| {
-            let (parts, acked, queue) = (parts.clone(), acked.clone(), queue.to_owned());
-            let templates = plan.templates.clone();
-            async move {
-                let (publisher, ch, mut consumer) = parts[task as usize]
-                    .lock()
-                    .await
-                    .take()
-                    .context("each task takes its own channels")?;
-                let mut h = new_histogram();
-                let mut mine = 0;
-                if let Some(publisher) = &publisher {
-                    let mut sent = 0;
-                    while sent < n {
-                        let k = batch.min(n - sent);
-                        let messages: Vec<_> = (sent..sent + k)
-                            .map(|i| fresh(&templates, task * n + i))
-                            .collect();
-                        let t = Instant::now();
-                        publish(publisher, &queue, &messages).await?;
-                        let (got, last) = take(&mut consumer, k, |_| false).await?;
-                        if let Some(last) = last {
-                            ch.basic_ack(last, BasicAckOptions { multiple: true })
-                                .await?;
-                        }
-                        record(&mut h, t);
-                        sent += k;
-                        mine += got;
-                        acked.fetch_add(got, Ordering::Relaxed);
-                    }
-                }
-                mine += drain(&ch, &mut consumer, batch, &acked, target, &mut h).await?;
-                close(&ch, &consumer).await;
-                if let Some(p) = publisher {
-                    let _ = p.close(200, "done".into()).await;
-                }
-                Ok((mine, h))
-            }
-        })
-        .await?;
-        anyhow::ensure!(
-            m.messages == target,
-            "raw lapin acked {} of {target} messages",
-            m.messages
+    ) -> anyhow::Result<LapinClient> {
+        let conn = self.conn().await?;
+        let publishes = matches!(
+            step,
+            Step::Send | Step::SendBatch | Step::SendReceiveAck | Step::Latency
         );
-        Ok(m)
+        let receives = matches!(
+            step,
+            Step::ReceiveAck | Step::ConsumeAck | Step::SendReceiveAck
+        );
+        let publisher = match publishes {
+            true => Some(confirm_channel(conn).await?),
+            false => None,
+        };
+        let consumer = match receives {
+            true => Some(consumer(conn, queue.as_str(), Self::prefetch(plan)).await?),
+            false => None,
+        };
+        Ok(LapinClient {
+            queue: queue.to_string(),
+            templates: plan.templates.clone(),
+            publisher,
+            consumer,
+        })
     }
 
-    async fn latency(
-        &self,
-        plan: &Plan,
-        conn: &Connection,
-        queue: &str,
-    ) -> anyhow::Result<Measurement> {
-        let prefetch = u16::try_from(plan.batch_size).unwrap_or(u16::MAX);
-        let (ch, mut consumer) = consumer(conn, queue, prefetch).await?;
-        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<anyhow::Result<(String, Instant)>>();
-        let task = {
-            let ch = ch.clone();
-            tokio::spawn(async move {
-                while let Some(d) = consumer.next().await {
-                    let seen = Instant::now();
-                    let d = match d {
-                        Ok(d) => d,
-                        Err(e) => {
-                            let _ = seen_tx.send(Err(e.into()));
-                            break;
-                        }
-                    };
-                    let id = d
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .map(|s| s.to_string())
-                        .unwrap_or_default();
-                    let _ = seen_tx.send(Ok((id, seen)));
-                    // Acked after reporting: the ack is not part of the latency.
-                    if let Err(e) = ch
-                        .basic_ack(d.delivery_tag, BasicAckOptions::default())
-                        .await
-                    {
-                        let _ = seen_tx.send(Err(e.into()));
+    async fn watch(&self, queue: &QueueName, plan: &Plan) -> anyhow::Result<Watch> {
+        let (ch, mut consumer) =
+            consumer(self.conn().await?, queue.as_str(), Self::prefetch(plan)).await?;
+        let acker = ch.clone();
+        let deliveries = |seen: SeenTx| async move {
+            while let Some(d) = consumer.next().await {
+                let at = Instant::now();
+                let d = match d {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = seen.send(Err(e.into()));
+                        break;
                     }
+                };
+                let id = d
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .and_then(|s| s.as_str().parse().ok());
+                let _ = seen.send(Ok((id, at)));
+                // Acked after reporting: the ack is not part of the latency.
+                if let Err(e) = acker
+                    .basic_ack(d.delivery_tag, BasicAckOptions::default())
+                    .await
+                {
+                    let _ = seen.send(Err(e.into()));
                 }
-            })
-        };
-        let publisher = confirm_channel(conn).await?;
-        let result = async {
-            let mut timer = LatencyTimer::new(plan);
-            for i in 0..timer.round_trips() {
-                timer.begin(i);
-                let message = plan.message(i);
-                let id = message.message_id.to_string();
-                let start = Instant::now();
-                publish(&publisher, queue, std::slice::from_ref(&message)).await?;
-                let seen = seen_within(&mut seen_rx, &id, "raw lapin consumer").await?;
-                timer.record(i, start, seen);
             }
-            Ok(timer.finish())
-        }
-        .await;
-        task.abort();
-        let _ = task.await;
-        let _ = ch.close(200, "done".into()).await;
-        let _ = publisher.close(200, "done".into()).await;
-        result
+        };
+        let cleanup = async move {
+            let _ = ch.close(200, "done".into()).await;
+        };
+        Ok(Watch::spawn(deliveries, cleanup))
     }
 }
 
-#[async_trait]
-impl RawBaseline for RawLapin {
-    fn client(&self) -> String {
-        "lapin 4".into()
+pub struct LapinClient {
+    queue: String,
+    templates: std::sync::Arc<Vec<OutgoingMessage>>,
+    publisher: Option<Channel>,
+    consumer: Option<(Channel, Consumer)>,
+}
+
+impl Client for LapinClient {
+    type Message = OutgoingMessage;
+
+    fn message(&self, i: u64) -> OutgoingMessage {
+        fresh(&self.templates, i)
     }
 
-    async fn run(&self, step: Step, plan: &Plan) -> anyhow::Result<Option<Measurement>> {
-        let conn = self.conn().await?;
-        let queue = format!("{}_raw", plan.queue_for(step)?);
-        self.declare(conn, &queue)
-            .await
-            .with_context(|| format!("raw lapin: declaring {queue}"))?;
-        let result = self.step(step, plan, conn, &queue).await;
-        let cleanup = self
-            .delete(conn, &queue)
-            .await
-            .with_context(|| format!("raw lapin: deleting {queue}"));
-        let measured = result?;
-        cleanup?;
-        Ok(Some(measured))
+    fn message_id(message: &OutgoingMessage) -> Option<tasker_messaging::MessageId> {
+        Some(message.message_id)
+    }
+
+    async fn send(&mut self, message: OutgoingMessage) -> anyhow::Result<()> {
+        self.send_batch(vec![message]).await
+    }
+
+    async fn send_batch(&mut self, messages: Vec<OutgoingMessage>) -> anyhow::Result<()> {
+        let ch = self
+            .publisher
+            .as_ref()
+            .context("this step's raw client does not publish")?;
+        publish(ch, &self.queue, &messages).await
+    }
+
+    /// Up to `max` deliveries from the push consumer, settled with one `multiple` ack.
+    async fn receive_ack(&mut self, max: u64) -> anyhow::Result<u64> {
+        let (ch, consumer) = self
+            .consumer
+            .as_mut()
+            .context("this step's raw client does not consume")?;
+        let (got, last) = take(consumer, max).await?;
+        if let Some(last) = last {
+            ch.basic_ack(last, BasicAckOptions { multiple: true })
+                .await?;
+        }
+        Ok(got)
+    }
+
+    async fn close(self) {
+        if let Some((ch, consumer)) = &self.consumer {
+            close(ch, consumer).await;
+        }
+        if let Some(p) = &self.publisher {
+            let _ = p.close(200, "done".into()).await;
+        }
     }
 }
