@@ -286,7 +286,7 @@ impl MessagingService for RabbitMqMessageService {
         }
         warn_if_past_consumer_timeout(visibility_timeout);
         self.inner
-            .receive(queue, max_messages.min(MAX_BATCH), visibility_timeout)
+            .receive_many(queue, max_messages.min(MAX_BATCH), visibility_timeout)
             .await
     }
 

@@ -88,7 +88,7 @@ impl Inner {
 
     /// Hands out what a wait kept first, then `basic.get`s the rest on the queue's lease
     /// channel and leases them.
-    pub(super) async fn receive(
+    pub(super) async fn receive_many(
         &self,
         queue: &QueueName,
         max: usize,
