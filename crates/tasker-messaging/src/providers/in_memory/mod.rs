@@ -14,7 +14,7 @@
 //! * `settings.rs`: [`InMemorySettings`] from `[queues]`.
 //! * `connection.rs`: no connection; the lifecycle (open until shut down) and health.
 //! * `codec.rs`: no encoding; a message as the queue stores it (payload shared, not copied).
-//! * `errors.rs`: refused receipts as [`MessagingError`]s.
+//! * `errors.rs`: refused receipts as [`MessagingError`](crate::MessagingError)s.
 //! * `receipts.rs`: delete / visibility / dead-letter by receipt, moving to a dead-letter queue.
 //! * `send.rs`: payload checks and appending a batch under the queue's lock.
 //! * `receive.rs`: leasing a batch, and `wait_for_messages` on the queue's `Notify`.

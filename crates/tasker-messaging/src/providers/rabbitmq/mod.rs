@@ -67,7 +67,7 @@
 //! * `connection.rs`: the connection, its channel pools, re-declaring topology after a
 //!   reconnect, health and shutdown.
 //! * `codec.rs`: a message to AMQP properties and headers and back.
-//! * `errors.rs`: lapin errors and refused receipts as [`MessagingError`]s.
+//! * `errors.rs`: lapin errors and refused receipts as [`MessagingError`](crate::MessagingError)s.
 //! * `receipts.rs`: delete / visibility / dead-letter by receipt, and ending leases
 //!   (release, requeue with a count, dead-letter at the limit).
 //! * `send.rs`: confirmed publishing, delay queues.
