@@ -1,5 +1,7 @@
-//! Providers, one module each, all laid out the same way: a `<Name>MessageService`
-//! implementing [`crate::MessagingService`], its settings, and its extension traits.
+//! Providers, one folder each, all laid out the same way: a `<Name>MessageService`
+//! implementing [`crate::MessagingService`] in `mod.rs`, and the same files beside it for the
+//! same roles (settings, connection, codec, errors, receipts, send, receive, admin,
+//! extensions). docs/providers.md describes the template and how to add a provider.
 
 #[cfg(feature = "in-memory")]
 pub mod in_memory;

@@ -4,55 +4,56 @@
 //! its own lock (held for a few hundred nanoseconds per batch) and its own `Notify`, so
 //! consumers wait for sends without polling. Timers use `tokio::time::Instant`, so tests can
 //! drive leases and delays with paused time.
+//!
+//! # Files
+//!
+//! Laid out like every provider (see docs/providers.md); the trait impl below only
+//! delegates:
+//!
+//! * `mod.rs`: the service struct, its queues, its capabilities, the `MessagingService` impl.
+//! * `settings.rs`: [`InMemorySettings`] from `[queues]`.
+//! * `connection.rs`: no connection; the lifecycle (open until shut down) and health.
+//! * `codec.rs`: no encoding; a message as the queue stores it (payload shared, not copied).
+//! * `errors.rs`: refused receipts as [`MessagingError`](crate::MessagingError)s.
+//! * `receipts.rs`: delete / visibility / dead-letter by receipt, moving to a dead-letter queue.
+//! * `send.rs`: payload checks and appending a batch under the queue's lock.
+//! * `receive.rs`: leasing a batch, and `wait_for_messages` on the queue's `Notify`.
+//! * `admin.rs`: looking up and creating queues, delete / purge / stats / redrive.
+//! * `extensions.rs`: none, by design (what that means for the trait's accessors).
+//!
+//! In-memory's own file: `queue.rs` (one queue's messages, leases and timers).
 
+mod admin;
+mod codec;
+mod connection;
+mod errors;
+mod extensions;
 mod queue;
+mod receipts;
+mod receive;
+mod send;
+mod settings;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
-use self::queue::{NewMessage, QueueState, ReceiptError, StoredMessage};
-use crate::config::MessagingConfig;
-use crate::error::{MessagingError, Result};
-use crate::message::{
-    DeadLetterInfo, DeadLetterReason, MessageId, OutgoingMessage, ReceiptHandle, ReceivedMessage,
-};
+use self::queue::{NewMessage, QueueState};
+pub use self::settings::InMemorySettings;
+use crate::error::Result;
+use crate::message::{MessageId, OutgoingMessage, ReceiptHandle, ReceivedMessage};
 use crate::queue_name::QueueName;
 use crate::service::{
-    Capabilities, MessagingHealth, MessagingService, ProviderKind, QueueOptions, QueueStats,
+    Capabilities, DeleteOutcome, MessagingHealth, MessagingService, ProviderKind, QueueOptions,
+    QueueStats,
 };
 
-/// Settings of the in-memory provider, from `[queues]`.
-#[derive(Clone, Debug)]
-pub struct InMemorySettings {
-    pub default_max_receive_count: u32,
-    pub dead_letter_suffix: String,
-    pub max_payload_bytes: usize,
-}
-
-impl Default for InMemorySettings {
-    fn default() -> Self {
-        Self::from_config(&MessagingConfig::default())
-    }
-}
-
-impl InMemorySettings {
-    pub fn from_config(config: &MessagingConfig) -> Self {
-        InMemorySettings {
-            default_max_receive_count: config.queues.max_receive_count,
-            dead_letter_suffix: config.queues.dead_letter_queue_suffix.clone(),
-            max_payload_bytes: config.queues.max_payload_bytes,
-        }
-    }
-}
-
+/// One queue: its state under a short-held lock, and the `Notify` that wakes its waiters.
 struct MemQueue {
     name: QueueName,
     state: Mutex<QueueState>,
@@ -124,132 +125,6 @@ impl InMemoryMessageService {
             shut_down: AtomicBool::new(false),
         }
     }
-
-    fn check_open(&self) -> Result<()> {
-        if self.shut_down.load(Ordering::Relaxed) {
-            return Err(MessagingError::NotInitialized(
-                "in-memory service was shut down".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn queue(&self, name: &QueueName) -> Result<Arc<MemQueue>> {
-        self.check_open()?;
-        self.queues
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| MessagingError::queue_not_found(name.as_str()))
-    }
-
-    fn check_payload(&self, size: usize) -> Result<()> {
-        if size > self.settings.max_payload_bytes {
-            return Err(MessagingError::PayloadTooLarge {
-                size,
-                max: self.settings.max_payload_bytes,
-            });
-        }
-        Ok(())
-    }
-
-    fn get_or_create(&self, name: &QueueName, max_receive_count: u32) -> Result<Arc<MemQueue>> {
-        if let Some(q) = self.queues.read().get(name) {
-            return Ok(q.clone());
-        }
-        let dead_letter_queue = if max_receive_count > 0 {
-            Some(name.dead_letter(&self.settings.dead_letter_suffix)?)
-        } else {
-            None
-        };
-        let mut queues = self.queues.write();
-        Ok(queues
-            .entry(name.clone())
-            .or_insert_with(|| {
-                Arc::new(MemQueue::new(
-                    name.clone(),
-                    max_receive_count,
-                    dead_letter_queue,
-                ))
-            })
-            .clone())
-    }
-
-    fn insert(
-        &self,
-        queue: &MemQueue,
-        messages: impl IntoIterator<Item = NewMessage>,
-    ) -> Result<()> {
-        let now = Instant::now();
-        let now_utc = Utc::now();
-        {
-            let mut state = queue.state.lock();
-            // Checked under the lock: delete_queue marks the queue before draining it.
-            if queue.deleted.load(Ordering::Acquire) {
-                return Err(MessagingError::queue_not_found(queue.name.as_str()));
-            }
-            for message in messages {
-                state.insert(message, now, now_utc);
-            }
-        }
-        queue.notify.notify_waiters();
-        Ok(())
-    }
-
-    /// Moves messages removed from `source` into its dead-letter queue (created if it was
-    /// deleted meanwhile, so nothing is lost).
-    fn move_to_dead_letter(
-        &self,
-        source: &MemQueue,
-        messages: Vec<StoredMessage>,
-        reason: impl Fn(&StoredMessage) -> DeadLetterReason,
-    ) -> Result<()> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let dlq_name = match &source.dead_letter_queue {
-            Some(name) => name.clone(),
-            None => source.name.dead_letter(&self.settings.dead_letter_suffix)?,
-        };
-        let dlq = self.get_or_create(&dlq_name, 0)?;
-        let now_utc = Utc::now();
-        let moved = messages.into_iter().map(|m| {
-            let info = DeadLetterInfo {
-                source_queue: source.name.clone(),
-                reason: reason(&m),
-                receive_count: m.receive_count,
-                dead_lettered_at: now_utc,
-                original_enqueued_at: m.enqueued_at,
-            };
-            NewMessage {
-                payload: m.payload,
-                message_id: m.message_id,
-                correlation_id: m.correlation_id,
-                delay: Duration::ZERO,
-                dead_letter: Some(Box::new(info)),
-                enqueued_at: Some(m.enqueued_at),
-            }
-        });
-        self.insert(&dlq, moved)
-    }
-
-    fn receipt_parts(queue: &QueueName, receipt: &ReceiptHandle) -> Result<(u64, u64)> {
-        receipt.as_pair().ok_or_else(|| {
-            MessagingError::invalid_receipt(queue.as_str(), "not an in-memory receipt")
-        })
-    }
-
-    fn receipt_error(queue: &QueueName, error: ReceiptError) -> MessagingError {
-        match error {
-            ReceiptError::Stale => MessagingError::invalid_receipt(
-                queue.as_str(),
-                "the lease ended and the message was received again",
-            ),
-            ReceiptError::Gone => {
-                MessagingError::invalid_receipt(queue.as_str(), "the message no longer exists")
-            }
-        }
-    }
 }
 
 #[async_trait]
@@ -267,43 +142,15 @@ impl MessagingService for InMemoryMessageService {
     }
 
     async fn health_check(&self) -> Result<MessagingHealth> {
-        if self.shut_down.load(Ordering::Relaxed) {
-            return Ok(MessagingHealth::Unhealthy {
-                error: "shut down".into(),
-            });
-        }
-        let now = Instant::now();
-        let queues: Vec<_> = self.queues.read().values().cloned().collect();
-        let (mut depth, mut in_flight) = (0, 0);
-        for q in queues {
-            let counts = q.state.lock().counts(now);
-            depth += counts.visible + counts.delayed;
-            in_flight += counts.in_flight;
-        }
-        Ok(MessagingHealth::Healthy {
-            queue_depth: depth,
-            in_flight,
-        })
+        self.health().await
     }
 
     async fn shutdown(&self) -> Result<()> {
-        self.shut_down.store(true, Ordering::Relaxed);
-        for q in self.queues.read().values() {
-            q.notify.notify_waiters();
-        }
-        Ok(())
+        self.stop().await
     }
 
     async fn create_queue_with(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
-        self.check_open()?;
-        let max = options
-            .max_receive_count
-            .unwrap_or(self.settings.default_max_receive_count);
-        let q = self.get_or_create(queue, max)?;
-        if let Some(dlq) = &q.dead_letter_queue {
-            self.get_or_create(dlq, 0)?;
-        }
-        Ok(())
+        self.create_with(queue, options)
     }
 
     async fn send(&self, queue: &QueueName, message: OutgoingMessage) -> Result<MessageId> {
@@ -329,23 +176,7 @@ impl MessagingService for InMemoryMessageService {
         queue: &QueueName,
         messages: Vec<OutgoingMessage>,
     ) -> Result<Vec<MessageId>> {
-        for m in &messages {
-            self.check_payload(m.payload.len())?;
-        }
-        let q = self.queue(queue)?;
-        let ids = messages.iter().map(|m| m.message_id).collect();
-        self.insert(
-            &q,
-            messages.into_iter().map(|m| NewMessage {
-                payload: m.payload,
-                message_id: m.message_id,
-                correlation_id: m.correlation_id,
-                delay: m.delay,
-                dead_letter: None,
-                enqueued_at: None,
-            }),
-        )?;
-        Ok(ids)
+        self.send_many(queue, messages)
     }
 
     async fn receive(
@@ -354,27 +185,7 @@ impl MessagingService for InMemoryMessageService {
         max_messages: usize,
         visibility_timeout: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
-        let q = self.queue(queue)?;
-        let max = max_messages.min(self.capabilities.max_batch_size);
-        let mut out = Vec::new();
-        let mut dead = Vec::new();
-        {
-            let mut state = q.state.lock();
-            out.reserve(max.min(state.visible() as usize));
-            state.receive(
-                max,
-                visibility_timeout,
-                q.max_receive_count,
-                (Instant::now(), Utc::now()),
-                &mut out,
-                &mut dead,
-            );
-        }
-        let max_receive_count = q.max_receive_count;
-        self.move_to_dead_letter(&q, dead, |_| DeadLetterReason::MaxReceiveCountExceeded {
-            max_receive_count,
-        })?;
-        Ok(out)
+        self.receive_many(queue, max_messages, visibility_timeout)
     }
 
     async fn delete_message(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Result<()> {
@@ -388,22 +199,8 @@ impl MessagingService for InMemoryMessageService {
         &self,
         queue: &QueueName,
         receipts: &[ReceiptHandle],
-    ) -> Result<crate::service::DeleteOutcome> {
-        let q = self.queue(queue)?;
-        let mut outcome = crate::service::DeleteOutcome::default();
-        let mut state = q.state.lock();
-        for receipt in receipts {
-            let result = Self::receipt_parts(queue, receipt).and_then(|(seq, generation)| {
-                state
-                    .delete(seq, generation)
-                    .map_err(|e| Self::receipt_error(queue, e))
-            });
-            match result {
-                Ok(()) => outcome.deleted += 1,
-                Err(e) => outcome.rejected.push((receipt.clone(), e)),
-            }
-        }
-        Ok(outcome)
+    ) -> Result<DeleteOutcome> {
+        self.delete_leased(queue, receipts)
     }
 
     async fn change_message_visibility(
@@ -412,17 +209,7 @@ impl MessagingService for InMemoryMessageService {
         receipt: &ReceiptHandle,
         visibility_timeout: Duration,
     ) -> Result<()> {
-        let (seq, generation) = Self::receipt_parts(queue, receipt)?;
-        let q = self.queue(queue)?;
-        let result =
-            q.state
-                .lock()
-                .change_visibility(seq, generation, visibility_timeout, Instant::now());
-        result.map_err(|e| Self::receipt_error(queue, e))?;
-        if visibility_timeout.is_zero() {
-            q.notify.notify_waiters();
-        }
-        Ok(())
+        self.set_visibility(queue, receipt, visibility_timeout)
     }
 
     async fn dead_letter_message(
@@ -431,14 +218,7 @@ impl MessagingService for InMemoryMessageService {
         receipt: &ReceiptHandle,
         reason: &str,
     ) -> Result<()> {
-        let (seq, generation) = Self::receipt_parts(queue, receipt)?;
-        let q = self.queue(queue)?;
-        let taken = q.state.lock().take_leased(seq, generation);
-        let message = taken.map_err(|e| Self::receipt_error(queue, e))?;
-        let reason = reason.to_owned();
-        self.move_to_dead_letter(&q, vec![message], move |_| DeadLetterReason::Rejected {
-            reason: reason.clone(),
-        })
+        self.dead_letter_leased(queue, receipt, reason)
     }
 
     fn dead_letter_queue_name(&self, queue: &QueueName) -> Result<QueueName> {
@@ -446,119 +226,23 @@ impl MessagingService for InMemoryMessageService {
     }
 
     async fn redrive_dead_letters(&self, queue: &QueueName, max_messages: usize) -> Result<u64> {
-        let target = self.queue(queue)?;
-        let dlq_name = match &target.dead_letter_queue {
-            Some(name) => name.clone(),
-            None => queue.dead_letter(&self.settings.dead_letter_suffix)?,
-        };
-        let Ok(dlq) = self.queue(&dlq_name) else {
-            return Ok(0);
-        };
-        let taken = dlq.state.lock().take_ready(max_messages, Instant::now());
-        let n = taken.len() as u64;
-        let back: Vec<NewMessage> = taken
-            .iter()
-            .map(|m| NewMessage {
-                payload: m.payload.clone(),
-                message_id: m.message_id,
-                correlation_id: m.correlation_id,
-                delay: Duration::ZERO,
-                dead_letter: None,
-                enqueued_at: m.dead_letter.as_ref().map(|d| d.original_enqueued_at),
-            })
-            .collect();
-        if let Err(e) = self.insert(&target, back) {
-            // The target vanished meanwhile: put the dead letters back where they were.
-            let restore = taken.into_iter().map(|m| NewMessage {
-                payload: m.payload,
-                message_id: m.message_id,
-                correlation_id: m.correlation_id,
-                delay: Duration::ZERO,
-                dead_letter: m.dead_letter,
-                enqueued_at: Some(m.enqueued_at),
-            });
-            self.insert(&dlq, restore)?;
-            return Err(e);
-        }
-        Ok(n)
+        self.redrive(queue, max_messages)
     }
 
     async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats> {
-        let q = self.queue(queue)?;
-        let now = Instant::now();
-        let counts = q.state.lock().counts(now);
-        let dead_letter_count = match &q.dead_letter_queue {
-            Some(dlq) => match self.queues.read().get(dlq).cloned() {
-                Some(d) => {
-                    let c = d.state.lock().counts(now);
-                    Some(c.visible + c.in_flight + c.delayed)
-                }
-                None => Some(0),
-            },
-            None => None,
-        };
-        Ok(QueueStats {
-            queue_name: queue.clone(),
-            message_count: counts.visible,
-            in_flight_count: Some(counts.in_flight),
-            delayed_count: Some(counts.delayed),
-            oldest_message_age_seconds: counts
-                .oldest
-                .map(|t| now.saturating_duration_since(t).as_secs_f64()),
-            dead_letter_count,
-        })
+        self.stats(queue)
     }
 
     async fn purge_queue(&self, queue: &QueueName) -> Result<u64> {
-        let q = self.queue(queue)?;
-        let n = q.state.lock().purge();
-        Ok(n)
+        self.purge(queue)
     }
 
     async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
-        self.check_open()?;
-        let removed = {
-            let mut queues = self.queues.write();
-            let q = queues
-                .remove(queue)
-                .ok_or_else(|| MessagingError::queue_not_found(queue.as_str()))?;
-            let dlq = q.dead_letter_queue.as_ref().and_then(|d| queues.remove(d));
-            [Some(q), dlq]
-        };
-        for q in removed.into_iter().flatten() {
-            let _guard = q.state.lock();
-            q.deleted.store(true, Ordering::Release);
-            drop(_guard);
-            q.notify.notify_waiters();
-        }
-        Ok(())
+        self.remove_queue(queue)
     }
 
     async fn wait_for_messages(&self, queue: &QueueName, max_wait: Duration) {
-        let Ok(q) = self.queue(queue) else {
-            // The next receive reports the error; do not spin meanwhile.
-            tokio::time::sleep(max_wait).await;
-            return;
-        };
-        let notified = q.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let now = Instant::now();
-        let deadline = {
-            let mut state = q.state.lock();
-            state.release_due(now);
-            if state.visible() > 0 || q.deleted.load(Ordering::Acquire) {
-                return;
-            }
-            match state.next_timer() {
-                Some(t) => t.min(now + max_wait),
-                None => now + max_wait,
-            }
-        };
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
+        self.wait(queue, max_wait).await
     }
 }
 
@@ -566,6 +250,7 @@ impl MessagingService for InMemoryMessageService {
 mod tests {
     use super::*;
     use crate::typed::MessagingServiceExt;
+    use tokio::time::Instant;
 
     fn q(name: &str) -> QueueName {
         QueueName::new(name).unwrap()

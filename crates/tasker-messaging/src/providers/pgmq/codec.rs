@@ -1,633 +1,285 @@
-//! Storing compact JSON once: the key order jsonb forgets, so its text can be turned back into
-//! the exact bytes we were given.
-//!
-//! jsonb prints objects with `": "` and `", "` and its keys sorted (shorter first, then
-//! bytewise), so serde's compact output (what the typed layer sends) never survives it as text.
-//! Keeping an exact copy beside the document doubles a row; instead, when a payload is exactly
-//! serde's compact rendering of itself, we keep only the permutation of each object's keys and
-//! rebuild the bytes on receive: parse jsonb's text, put the keys back in order, render
-//! compact. serde does all parsing and printing; this module only records and restores order.
-//! Anything where that is not provably exact (duplicate keys, `-0.0`, numbers serde would
-//! print differently) keeps the exact copy instead.
+//! A message to a pgmq row and back: how a payload is stored (`classify`, see the module docs
+//! of `mod.rs`), a batch bound as one array per column (`Encoded`), and a leased row decoded
+//! into a [`ReceivedMessage`] (`decode_row`). Compact JSON's key order is `key_order.rs`.
 
 use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use base64::Engine;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+use uuid::Uuid;
 
-/// A JSON document that keeps object keys in document order. Strings borrow from the input
-/// when they have no escapes (receive rebuilds one per message: allocations count).
-#[derive(Debug)]
-enum Node<'a> {
-    Null,
-    Bool(bool),
-    Number(serde_json::Number),
-    String(Cow<'a, str>),
-    Array(Vec<Node<'a>>),
-    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+use super::sql::{KIND_BASE64, KIND_COMPACT, KIND_JSON, KIND_TEXT};
+use super::{key_order, PgmqMessageService, MAX_TIMER_MS};
+use crate::error::{MessagingError, Result};
+use crate::message::{
+    CorrelationId, DeadLetterInfo, MessageId, OutgoingMessage, QueuedMessageMetadata,
+    ReceiptHandle, ReceivedMessage,
+};
+use crate::queue_name::QueueName;
+
+/// A lease or delay in whole milliseconds, as our statements take them.
+#[inline]
+pub(super) fn duration_ms(d: Duration) -> i64 {
+    // Rounded up: a lease is never shorter than asked.
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    i64::try_from(ms).unwrap_or(i64::MAX).min(MAX_TIMER_MS)
 }
 
-/// A string that borrows when it can (serde's own `Cow<str>` always copies).
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
+/// How a payload is stored (see the module docs): body, kind, and for compact JSON the key
+/// order that rebuilds it. Text bodies borrow the payload (bound as is, never copied).
+fn classify(payload: &[u8]) -> (Cow<'_, str>, i16, Option<String>) {
+    match std::str::from_utf8(payload) {
+        // jsonb refuses \u0000 and PostgreSQL text refuses NUL: those go as base64.
+        Ok(text) if !text.contains('\0') => {
+            if text.contains("\\u0000") {
+                return (Cow::Borrowed(text), KIND_TEXT, None);
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
+            if let Some(order) = key_order::compact_key_order(text) {
+                return (Cow::Borrowed(text), KIND_COMPACT, Some(order));
             }
-            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
+            let is_json = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+            (
+                Cow::Borrowed(text),
+                if is_json { KIND_JSON } else { KIND_TEXT },
+                None,
+            )
         }
-        d.deserialize_str(V)
+        _ => (
+            Cow::Owned(base64::engine::general_purpose::STANDARD.encode(payload)),
+            KIND_BASE64,
+            None,
+        ),
     }
 }
 
-impl<'de> Deserialize<'de> for Node<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Node<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("JSON")
-            }
-            fn visit_unit<E>(self) -> Result<Node<'de>, E> {
-                Ok(Node::Null)
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
-                Ok(Node::Bool(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
-                Ok(Node::Number(v.into()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
-                Ok(Node::Number(v.into()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node<'de>, E> {
-                serde_json::Number::from_f64(v)
-                    .map(Node::Number)
-                    .ok_or_else(|| E::custom("non-finite number"))
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'de>, E> {
-                Ok(Node::String(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
-                Ok(Node::String(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Node<'de>, E> {
-                Ok(Node::String(Cow::Owned(v)))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(item) = seq.next_element()? {
-                    items.push(item);
-                }
-                Ok(Node::Array(items))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some((k, v)) = map.next_entry::<Text<'de>, Node<'de>>()? {
-                    entries.push((k.0, v));
-                }
-                Ok(Node::Object(entries))
-            }
-        }
-        d.deserialize_any(V)
-    }
+/// A batch ready to bind: one array per column, borrowing the messages' payloads.
+#[derive(Default)]
+pub(super) struct Encoded<'a> {
+    pub(super) bodies: Vec<Cow<'a, str>>,
+    pub(super) kinds: Vec<i16>,
+    pub(super) ids: Vec<Uuid>,
+    pub(super) correlation_ids: Vec<Option<Uuid>>,
+    pub(super) delays_ms: Vec<i64>,
+    pub(super) key_orders: Vec<Option<String>>,
 }
 
-impl Serialize for Node<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Node::Null => s.serialize_unit(),
-            Node::Bool(b) => s.serialize_bool(*b),
-            Node::Number(n) => n.serialize(s),
-            Node::String(v) => s.serialize_str(v),
-            Node::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(item)?;
-                }
-                seq.end()
-            }
-            Node::Object(entries) => {
-                let mut map = s.serialize_map(Some(entries.len()))?;
-                for (k, v) in entries {
-                    map.serialize_entry(k, v)?;
-                }
-                map.end()
-            }
-        }
-    }
+/// A leased row we could not turn into a message.
+pub(super) struct Undecodable {
+    pub(super) msg_id: i64,
+    pub(super) read_ct: i32,
+    pub(super) error: String,
 }
 
-/// jsonb's key order: shorter keys first, then bytewise.
-fn jsonb_order(entries: &[(Cow<'_, str>, Node<'_>)]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..entries.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (ka, kb) = (entries[a].0.as_bytes(), entries[b].0.as_bytes());
-        ka.len().cmp(&kb.len()).then_with(|| ka.cmp(kb))
-    });
-    order
+/// What a row's headers say, for the rows that have any (most of ours have none): written
+/// by another client, a dead-lettered or redriven message, a payload stored as text, base64
+/// or an exact copy, or a row from before the id columns (ids and key order as headers).
+#[derive(Default)]
+struct HeaderFields {
+    encoding: Option<String>,
+    exact_payload: Option<String>,
+    key_order: Option<String>,
+    message_id: Option<Uuid>,
+    correlation_id: Option<Uuid>,
+    origin: Option<(String, String)>,
+    dead_letter: Option<serde_json::Value>,
 }
 
-/// Walks objects in document order (pre-order), recording for each where its keys sit in
-/// jsonb's order. `None` when the document cannot be rebuilt exactly.
-fn record(node: &Node<'_>, perms: &mut Vec<Vec<u32>>) -> Option<()> {
-    match node {
-        Node::Number(n) => {
-            // jsonb's numeric has no negative zero.
-            if n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()) {
-                return None;
-            }
-        }
-        Node::Array(items) => {
-            for item in items {
-                record(item, perms)?;
-            }
-        }
-        Node::Object(entries) => {
-            let order = jsonb_order(entries);
-            // Duplicate keys: jsonb keeps only the last.
-            if order.windows(2).any(|w| entries[w[0]].0 == entries[w[1]].0) {
-                return None;
-            }
-            // perm[i] = position in jsonb's order of the document's i-th key.
-            let mut perm = vec![0u32; entries.len()];
-            for (sorted_pos, &doc_pos) in order.iter().enumerate() {
-                perm[doc_pos] = sorted_pos as u32;
-            }
-            perms.push(perm);
-            for (_, v) in entries {
-                record(v, perms)?;
-            }
-        }
-        Node::Null | Node::Bool(_) | Node::String(_) => {}
-    }
-    Some(())
-}
-
-/// For a JSON payload: the key permutations that rebuild it from jsonb's text, as JSON text
-/// (`"[]"` when every object is already in jsonb's order), or `None` when the payload is not
-/// serde's compact rendering of itself or could not be rebuilt exactly.
-pub(super) fn compact_key_order(payload: &str) -> Option<String> {
-    let mut members = [Member::default(); FLAT_MAX];
-    match scan_flat(payload, ":", ",", &mut members) {
-        Some(n) => flat_key_order(&members[..n]),
-        None => general_key_order(payload),
-    }
-}
-
-fn general_key_order(payload: &str) -> Option<String> {
-    let node: Node = serde_json::from_str(payload).ok()?;
-    let rendered = serde_json::to_string(&node).ok()?;
-    if rendered != payload {
-        return None;
-    }
-    let mut perms = Vec::new();
-    record(&node, &mut perms)?;
-    let identity = perms
-        .iter()
-        .all(|p| p.iter().enumerate().all(|(i, &j)| i as u32 == j));
-    if identity {
-        return Some("[]".to_owned());
-    }
-    serde_json::to_string(&perms).ok()
-}
-
-fn restore(node: &mut Node<'_>, perms: &mut std::slice::Iter<'_, Vec<u32>>) -> Result<(), String> {
-    match node {
-        Node::Array(items) => {
-            for item in items {
-                restore(item, perms)?;
-            }
-        }
-        Node::Object(entries) => {
-            if let Some(perm) = perms.next() {
-                if perm.len() != entries.len() {
-                    return Err("key order does not match the document".into());
-                }
-                let mut taken: Vec<Option<(Cow<'_, str>, Node<'_>)>> =
-                    std::mem::take(entries).into_iter().map(Some).collect();
-                for &j in perm {
-                    let entry = taken
-                        .get_mut(j as usize)
-                        .and_then(Option::take)
-                        .ok_or("key order is not a permutation")?;
-                    entries.push(entry);
-                }
-            }
-            for (_, v) in entries.iter_mut() {
-                restore(v, perms)?;
-            }
-        }
-        Node::Null | Node::Bool(_) | Node::Number(_) | Node::String(_) => {}
-    }
-    Ok(())
-}
-
-/// Rebuilds the exact payload from jsonb's text and the recorded key order.
-pub(super) fn rebuild_compact(
-    jsonb_text: &str,
-    key_order: Option<&str>,
-) -> Result<Vec<u8>, String> {
-    if let Some(bytes) = rebuild_flat(jsonb_text, key_order) {
-        return Ok(bytes);
-    }
-    rebuild_general(jsonb_text, key_order)
-}
-
-fn rebuild_general(jsonb_text: &str, key_order: Option<&str>) -> Result<Vec<u8>, String> {
-    let mut node: Node = serde_json::from_str(jsonb_text).map_err(|e| e.to_string())?;
-    if let Some(order) = key_order {
-        let perms: Vec<Vec<u32>> = serde_json::from_str(order).map_err(|e| e.to_string())?;
-        if !perms.is_empty() {
-            restore(&mut node, &mut perms.iter())?;
-        }
-    }
-    serde_json::to_vec(&node).map_err(|e| e.to_string())
-}
-
-// The fast path: flat objects.
-//
-// Most payloads are flat objects of plain scalars (the orchestrator's messages are three
-// UUID strings). For those the text can be rearranged without building a document: with no
-// escapes in any string, no nesting and only integers that serde prints back digit for
-// digit, serde's compact rendering is the text itself, and jsonb's text differs from it only
-// by the separators and the key order. Anything else takes the general path above; the tests
-// check that both paths agree.
-
-/// At most this many members take the fast path (fixed arrays, no allocation).
-const FLAT_MAX: usize = 32;
-
-/// A member of a flat object, as slices of the text: the key without its quotes, the value
-/// as written.
-#[derive(Clone, Copy, Default)]
-struct Member<'a> {
-    key: &'a str,
-    value: &'a str,
-}
-
-/// Scans `{"key"<colon>value<comma>...}` where every key and string value has no escape and
-/// no control character, and every other value is `true`, `false`, `null` or an integer of
-/// at most 18 digits (no leading zero, no `-0`). The number of members, or `None` for
-/// anything else.
-fn scan_flat<'a>(
-    text: &'a str,
-    colon: &str,
-    comma: &str,
-    out: &mut [Member<'a>; FLAT_MAX],
-) -> Option<usize> {
-    let b = text.as_bytes();
-    if b.first() != Some(&b'{') {
-        return None;
-    }
-    let mut i = 1;
-    if b.get(i) == Some(&b'}') {
-        return (b.len() == 2).then_some(0);
-    }
-    let mut n = 0;
-    loop {
-        if n == FLAT_MAX {
-            return None;
-        }
-        let key_end = scan_plain_string(b, i)?;
-        let key = text.get(i + 1..key_end - 1)?;
-        i = key_end;
-        if !b[i..].starts_with(colon.as_bytes()) {
-            return None;
-        }
-        i += colon.len();
-        let value_end = scan_scalar(b, i)?;
-        out[n] = Member {
-            key,
-            value: text.get(i..value_end)?,
+impl HeaderFields {
+    /// Headers that are not a JSON object (another client may write anything) say nothing.
+    fn parse(text: &str) -> Self {
+        let Ok(serde_json::Value::Object(mut h)) = serde_json::from_str(text) else {
+            return HeaderFields::default();
         };
-        n += 1;
-        i = value_end;
-        if b.get(i) == Some(&b'}') {
-            return (i + 1 == b.len()).then_some(n);
+        let mut take_str = |key: &str| match h.remove(key) {
+            Some(serde_json::Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let encoding = take_str("tasker_payload_encoding");
+        let exact_payload = take_str("tasker_payload");
+        let key_order = take_str("tasker_key_order");
+        let message_id = take_str("tasker_message_id").and_then(|s| Uuid::from_str(&s).ok());
+        let correlation_id =
+            take_str("tasker_correlation_id").and_then(|s| Uuid::from_str(&s).ok());
+        // ->> in SQL: strings unquoted, numbers as written.
+        let scalar = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let origin = match h.get("tasker_origin") {
+            Some(serde_json::Value::Array(a)) if a.len() >= 2 => scalar(&a[0]).zip(scalar(&a[1])),
+            _ => None,
+        };
+        HeaderFields {
+            encoding,
+            exact_payload,
+            key_order,
+            message_id,
+            correlation_id,
+            origin,
+            dead_letter: h.remove("tasker_dead_letter"),
         }
-        if !b[i..].starts_with(comma.as_bytes()) {
-            return None;
-        }
-        i += comma.len();
     }
 }
 
-/// End (after the closing quote) of a string starting at `start` with no escapes.
-fn scan_plain_string(b: &[u8], start: usize) -> Option<usize> {
-    if b.get(start) != Some(&b'"') {
-        return None;
-    }
-    let rest = b.get(start + 1..)?;
-    let close = rest
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-    (rest[close] == b'"').then_some(start + 1 + close + 1)
+/// Columns of [`QueueSql::receive`].
+pub(super) mod col {
+    pub const MSG_ID: usize = 0;
+    pub const READ_CT: usize = 1;
+    pub const ENQUEUED_AT: usize = 2;
+    pub const VT: usize = 3;
+    pub const MESSAGE: usize = 4;
+    pub const HEADERS: usize = 5;
+    pub const MESSAGE_ID: usize = 6;
+    pub const CORRELATION_ID: usize = 7;
+    pub const KEY_ORDER: usize = 8;
+    pub const OVER: usize = 9;
 }
 
-fn scan_scalar(b: &[u8], start: usize) -> Option<usize> {
-    let rest = b.get(start..)?;
-    match rest.first()? {
-        b'"' => scan_plain_string(b, start),
-        b't' => rest.starts_with(b"true").then_some(start + 4),
-        b'f' => rest.starts_with(b"false").then_some(start + 5),
-        b'n' => rest.starts_with(b"null").then_some(start + 4),
-        _ => {
-            let negative = rest[0] == b'-';
-            let digits = &rest[usize::from(negative)..];
-            let len = digits.iter().take_while(|c| c.is_ascii_digit()).count();
-            let leading_zero = digits.first() == Some(&b'0') && (len > 1 || negative);
-            if len == 0 || len > 18 || leading_zero {
-                return None;
+pub(super) fn decode_row(
+    queue: &QueueName,
+    tag: u32,
+    row: &PgRow,
+    msg_id: i64,
+) -> std::result::Result<ReceivedMessage, Undecodable> {
+    let read_ct: i32 = row.try_get(col::READ_CT).unwrap_or_default();
+    let undecodable = |error: String| Undecodable {
+        msg_id,
+        read_ct,
+        error,
+    };
+    let column = |e: sqlx::Error| undecodable(format!("bad column: {e}"));
+    let enqueued_at: DateTime<Utc> = row.try_get(col::ENQUEUED_AT).map_err(column)?;
+    let vt: DateTime<Utc> = row.try_get(col::VT).map_err(column)?;
+    // Text borrowed from the row: one allocation per message (the payload).
+    let message: Option<&str> = row.try_get(col::MESSAGE).map_err(column)?;
+    let headers: Option<&str> = row.try_get(col::HEADERS).map_err(column)?;
+    let id_column: Option<Uuid> = row.try_get(col::MESSAGE_ID).map_err(column)?;
+    let correlation_column: Option<Uuid> = row.try_get(col::CORRELATION_ID).map_err(column)?;
+    let key_order_column: Option<&str> = row.try_get(col::KEY_ORDER).map_err(column)?;
+    let h = headers.map(HeaderFields::parse).unwrap_or_default();
+
+    // jsonb's text of the document; NULL only if another client stored SQL NULL.
+    let text = message.unwrap_or("null");
+    let json_string = |what: &str| {
+        serde_json::from_str::<String>(text)
+            .map_err(|e| undecodable(format!("{what} payload is not a JSON string: {e}")))
+    };
+    let payload = match h.encoding.as_deref() {
+        None => match (
+            &h.exact_payload,
+            key_order_column.or(h.key_order.as_deref()),
+        ) {
+            (Some(exact), _) => Bytes::copy_from_slice(exact.as_bytes()),
+            (None, Some(order)) => key_order::rebuild_compact(text, Some(order))
+                .map(Bytes::from)
+                .map_err(|e| undecodable(format!("cannot rebuild the payload: {e}")))?,
+            (None, None) => Bytes::copy_from_slice(text.as_bytes()),
+        },
+        Some("text") => Bytes::from(json_string("text")?),
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(json_string("base64")?.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| undecodable(format!("payload is not valid base64: {e}")))?,
+        Some(other) => {
+            return Err(undecodable(format!(
+                "unknown tasker_payload_encoding {other:?}"
+            )));
+        }
+    };
+    let message_id = match id_column.or(h.message_id) {
+        Some(id) => MessageId(id),
+        None => match &h.origin {
+            Some((origin_queue, origin_id)) => MessageId::derived(origin_queue, origin_id),
+            None => MessageId::derived(queue.as_str(), &msg_id.to_string()),
+        },
+    };
+    let correlation_id = correlation_column.or(h.correlation_id).map(CorrelationId);
+    let dead_letter = h
+        .dead_letter
+        .and_then(|value| match serde_json::from_value::<DeadLetterInfo>(value) {
+            Ok(info) => Some(Box::new(info)),
+            Err(e) => {
+                tracing::warn!(queue = %queue, msg_id, error = %e, "ignoring a malformed tasker_dead_letter header");
+                None
             }
-            Some(start + usize::from(negative) + len)
-        }
-    }
+        });
+    Ok(ReceivedMessage {
+        payload,
+        metadata: QueuedMessageMetadata {
+            message_id,
+            correlation_id,
+            receipt_handle: ReceiptHandle::from_pair(
+                msg_id as u64,
+                (u64::from(tag) << 32) | u64::from(read_ct as u32),
+            ),
+            enqueued_at,
+            receive_count: read_ct.max(0) as u32,
+            visibility_timeout_expires: Some(vt),
+            dead_letter,
+        },
+    })
 }
 
-/// The key order of a flat object, as the general path would write it; `None` (keep a
-/// copy) for duplicate keys.
-fn flat_key_order(members: &[Member<'_>]) -> Option<String> {
-    let n = members.len();
-    let mut order = [0usize; FLAT_MAX];
-    for (i, slot) in order[..n].iter_mut().enumerate() {
-        *slot = i;
-    }
-    let order = &mut order[..n];
-    order.sort_unstable_by(|&a, &b| {
-        let (ka, kb) = (members[a].key.as_bytes(), members[b].key.as_bytes());
-        ka.len().cmp(&kb.len()).then_with(|| ka.cmp(kb))
-    });
-    if order
-        .windows(2)
-        .any(|w| members[w[0]].key == members[w[1]].key)
-    {
-        return None;
-    }
-    if order.iter().enumerate().all(|(i, &j)| i == j) {
-        return Some("[]".to_owned());
-    }
-    let mut perm = [0usize; FLAT_MAX];
-    for (sorted_pos, &doc_pos) in order.iter().enumerate() {
-        perm[doc_pos] = sorted_pos;
-    }
-    let mut out = String::with_capacity(4 + 3 * n);
-    out.push_str("[[");
-    for (i, p) in perm[..n].iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+impl PgmqMessageService {
+    #[inline]
+    fn check_payload(&self, size: usize) -> Result<()> {
+        if size > self.settings.max_payload_bytes {
+            return Err(MessagingError::PayloadTooLarge {
+                size,
+                max: self.settings.max_payload_bytes,
+            });
         }
-        // Below FLAT_MAX: one or two digits.
-        if *p >= 10 {
-            out.push(char::from(b'0' + (*p / 10) as u8));
-        }
-        out.push(char::from(b'0' + (*p % 10) as u8));
+        Ok(())
     }
-    out.push_str("]]");
-    Some(out)
-}
 
-/// A single permutation of `n` as the key order writes it (`[]` is the identity).
-fn parse_flat_perm(key_order: Option<&str>, n: usize, perm: &mut [usize; FLAT_MAX]) -> Option<()> {
-    let order = key_order.unwrap_or("[]");
-    if order == "[]" {
-        for (i, slot) in perm[..n].iter_mut().enumerate() {
-            *slot = i;
+    pub(super) fn encode<'a>(&self, messages: &'a [OutgoingMessage]) -> Result<Encoded<'a>> {
+        let n = messages.len();
+        let mut out = Encoded {
+            bodies: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            correlation_ids: Vec::with_capacity(n),
+            delays_ms: Vec::with_capacity(n),
+            key_orders: Vec::with_capacity(n),
+        };
+        for m in messages {
+            self.check_payload(m.payload.len())?;
+            let (body, kind, key_order) = classify(&m.payload);
+            out.bodies.push(body);
+            out.kinds.push(kind);
+            out.key_orders.push(key_order);
+            out.ids.push(m.message_id.0);
+            out.correlation_ids.push(m.correlation_id.map(|c| c.0));
+            out.delays_ms.push(duration_ms(m.delay));
         }
-        return Some(());
+        Ok(out)
     }
-    let inner = order.strip_prefix("[[")?.strip_suffix("]]")?;
-    let mut seen = [false; FLAT_MAX];
-    let mut count = 0;
-    for part in inner.split(',') {
-        let j: usize = part.parse().ok()?;
-        if count == n || j >= n || seen[j] {
-            return None;
-        }
-        seen[j] = true;
-        perm[count] = j;
-        count += 1;
-    }
-    (count == n).then_some(())
-}
-
-/// Compact bytes of a flat object from jsonb's text, or `None` to take the general path
-/// (which also reports a key order that does not fit).
-fn rebuild_flat(jsonb_text: &str, key_order: Option<&str>) -> Option<Vec<u8>> {
-    let mut members = [Member::default(); FLAT_MAX];
-    let n = scan_flat(jsonb_text, ": ", ", ", &mut members)?;
-    let mut perm = [0usize; FLAT_MAX];
-    parse_flat_perm(key_order, n, &mut perm)?;
-    let mut out = Vec::with_capacity(jsonb_text.len());
-    out.push(b'{');
-    for (i, &j) in perm[..n].iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let m = &members[j];
-        out.push(b'"');
-        out.extend_from_slice(m.key.as_bytes());
-        out.extend_from_slice(b"\":");
-        out.extend_from_slice(m.value.as_bytes());
-    }
-    out.push(b'}');
-    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// What jsonb prints for `text`, for the cases below (keys sorted, ", " and ": ").
-    fn jsonb_text(node: &Node<'_>) -> String {
-        match node {
-            Node::Object(entries) => {
-                let order = jsonb_order(entries);
-                let parts: Vec<String> = order
-                    .iter()
-                    .map(|&i| {
-                        format!(
-                            "{}: {}",
-                            serde_json::to_string(&entries[i].0).unwrap(),
-                            jsonb_text(&entries[i].1)
-                        )
-                    })
-                    .collect();
-                format!("{{{}}}", parts.join(", "))
-            }
-            Node::Array(items) => {
-                let parts: Vec<String> = items.iter().map(jsonb_text).collect();
-                format!("[{}]", parts.join(", "))
-            }
-            other => serde_json::to_string(other).unwrap(),
-        }
+    #[test]
+    fn payload_kinds() {
+        assert_eq!(classify(br#"{"a":1}"#).1, KIND_COMPACT);
+        assert_eq!(classify(br#"{"a": 1}"#).1, KIND_JSON);
+        assert_eq!(classify(b"plain text").1, KIND_TEXT);
+        assert_eq!(classify(br#""\u0000""#).1, KIND_TEXT);
+        assert_eq!(classify(&[0xff, 0x00, 0x01]).1, KIND_BASE64);
+        assert_eq!(classify(b"nul\0inside").1, KIND_BASE64);
     }
 
     #[test]
-    fn compact_documents_rebuild_exactly_from_jsonb_order() {
-        for payload in [
-            r#"{"task_uuid":"a","step_uuid":"b","correlation_id":"c"}"#,
-            r#"{"b":{"zz":1,"a":[{"y":2,"x":3},{}]},"a":null,"ccc":[true,false,1.5,-2]}"#,
-            r#"{"a":1,"b":2}"#,
-            r#"[1,"two",{"k":"v"}]"#,
-            r#""just a string""#,
-            r#"{"é":"ü","e":"\n\"\\"}"#,
-            "42",
-        ] {
-            let order = compact_key_order(payload).unwrap_or_else(|| panic!("{payload}"));
-            let node: Node = serde_json::from_str(payload).unwrap();
-            let stored = jsonb_text(&node);
-            let rebuilt = rebuild_compact(&stored, Some(&order)).unwrap();
-            assert_eq!(
-                String::from_utf8(rebuilt).unwrap(),
-                payload,
-                "via {stored} and {order}"
-            );
-        }
-    }
-
-    /// Every payload through both paths: same key order, same rebuilt bytes.
-    fn assert_paths_agree(payload: &str) {
-        let general = general_key_order(payload);
-        assert_eq!(compact_key_order(payload), general, "{payload}");
-        if let Some(order) = general {
-            let node: Node = serde_json::from_str(payload).unwrap();
-            let stored = jsonb_text(&node);
-            let general = rebuild_general(&stored, Some(&order)).unwrap();
-            assert_eq!(general, payload.as_bytes(), "via {stored} and {order}");
-            assert_eq!(rebuild_compact(&stored, Some(&order)).unwrap(), general);
-        }
-    }
-
-    #[test]
-    fn the_flat_fast_path_agrees_with_the_general_path() {
-        let many: String = format!(
-            "{{{}}}",
-            (0..40)
-                .map(|i| format!("\"k{}\":{i}", 40 - i))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        for payload in [
-            r#"{"task_uuid":"a","step_uuid":"b","correlation_id":"c"}"#,
-            r#"{}"#,
-            r#"{"a":1,"b":-2,"c":0,"d":true,"e":false,"f":null,"g":"x"}"#,
-            r#"{"zz":"é","z":"ü","é":"","":"empty key"}"#,
-            r#"{"bb":1,"ab":2,"b":3,"a":4}"#,
-            r#"{"n":123456789012345678}"#,
-            // Each of these must leave the fast path and still agree.
-            r#"{"n":1234567890123456789}"#,
-            r#"{"n":-0}"#,
-            r#"{"n":01}"#,
-            r#"{"n":1.5}"#,
-            r#"{"n":1e3}"#,
-            r#"{"s":"a\"b"}"#,
-            r#"{"s":"line\nbreak"}"#,
-            r#"{"a":1,"a":2}"#,
-            r#"{"a": 1}"#,
-            r#"{"a":{"b":1}}"#,
-            r#"{"a":[1]}"#,
-            r#"{"a":1} "#,
-            r#"{"a":1}x"#,
-            r#"{"a":tru}"#,
-            r#"{"a":1,}"#,
-            r#"{"a"}"#,
-            r#"["a"]"#,
-            &many,
-        ] {
-            assert_paths_agree(payload);
-        }
-        let mut members = [Member::default(); FLAT_MAX];
-        assert!(
-            scan_flat(&many, ":", ",", &mut members).is_none(),
-            "over FLAT_MAX"
-        );
-    }
-
-    #[test]
-    fn generated_flat_objects_agree_on_both_paths() {
-        // A small deterministic generator: keys and values drawn from pieces that exercise
-        // sorting (lengths, bytes), scalars of every kind and strings the fast path declines.
-        let keys = [
-            "a",
-            "b",
-            "ab",
-            "ba",
-            "zz",
-            "é",
-            "task_uuid",
-            "step_uuid",
-            "x1",
-            "",
-        ];
-        let values = [
-            "1",
-            "-7",
-            "0",
-            "true",
-            "false",
-            "null",
-            r#""v""#,
-            r#""é""#,
-            r#""""#,
-            "999999999999999999",
-            "1.0",
-            r#""q\"""#,
-            "-0",
-        ];
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |m: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % m as u64) as usize
-        };
-        for _ in 0..3000 {
-            let n = next(7);
-            let members: Vec<String> = (0..n)
-                .map(|_| {
-                    format!(
-                        "\"{}\":{}",
-                        keys[next(keys.len())],
-                        values[next(values.len())]
-                    )
-                })
-                .collect();
-            assert_paths_agree(&format!("{{{}}}", members.join(",")));
-        }
-    }
-
-    #[test]
-    fn anything_not_provably_exact_keeps_a_copy() {
-        for payload in [
-            r#"{"a": 1}"#,               // not compact
-            r#"{"a":1,"a":2}"#,          // duplicate keys
-            r#"{"x":-0.0}"#,             // negative zero
-            r#"[1.50]"#,                 // serde prints 1.5
-            r#"[1e3]"#,                  // serde prints 1000.0
-            r#"[18446744073709551616]"#, // beyond u64
-            r#""\u00e9""#,               // serde prints the character
-        ] {
-            assert!(compact_key_order(payload).is_none(), "{payload}");
-        }
-    }
-
-    #[test]
-    fn a_corrupt_key_order_is_an_error_not_a_panic() {
-        assert!(rebuild_compact(r#"{"a": 1, "b": 2}"#, Some("[[0,0]]")).is_err());
-        assert!(rebuild_compact(r#"{"a": 1, "b": 2}"#, Some("[[0]]")).is_err());
-        assert!(rebuild_compact(r#"{"a": 1, "b": 2}"#, Some("[[5,1]]")).is_err());
-        assert!(rebuild_compact(r#"{"a": 1}"#, Some("nonsense")).is_err());
+    fn timers_round_up_to_milliseconds_and_stay_in_range() {
+        assert_eq!(duration_ms(Duration::from_micros(1)), 1);
+        assert_eq!(duration_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(duration_ms(Duration::MAX), MAX_TIMER_MS);
     }
 }

@@ -1,14 +1,17 @@
 //! Finding pgmq in a database, installing its SQL when asked, preparing our schema, and
 //! reading the server's connection limits.
 
+use std::str::FromStr;
+
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 
 use super::sql::{SCHEMA_SQL, SCHEMA_VERSION};
-use super::{map_sqlx, PgmqSettings};
+use super::{map_sqlx, PgmqMessageService, PgmqSettings};
 use crate::error::{MessagingError, Result};
 use crate::resources::SystemResourceLimits;
+use crate::secret::{scrub, SecretUrl};
 
 /// What a database has of pgmq.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -304,4 +307,46 @@ pub(super) async fn read_limits(
         database_reserved_connections: (superuser_reserved.max(0) + reserved.max(0)) as u32,
         available_memory_mb: None,
     })
+}
+
+impl PgmqMessageService {
+    /// What the database at `url` has of pgmq.
+    pub async fn detect_installation(url: &SecretUrl) -> Result<PgmqInstallation> {
+        let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
+            MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url))
+        })?;
+        let mut conn = sqlx::PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| map_sqlx(e, "connect", None, url))?;
+        let result = detect(&mut conn)
+            .await
+            .map_err(|e| map_sqlx(e, "detect pgmq", None, url));
+        let _ = conn.close().await;
+        result
+    }
+
+    /// Installs pgmq's embedded SQL into the database at `url` unless the extension or the SQL
+    /// is already there (`tasker-mq pgmq install`). Offline; safe to run concurrently.
+    pub async fn install_sql(url: &SecretUrl) -> Result<InstallOutcome> {
+        let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
+            MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url))
+        })?;
+        install_with_lock(&options, url).await
+    }
+
+    /// The server's connection limits (`max_connections`, reserved connections), for
+    /// [`crate::build_service_with_limits`].
+    pub async fn system_limits(url: &SecretUrl) -> Result<SystemResourceLimits> {
+        let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
+            MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url))
+        })?;
+        let mut conn = sqlx::PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| map_sqlx(e, "connect", None, url))?;
+        let limits = read_limits(&mut conn)
+            .await
+            .map_err(|e| map_sqlx(e, "read limits", None, url));
+        let _ = conn.close().await;
+        limits
+    }
 }

@@ -11,6 +11,9 @@
 //! declares it again on every new connection before anyone uses it: after a broker restart,
 //! transient exchanges and bindings are gone and a node that lost its data has no queues, so
 //! the service would otherwise publish into nothing.
+//!
+//! Also here: `Inner::link` (the live connection, starting the lease reaper on first use) and
+//! the service's health and shutdown.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,18 +23,20 @@ use std::time::Duration;
 use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use parking_lot::Mutex;
 
-use super::leases::LeaseChannel;
+use super::channel::LeaseChannel;
+use super::errors::ErrorMapper;
+use super::leases::{self, Lease};
+use super::{Inner, RabbitMqMessageService};
 use crate::error::{MessagingError, Result};
 use crate::queue_name::QueueName;
-use crate::secret::{scrub, SecretUrl};
-use crate::service::ProviderKind;
+use crate::secret::SecretUrl;
+use crate::service::MessagingHealth;
 
 /// A live connection and its channels.
 pub(super) struct Link {
@@ -120,64 +125,6 @@ async fn open_confirm_channel(conn: &Connection) -> lapin::Result<Channel> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(ch)
-}
-
-/// Turns lapin errors into `MessagingError`s, passwords scrubbed.
-#[derive(Clone)]
-pub(super) struct ErrorMapper {
-    pub url: SecretUrl,
-}
-
-impl ErrorMapper {
-    pub fn map(
-        &self,
-        operation: &'static str,
-        queue: Option<&QueueName>,
-        error: lapin::Error,
-    ) -> MessagingError {
-        let message = scrub(&error.to_string(), &self.url);
-        match error.kind() {
-            ErrorKind::ProtocolError(amqp) => match amqp.kind() {
-                AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) if queue.is_some() => {
-                    MessagingError::QueueNotFound {
-                        queue: queue.map(|q| q.as_str().to_owned()).unwrap_or_default(),
-                    }
-                }
-                AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => MessagingError::Provider {
-                    provider: ProviderKind::Rabbitmq,
-                    operation,
-                    message,
-                    retryable: true,
-                },
-                AMQPErrorKind::Soft(_) => MessagingError::Provider {
-                    provider: ProviderKind::Rabbitmq,
-                    operation,
-                    message,
-                    retryable: false,
-                },
-                AMQPErrorKind::Hard(_) => MessagingError::Connection {
-                    provider: ProviderKind::Rabbitmq,
-                    message,
-                },
-            },
-            ErrorKind::IOError(_)
-            | ErrorKind::RuntimeShutdownError(_)
-            | ErrorKind::InvalidConnectionState(_)
-            | ErrorKind::InvalidChannelState(..)
-            | ErrorKind::InvalidChannel(_)
-            | ErrorKind::MissingHeartbeatError
-            | ErrorKind::ChannelsLimitReached => MessagingError::Connection {
-                provider: ProviderKind::Rabbitmq,
-                message,
-            },
-            _ => MessagingError::Provider {
-                provider: ProviderKind::Rabbitmq,
-                operation,
-                message,
-                retryable: false,
-            },
-        }
-    }
 }
 
 /// Something the service declared, to declare again on a new connection.
@@ -416,5 +363,57 @@ impl Connector {
         if let Some(link) = link {
             let _ = link.conn.close(200, "shutdown".into()).await;
         }
+    }
+}
+
+impl Inner {
+    /// The live connection; starts the lease reaper on first use.
+    pub(super) async fn link(&self) -> Result<Arc<Link>> {
+        self.start_reaper();
+        self.connector.link().await
+    }
+
+    /// A plain function, so the reaper's future (which publishes, which needs a link) does
+    /// not contain itself.
+    fn start_reaper(&self) {
+        {
+            let mut reaper = self.reaper.lock();
+            if reaper.is_none() {
+                let me = self.me.clone();
+                let release = move |due: Vec<Lease>| {
+                    let me = me.clone();
+                    async move {
+                        match me.upgrade() {
+                            Some(inner) => inner.release_leases(due).await,
+                            // The service is gone: requeue without counting (classic queues).
+                            None => leases::nack_all(due).await,
+                        }
+                    }
+                };
+                *reaper = Some(tokio::spawn(self.leases.clone().run_reaper(release)));
+            }
+        }
+    }
+}
+
+impl RabbitMqMessageService {
+    pub(super) async fn health(&self) -> Result<MessagingHealth> {
+        match self.inner.link().await {
+            Ok(_) => Ok(MessagingHealth::Healthy {
+                queue_depth: 0,
+                in_flight: self.inner.leases.live_count(),
+            }),
+            Err(e) => Ok(MessagingHealth::Unhealthy {
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    pub(super) async fn stop(&self) -> Result<()> {
+        self.inner.connector.close().await;
+        if let Some(reaper) = self.inner.reaper.lock().take() {
+            reaper.abort();
+        }
+        Ok(())
     }
 }

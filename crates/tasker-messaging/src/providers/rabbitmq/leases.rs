@@ -4,8 +4,9 @@
 //!
 //! A receipt is `(service nonce, lease id)`: lease ids are never reused, so a receipt whose
 //! lease ended can never touch a later delivery of the same message (receipt fencing). Acks
-//! and nacks on one channel are serialized under the channel's settle lock, which is what
-//! makes a `multiple` ack safe: it only covers tags this service holds in that batch.
+//! and nacks on one channel are serialized under the channel's settle lock (`channel.rs`),
+//! which is what makes a `multiple` ack safe: it only covers tags this service holds in that
+//! batch.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -15,179 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::{BasicProperties, Channel};
+use lapin::BasicProperties;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::channel::LeaseChannel;
 use crate::message::ReceiptHandle;
 use crate::queue_name::QueueName;
-
-static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A channel that holds leases: one per queue for `receive`, one per push consumer.
-pub(super) struct LeaseChannel {
-    pub channel: Channel,
-    pub id: u64,
-    /// Delivery tags this service holds unacked on the channel.
-    outstanding: Mutex<HeldTags>,
-    /// Serializes acks and nacks, so a `multiple` ack never races a nack of a lower tag.
-    settle: tokio::sync::Mutex<()>,
-    /// Serializes receives, so tags are registered in delivery order.
-    pub receive: tokio::sync::Mutex<()>,
-    /// The consumer prefetch last set on the channel (0: never).
-    pub prefetch: std::sync::atomic::AtomicU16,
-}
-
-impl LeaseChannel {
-    pub fn new(channel: Channel) -> Arc<Self> {
-        Arc::new(LeaseChannel {
-            channel,
-            id: NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed),
-            outstanding: Mutex::new(HeldTags::default()),
-            settle: tokio::sync::Mutex::new(()),
-            receive: tokio::sync::Mutex::new(()),
-            prefetch: std::sync::atomic::AtomicU16::new(0),
-        })
-    }
-
-    pub fn connected(&self) -> bool {
-        self.channel.status().connected()
-    }
-
-    pub fn hold(&self, tag: u64) {
-        self.outstanding.lock().insert(tag);
-    }
-
-    /// Acks `tags`: one `multiple` ack for the ones below every other tag still held, single
-    /// acks for the rest. Nothing waits for the broker (acks have no reply).
-    pub async fn ack(&self, mut tags: Vec<u64>) -> lapin::Result<()> {
-        if tags.is_empty() {
-            return Ok(());
-        }
-        tags.sort_unstable();
-        let _settle = self.settle.lock().await;
-        let (multiple_up_to, singles) = {
-            let mut held = self.outstanding.lock();
-            for t in &tags {
-                held.remove(*t);
-            }
-            let lowest_other = held.lowest().unwrap_or(u64::MAX);
-            let covered = tags.partition_point(|t| *t < lowest_other);
-            if covered >= 2 {
-                (Some(tags[covered - 1]), tags.split_off(covered))
-            } else {
-                (None, tags)
-            }
-        };
-        let multiple = multiple_up_to.map(|tag| {
-            self.channel
-                .basic_ack(tag, BasicAckOptions { multiple: true })
-        });
-        let singles = singles
-            .iter()
-            .map(|t| self.channel.basic_ack(*t, BasicAckOptions::default()));
-        if let Some(m) = multiple {
-            m.await?;
-        }
-        for r in futures::future::join_all(singles).await {
-            r?;
-        }
-        Ok(())
-    }
-
-    /// Nacks `tags` with requeue: the messages are receivable again at once.
-    pub async fn release(&self, tags: Vec<u64>) -> lapin::Result<()> {
-        if tags.is_empty() {
-            return Ok(());
-        }
-        let _settle = self.settle.lock().await;
-        {
-            let mut held = self.outstanding.lock();
-            for t in &tags {
-                held.remove(*t);
-            }
-        }
-        let nacks = tags.iter().map(|t| {
-            self.channel.basic_nack(
-                *t,
-                BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                },
-            )
-        });
-        for r in futures::future::join_all(nacks).await {
-            r?;
-        }
-        Ok(())
-    }
-}
-
-/// The delivery tags held unacked on one channel, as a bit window from the lowest held tag.
-///
-/// A channel numbers its deliveries 1, 2, 3, ... and most are settled soon after, in roughly
-/// that order, so a window of bits starting at the lowest held tag stays small and makes
-/// insert, remove and "lowest held" O(1); a `BTreeSet` cost a tree insert and remove per
-/// message at stream rates. One long-held tag among many short ones costs one bit per
-/// delivery since.
-#[derive(Default)]
-struct HeldTags {
-    /// The tag of bit 0 of `words[0]` (a multiple of 64).
-    base: u64,
-    words: VecDeque<u64>,
-    count: usize,
-}
-
-impl HeldTags {
-    fn insert(&mut self, tag: u64) {
-        if self.count == 0 {
-            self.words.clear();
-            self.base = tag & !63;
-        }
-        while tag < self.base {
-            self.words.push_front(0);
-            self.base -= 64;
-        }
-        let i = usize::try_from((tag - self.base) / 64).unwrap_or(usize::MAX);
-        if i >= self.words.len() {
-            self.words.resize(i + 1, 0);
-        }
-        let bit = 1u64 << (tag % 64);
-        if self.words[i] & bit == 0 {
-            self.words[i] |= bit;
-            self.count += 1;
-        }
-    }
-
-    fn remove(&mut self, tag: u64) {
-        if tag < self.base {
-            return;
-        }
-        let Ok(i) = usize::try_from((tag - self.base) / 64) else {
-            return;
-        };
-        let Some(word) = self.words.get_mut(i) else {
-            return;
-        };
-        let bit = 1u64 << (tag % 64);
-        if *word & bit != 0 {
-            *word &= !bit;
-            self.count -= 1;
-        }
-        // Keep the lowest held tag in the first word.
-        while self.words.front() == Some(&0) {
-            self.words.pop_front();
-            self.base += 64;
-        }
-    }
-
-    fn lowest(&self) -> Option<u64> {
-        let first = *self.words.front()?;
-        (first != 0).then(|| self.base + u64::from(first.trailing_zeros()))
-    }
-}
 
 /// Nacks the leases with requeue, grouped by channel. A broken channel needs nothing: the
 /// broker requeued what it held.
@@ -542,60 +378,6 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn held_tags_agree_with_an_ordered_set() {
-        use rand::{Rng, SeedableRng};
-        use std::collections::BTreeSet;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut held = HeldTags::default();
-        let mut model = BTreeSet::new();
-        let mut next = 1u64;
-        for _ in 0..20_000 {
-            match rng.random_range(0..10) {
-                // Mostly new deliveries in order, sometimes after a gap.
-                0..=4 => {
-                    next += if rng.random_bool(0.1) {
-                        rng.random_range(1..300)
-                    } else {
-                        1
-                    };
-                    held.insert(next);
-                    model.insert(next);
-                }
-                // Settle a held tag: usually an old one, sometimes any.
-                5..=8 if !model.is_empty() => {
-                    let tag = if rng.random_bool(0.7) {
-                        *model.iter().next().unwrap_or(&0)
-                    } else {
-                        let lo = *model.iter().next().unwrap_or(&0);
-                        rng.random_range(lo..=next)
-                    };
-                    held.remove(tag);
-                    model.remove(&tag);
-                }
-                // An old tag again (a late insert below the window) or a stray remove.
-                _ => {
-                    let tag = rng.random_range(1..=next);
-                    if rng.random_bool(0.5) {
-                        held.insert(tag);
-                        model.insert(tag);
-                    } else {
-                        held.remove(tag);
-                        model.remove(&tag);
-                    }
-                }
-            }
-            assert_eq!(held.lowest(), model.first().copied());
-            assert_eq!(held.count, model.len());
-        }
-        // The window shrinks back once the old tags are settled.
-        for tag in model.clone() {
-            held.remove(tag);
-        }
-        assert_eq!(held.lowest(), None);
-        assert!(held.words.is_empty());
-    }
 
     #[test]
     fn ended_memory_remembers_recent_ids_and_late_ends() {

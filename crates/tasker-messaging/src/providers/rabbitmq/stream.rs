@@ -25,7 +25,8 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::time::Instant;
 
-use super::leases::{Lease, LeaseChannel};
+use super::channel::LeaseChannel;
+use super::leases::Lease;
 use super::{codec, Inner};
 use crate::error::{MessagingError, Result};
 use crate::message::ReceivedMessage;

@@ -22,8 +22,9 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::leases::LeaseChannel;
-use super::{stream, Inner, WINDOW_IDLE};
+use super::channel::LeaseChannel;
+use super::receive::WINDOW_IDLE;
+use super::{stream, Inner};
 use crate::error::Result;
 use crate::message::ReceivedMessage;
 use crate::queue_name::QueueName;

@@ -1,0 +1,63 @@
+//! Settings of the PGMQ provider, from `[connection.pgmq]` (or `DATABASE_URL`) and `[queues]`.
+
+use crate::config::{MessagingConfig, ResourceValidationConfig};
+use crate::error::{MessagingError, Result};
+use crate::secret::SecretUrl;
+
+/// Settings of the PGMQ provider.
+#[derive(Clone, Debug)]
+pub struct PgmqSettings {
+    pub database_url: SecretUrl,
+    /// Connections in the pool (the listener holds one more).
+    pub pool_size: u32,
+    /// Install pgmq's SQL when the database has neither the extension nor the SQL.
+    pub install_sql: bool,
+    pub default_max_receive_count: u32,
+    pub dead_letter_suffix: String,
+    pub max_payload_bytes: usize,
+    pub resource_validation: ResourceValidationConfig,
+}
+
+impl PgmqSettings {
+    /// Defaults of [`MessagingConfig`] with this database.
+    pub fn new(database_url: SecretUrl) -> Self {
+        let config = MessagingConfig::default();
+        PgmqSettings {
+            database_url,
+            pool_size: 8,
+            install_sql: false,
+            default_max_receive_count: config.queues.max_receive_count,
+            dead_letter_suffix: config.queues.dead_letter_queue_suffix,
+            max_payload_bytes: config.queues.max_payload_bytes,
+            resource_validation: config.resource_validation,
+        }
+    }
+
+    pub fn from_config(config: &MessagingConfig) -> Result<Self> {
+        let pgmq = config.connection.pgmq.as_ref().ok_or_else(|| {
+            MessagingError::config(
+                "connection.pgmq.database_url",
+                "required when provider = pgmq (or set DATABASE_URL)",
+            )
+        })?;
+        Ok(PgmqSettings {
+            database_url: pgmq.database_url.clone(),
+            pool_size: pgmq.pool_size,
+            install_sql: pgmq.install_sql,
+            default_max_receive_count: config.queues.max_receive_count,
+            dead_letter_suffix: config.queues.dead_letter_queue_suffix.clone(),
+            max_payload_bytes: config.queues.max_payload_bytes,
+            resource_validation: config.resource_validation.clone(),
+        })
+    }
+
+    pub fn with_pool_size(mut self, pool_size: u32) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    pub fn with_install_sql(mut self, install_sql: bool) -> Self {
+        self.install_sql = install_sql;
+        self
+    }
+}

@@ -1,0 +1,243 @@
+//! Receipts and leases: delete, visibility and dead-letter by receipt, and how a lease ends.
+//! A receipt names a lease in `leases.rs`; a receipt whose lease ended is refused there
+//! (receipt fencing), so it never touches a later delivery of the same message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::types::{AMQPValue, FieldTable};
+use tokio::time::Instant;
+
+use super::admin::durable;
+use super::channel::LeaseChannel;
+use super::codec::{self, long_string, H_DL_AT, H_DL_COUNT, H_DL_REASON, H_DL_SOURCE};
+use super::errors::invalid;
+use super::leases::{self, Ended, Lease, ReceiptProblem};
+use super::{Inner, RabbitMqMessageService};
+use crate::config::RabbitMqQueueType;
+use crate::error::{MessagingError, Result};
+use crate::message::{DeadLetterReason, ReceiptHandle};
+use crate::queue_name::QueueName;
+use crate::service::DeleteOutcome;
+
+/// RabbitMQ closes a channel whose delivery stays unacked past its `consumer_timeout`
+/// (30 minutes by default), which ends every lease on that channel early (the messages are
+/// redelivered). Leases that long need the broker's timeout raised.
+const BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+pub(super) fn warn_if_past_consumer_timeout(visibility_timeout: Duration) {
+    if visibility_timeout >= BROKER_CONSUMER_TIMEOUT {
+        tracing::warn!(
+            ?visibility_timeout,
+            "visibility timeout at or past RabbitMQ's default consumer_timeout (30 min): \
+             the broker may close the channel and redeliver early unless it is raised"
+        );
+    }
+}
+
+impl RabbitMqMessageService {
+    pub(super) async fn delete_leased(
+        &self,
+        queue: &QueueName,
+        receipts: &[ReceiptHandle],
+    ) -> Result<DeleteOutcome> {
+        let leases = &self.inner.leases;
+        let mut outcome = DeleteOutcome::default();
+        // Grouped by channel: nearly always one (a stream's, or the queue's lease channel).
+        struct Group {
+            channel: Arc<LeaseChannel>,
+            ids: Vec<u64>,
+            tags: Vec<u64>,
+            /// Index of each lease's receipt in `receipts`.
+            at: Vec<usize>,
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, taken) in leases.take_many(queue, receipts).into_iter().enumerate() {
+            match taken {
+                Ok((id, lease)) => {
+                    let g = match groups.iter().position(|g| g.channel.id == lease.channel.id) {
+                        Some(g) => g,
+                        None => {
+                            groups.push(Group {
+                                channel: lease.channel.clone(),
+                                ids: Vec::with_capacity(receipts.len()),
+                                tags: Vec::with_capacity(receipts.len()),
+                                at: Vec::with_capacity(receipts.len()),
+                            });
+                            groups.len() - 1
+                        }
+                    };
+                    let g = &mut groups[g];
+                    g.ids.push(id);
+                    g.tags.push(lease.tag);
+                    g.at.push(i);
+                }
+                // Idempotent: the message is already gone.
+                Err(ReceiptProblem::Ended(Ended::Deleted | Ended::DeadLettered)) => {
+                    outcome.deleted += 1
+                }
+                Err(problem) => outcome
+                    .rejected
+                    .push((receipts[i].clone(), invalid(queue, problem))),
+            }
+        }
+        for g in groups {
+            match g.channel.ack(g.tags).await {
+                Ok(()) => {
+                    outcome.deleted += g.ids.len();
+                    leases.ended_many(g.ids, Ended::Deleted);
+                }
+                Err(e) => {
+                    let error = self.inner.map("basic.ack", Some(queue), e);
+                    leases.ended_many(g.ids, Ended::Lost);
+                    for i in g.at {
+                        outcome.rejected.push((receipts[i].clone(), error.clone()));
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    pub(super) async fn set_visibility(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+        visibility_timeout: Duration,
+    ) -> Result<()> {
+        let leases = &self.inner.leases;
+        if !visibility_timeout.is_zero() {
+            warn_if_past_consumer_timeout(visibility_timeout);
+            return leases
+                .extend(queue, receipt, Instant::now() + visibility_timeout)
+                .map_err(|p| invalid(queue, p));
+        }
+        let (id, lease) = leases.take(queue, receipt).map_err(|p| invalid(queue, p))?;
+        leases.ended(id, Ended::Released);
+        self.inner.release_leases(vec![lease]).await;
+        Ok(())
+    }
+
+    pub(super) async fn dead_letter_leased(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+        reason: &str,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let (id, lease) = inner
+            .leases
+            .take(queue, receipt)
+            .map_err(|p| invalid(queue, p))?;
+        let reason = DeadLetterReason::Rejected {
+            reason: reason.to_owned(),
+        };
+        // Copy first (confirmed), then ack: a crash in between duplicates, never loses.
+        let published = inner.copy_to_dead_letter_queue(&lease, reason).await;
+        if let Err(e) = published {
+            let _ = lease.channel.release(vec![lease.tag]).await;
+            inner.leases.ended(id, Ended::Released);
+            return Err(e);
+        }
+        let acked = lease.channel.ack(vec![lease.tag]).await;
+        inner.leases.ended(id, Ended::DeadLettered);
+        acked.map_err(|e| inner.map("basic.ack", Some(queue), e))
+    }
+}
+
+impl Inner {
+    /// Hands leased messages back to their queues. Quorum queues count the delivery and
+    /// dead-letter at the limit themselves, so a nack is enough. A classic queue counts
+    /// nothing: the message is published again with its receive count in a header (or
+    /// dead-lettered at `max_receive_count`), then the delivery is acked.
+    pub(super) async fn release_leases(&self, leases: Vec<Lease>) {
+        // The queues this service declares are all of the configured type. The header alone
+        // cannot tell: RabbitMQ 3.10 leaves `x-delivery-count` off a quorum queue's first
+        // delivery to a consumer (it is on `basic.get`'s), and republishing such a message
+        // would start its count, and the broker's delivery limit, from zero again.
+        let quorum_queues = self.settings.queue_type == RabbitMqQueueType::Quorum;
+        let (quorum, classic): (Vec<_>, Vec<_>) = leases
+            .into_iter()
+            .partition(|l| quorum_queues || codec::counted_by_broker(&l.properties));
+        leases::nack_all(quorum).await;
+        for lease in classic {
+            if !lease.channel.connected() {
+                continue;
+            }
+            let max = self.max_receive_count(&lease.queue);
+            let moved = if max > 0 && lease.receive_count >= max {
+                self.copy_to_dead_letter_queue(
+                    &lease,
+                    DeadLetterReason::MaxReceiveCountExceeded {
+                        max_receive_count: max,
+                    },
+                )
+                .await
+            } else {
+                let props = codec::with_header(
+                    &lease.properties,
+                    codec::H_RECEIVE_COUNT,
+                    AMQPValue::LongLongInt(i64::from(lease.receive_count)),
+                );
+                let item = vec![(lease.payload.clone(), props)];
+                self.publish_confirmed("", lease.queue.as_str(), true, item, Some(&lease.queue))
+                    .await
+            };
+            let settled = match moved {
+                Ok(()) => lease.channel.ack(vec![lease.tag]).await,
+                Err(e) => {
+                    tracing::warn!(queue = %lease.queue, error = %e, "requeue by publish failed; nacking");
+                    lease.channel.release(vec![lease.tag]).await
+                }
+            };
+            if let Err(e) = settled {
+                tracing::debug!(error = %e, "settling a released lease failed");
+            }
+        }
+    }
+
+    /// Publishes a copy of the leased message to the queue's DLQ with its dead-letter record
+    /// (confirmed), recreating the DLQ if it was deleted meanwhile.
+    async fn copy_to_dead_letter_queue(
+        &self,
+        lease: &Lease,
+        reason: DeadLetterReason,
+    ) -> Result<()> {
+        let queue = &lease.queue;
+        let dlq = self.dead_letter_queue(queue)?;
+        let reason_json = serde_json::to_string(&reason).unwrap_or_default();
+        let props = codec::moved_properties(
+            &lease.properties,
+            [
+                (H_DL_SOURCE, long_string(queue.as_str())),
+                (H_DL_REASON, long_string(&reason_json)),
+                (
+                    H_DL_COUNT,
+                    AMQPValue::LongLongInt(i64::from(lease.receive_count)),
+                ),
+                (
+                    H_DL_AT,
+                    AMQPValue::LongLongInt(Utc::now().timestamp_millis()),
+                ),
+            ],
+        );
+        let item = vec![(lease.payload.clone(), props.clone())];
+        let published = self
+            .publish_confirmed("", dlq.as_str(), true, item, Some(&dlq))
+            .await;
+        if !matches!(published, Err(MessagingError::QueueNotFound { .. })) {
+            return published;
+        }
+        let link = self.link().await?;
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), self.queue_type_arg());
+        let ch = link.admin(self.errors()).await?;
+        let r = ch.queue_declare(dlq.as_str().into(), durable(), args).await;
+        link.give_back(ch);
+        r.map_err(|e| self.map("queue.declare", Some(&dlq), e))?;
+        let item = vec![(lease.payload.clone(), props)];
+        self.publish_confirmed("", dlq.as_str(), true, item, Some(&dlq))
+            .await
+    }
+}
