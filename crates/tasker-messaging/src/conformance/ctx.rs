@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::ProviderFactory;
+use super::{Hooks, Outcome, ProviderFactory};
 use crate::error::MessagingError;
 use crate::queue_name::QueueName;
 use crate::service::MessagingService;
@@ -19,14 +19,27 @@ pub(crate) struct Ctx {
     /// The shortest lease or delay the case uses: long enough for the provider's timers to
     /// tell apart, short enough to keep the suite quick.
     pub unit: Duration,
+    /// What the instantiation gives besides the factory (wrong-password service, ...).
+    pub hooks: Arc<Hooks>,
     case_id: &'static str,
     queues: Arc<parking_lot::Mutex<Vec<QueueName>>>,
+    /// Parts that could not be checked, and why (see [`Ctx::timed_runs`]).
+    inconclusive: Arc<parking_lot::Mutex<Vec<String>>>,
+    not_applicable: Arc<parking_lot::Mutex<Option<String>>>,
+}
+
+/// How one run of a timing-sensitive check ended when it did not fail.
+pub(crate) enum Timing {
+    Checked,
+    /// The scheduler was too slow to reach the window the check needs; why.
+    Inconclusive(String),
 }
 
 impl Ctx {
     pub(super) fn new(
         service: Arc<dyn MessagingService>,
         factory: ProviderFactory,
+        hooks: Arc<Hooks>,
         case_id: &'static str,
     ) -> Self {
         let resolution = service.capabilities().timer_resolution;
@@ -35,8 +48,65 @@ impl Ctx {
             service,
             factory,
             unit,
+            hooks,
             case_id,
             queues: Arc::new(parking_lot::Mutex::new(Vec::new())),
+            inconclusive: Arc::new(parking_lot::Mutex::new(Vec::new())),
+            not_applicable: Arc::new(parking_lot::Mutex::new(None)),
+        }
+    }
+
+    /// How a case that returned `Ok` ended: passed, inconclusive or not applicable.
+    pub(super) fn verdict(&self) -> Outcome {
+        if let Some(why) = self.not_applicable.lock().clone() {
+            return Outcome::NotApplicable(why);
+        }
+        let inconclusive = self.inconclusive.lock();
+        if inconclusive.is_empty() {
+            Outcome::Passed
+        } else {
+            Outcome::Inconclusive(format!("INCONCLUSIVE: {}", inconclusive.join("; ")))
+        }
+    }
+
+    /// Marks the case as not applicable to this provider (it returns `Ok` right after).
+    pub fn not_applicable(&self, why: impl Into<String>) {
+        *self.not_applicable.lock() = Some(why.into());
+    }
+
+    /// Runs a timing-sensitive check three times, one after the other. A run that fails
+    /// fails the case; a run the scheduler made uncheckable is reported as inconclusive, and
+    /// more than one such run in three fails the case (a check that is mostly skipped
+    /// proves nothing).
+    pub async fn timed_runs<F, Fut>(
+        &self,
+        what: &str,
+        mut run: F,
+    ) -> std::result::Result<(), String>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = std::result::Result<Timing, String>>,
+    {
+        const RUNS: u32 = 3;
+        let mut uncheckable = Vec::new();
+        for n in 0..RUNS {
+            if let Timing::Inconclusive(why) = run(n).await? {
+                uncheckable.push(why);
+            }
+        }
+        match uncheckable.len() {
+            0 => Ok(()),
+            1 => {
+                self.inconclusive.lock().push(format!(
+                    "{what}: 1 of {RUNS} runs could not be checked ({})",
+                    uncheckable[0]
+                ));
+                Ok(())
+            }
+            k => Err(format!(
+                "{what}: {k} of {RUNS} runs could not be checked, the scheduler was too slow ({})",
+                uncheckable.join("; ")
+            )),
         }
     }
 

@@ -1,5 +1,5 @@
-//! The suite's result: one line per case (passed, skipped with the capability, failed with
-//! why) and the counts.
+//! The suite's result: one line per case (passed, inconclusive with why, skipped with the
+//! capability or reason, failed with why) and the counts.
 
 use std::fmt;
 use std::time::Duration;
@@ -10,8 +10,15 @@ use crate::service::Capability;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Passed,
+    /// Passed, but a timing-sensitive part could not be checked in one of its runs (the
+    /// scheduler was too slow to reach the window it checks). Never counted as passed; more
+    /// than one such run in three fails the case.
+    Inconclusive(String),
     /// The provider declares this capability absent.
     Skipped(Capability),
+    /// The promise has no meaning for this provider (e.g. it has no password), as its
+    /// instantiation declares.
+    NotApplicable(String),
     Failed(String),
 }
 
@@ -28,6 +35,8 @@ pub struct CaseResult {
 #[derive(Clone, Debug)]
 pub struct SuiteReport {
     pub provider: String,
+    /// How many copies of each case ran at once (`CONFORMANCE_PARALLEL`, default 1).
+    pub parallel: usize,
     pub cases: Vec<CaseResult>,
 }
 
@@ -35,8 +44,11 @@ impl SuiteReport {
     pub fn passed(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Passed))
     }
+    pub fn inconclusive(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Inconclusive(_)))
+    }
     pub fn skipped(&self) -> usize {
-        self.count(|o| matches!(o, Outcome::Skipped(_)))
+        self.count(|o| matches!(o, Outcome::Skipped(_) | Outcome::NotApplicable(_)))
     }
     pub fn failed(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Failed(_)))
@@ -61,18 +73,28 @@ impl SuiteReport {
 
 impl fmt::Display for SuiteReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let copies = if self.parallel > 1 {
+            format!(
+                ", each run {} times at once on its own queues",
+                self.parallel
+            )
+        } else {
+            String::new()
+        };
         writeln!(
             f,
-            "conformance [{}]: {} cases",
+            "conformance [{}]: {} cases{copies}",
             self.provider,
             self.cases.len()
         )?;
         for case in &self.cases {
             let (tag, note) = match &case.outcome {
                 Outcome::Passed => ("PASS", String::new()),
+                Outcome::Inconclusive(why) => ("INCONCLUSIVE", format!(" -- {why}")),
                 Outcome::Skipped(cap) => {
                     ("SKIP", format!(" -- skipped: provider declares no {cap}"))
                 }
+                Outcome::NotApplicable(why) => ("SKIP", format!(" -- skipped: {why}")),
                 Outcome::Failed(why) => ("FAIL", format!(" -- {why}")),
             };
             writeln!(
@@ -85,9 +107,10 @@ impl fmt::Display for SuiteReport {
         }
         write!(
             f,
-            "conformance [{}]: {} passed, {} skipped, {} failed",
+            "conformance [{}]: {} passed, {} inconclusive, {} skipped, {} failed",
             self.provider,
             self.passed(),
+            self.inconclusive(),
             self.skipped(),
             self.failed()
         )

@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use super::{ensure, Context, Ctx};
 use crate::error::MessagingError;
-use crate::message::{MessageId, ReceivedMessage};
+use crate::message::{MessageId, QueueMessage, QueuedMessage, ReceivedMessage};
 use crate::queue_name::QueueName;
 use crate::service::MessagingService;
+use crate::typed::MessagingServiceExt;
 
 /// What the case files import.
 pub(crate) mod prelude {
@@ -18,14 +19,15 @@ pub(crate) mod prelude {
     pub(crate) use bytes::Bytes;
     pub(crate) use futures::StreamExt;
 
+    pub(crate) use super::super::ctx::Timing;
     pub(crate) use super::super::{ensure, CaseResultInner, Context, CountingService, Ctx};
     pub(crate) use super::*;
     pub(crate) use crate::error::{MessagingError, SerdeDirection};
     pub(crate) use crate::message::{
         CorrelationId, DeadLetterReason, MessageId, OutgoingMessage, ReceiptHandle, StepMessage,
     };
-    pub(crate) use crate::queue_name::{hostile_queue_names, QueueName};
-    pub(crate) use crate::service::{ConsumerOptions, QueueOptions};
+    pub(crate) use crate::queue_name::QueueName;
+    pub(crate) use crate::service::{Capability, ConsumerOptions, MessagingService, QueueOptions};
     pub(crate) use crate::typed::{ConsumerExt, MessagingServiceExt};
 }
 
@@ -65,27 +67,22 @@ pub(crate) async fn collect_n(
     batch: usize,
     vt: Duration,
 ) -> R<Vec<ReceivedMessage>> {
-    let deadline = Instant::now() + ctx.slack();
-    let mut out = Vec::new();
-    while out.len() < n {
+    let out = parking_lot::Mutex::new(Vec::new());
+    let what = format!("{n} messages received");
+    ctx.eventually(&what, ctx.slack(), || async {
         let got = recv(svc, q, batch, vt).await?;
         ensure!(
             got.len() <= batch,
             "receive({batch}) returned {}",
             got.len()
         );
-        if got.is_empty() {
-            ensure!(
-                Instant::now() < deadline,
-                "received {} of {n} messages within {:?}",
-                out.len(),
-                ctx.slack()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut out = out.lock();
         out.extend(got);
-    }
-    Ok(out)
+        Ok((out.len() >= n).then_some(()))
+    })
+    .await
+    .map_err(|e| format!("{e} (got {})", out.lock().len()))?;
+    Ok(out.into_inner())
 }
 
 /// Receives until a message arrives; returns it with the instant just before the receive
@@ -96,25 +93,38 @@ pub(crate) async fn recv_timed(
     q: &QueueName,
     vt: Duration,
 ) -> R<(Instant, ReceivedMessage)> {
-    let deadline = Instant::now() + ctx.slack();
-    loop {
+    ctx.eventually("a message to receive", ctx.slack(), || async move {
         let before = Instant::now();
         let mut got = recv(svc, q, 10, vt).await?;
-        if !got.is_empty() {
-            ensure!(
-                got.len() == 1,
-                "received {} messages, expected 1",
-                got.len()
-            );
-            return Ok((before, got.remove(0)));
+        if got.is_empty() {
+            return Ok(None);
         }
         ensure!(
-            Instant::now() < deadline,
-            "no message within {:?}",
-            ctx.slack()
+            got.len() == 1,
+            "received {} messages, expected 1",
+            got.len()
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        Ok(Some((before, got.remove(0))))
+    })
+    .await
+}
+
+/// The typed receive (`receive_messages::<T>`, which dead-letters what does not decode)
+/// until at least one message arrives, within the slack.
+pub(crate) async fn recv_typed<T: QueueMessage>(
+    ctx: &Ctx,
+    svc: &dyn MessagingService,
+    q: &QueueName,
+    vt: Duration,
+) -> R<Vec<QueuedMessage<T>>> {
+    ctx.eventually("a typed message", ctx.slack(), || async move {
+        let got = svc
+            .receive_messages::<T>(q, 10, vt)
+            .await
+            .ctx("receive_messages")?;
+        Ok((!got.is_empty()).then_some(got))
+    })
+    .await
 }
 
 pub(crate) async fn recv_one(ctx: &Ctx, q: &QueueName, vt: Duration) -> R<ReceivedMessage> {

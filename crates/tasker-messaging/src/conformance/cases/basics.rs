@@ -128,18 +128,7 @@ pub(super) async fn c1_round_trip(ctx: Ctx) -> CaseResultInner {
     svc.send_message(&q, &step)
         .await
         .ctx("send_message::<StepMessage>")?;
-    let typed = ctx
-        .eventually("the typed message", ctx.slack(), || {
-            let (svc, q) = (svc.clone(), q.clone());
-            async move {
-                let got = svc
-                    .receive_messages::<StepMessage>(&q, 10, Duration::from_secs(30))
-                    .await
-                    .ctx("receive_messages::<StepMessage>")?;
-                Ok((!got.is_empty()).then_some(got))
-            }
-        })
-        .await?;
+    let typed = recv_typed::<StepMessage>(&ctx, &**svc, &q, Duration::from_secs(30)).await?;
     ensure!(
         typed.len() == 1 && typed[0].message == step,
         "typed round trip: {typed:?}"

@@ -117,9 +117,9 @@ pub(crate) fn all() -> Vec<Case> {
         ),
         case!(
             "C10.1",
-            "hostile names and oversize payloads: typed errors, nothing sent",
+            "oversize payloads on every send path: typed errors, nothing sent",
             [],
-            bad_input::c10_bad_names_and_sizes
+            bad_input::c10_payload_sizes
         ),
         case!(
             "C10.2",

@@ -79,14 +79,42 @@ pub(super) async fn c12_stream(ctx: Ctx) -> CaseResultInner {
         counting.receives() == at_drop,
         "receive was called after the stream was dropped"
     );
-    let id = ctx
-        .service
-        .send(&q, OutgoingMessage::new("after drop"))
-        .await
-        .ctx("send")?;
-    let m = recv_one(&ctx, &q, Duration::from_secs(60)).await?;
+    // Seen from the provider: messages sent after the drop stay visible, none in flight, so a
+    // push subscription that outlived its stream (and would take them) fails here.
+    let mut after = HashSet::new();
+    for i in 0..5 {
+        after.insert(
+            ctx.service
+                .send(&q, OutgoingMessage::new(format!("after drop {i}")))
+                .await
+                .ctx("send")?,
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let visible_all = |stats: &crate::service::QueueStats| {
+        stats.message_count == 5 && stats.in_flight_count.unwrap_or(0) == 0
+    };
+    ctx.eventually(
+        "5 messages sent after the drop visible",
+        ctx.slack(),
+        || async {
+            let stats = ctx.service.get_queue_stats(&q).await.ctx("stats")?;
+            Ok(visible_all(&stats).then_some(()))
+        },
+    )
+    .await?;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stats = ctx.service.get_queue_stats(&q).await.ctx("stats")?;
+        ensure!(
+            visible_all(&stats),
+            "after the stream was dropped, messages sent later were taken: {stats:?}"
+        );
+    }
+    let got = collect_n(&ctx, &*ctx.service, &q, 5, 10, Duration::from_secs(60)).await?;
     ensure!(
-        m.metadata.message_id == id && m.metadata.receive_count == 1,
+        got.iter()
+            .all(|m| after.contains(&m.metadata.message_id) && m.metadata.receive_count == 1),
         "a dropped stream took a message"
     );
 
@@ -102,6 +130,9 @@ pub(super) async fn c12_stream(ctx: Ctx) -> CaseResultInner {
     );
     Ok(())
 }
+
+/// Scheduling and network noise allowed on top of the timer resolution for a wake-up.
+const WAKE_MARGIN: Duration = Duration::from_millis(300);
 
 pub(super) async fn c13_wakeup(ctx: Ctx) -> CaseResultInner {
     let svc = ctx.service.clone();
@@ -125,7 +156,9 @@ pub(super) async fn c13_wakeup(ctx: Ctx) -> CaseResultInner {
         .await
         .ctx("send (other connection)")?;
     let sent_at = Instant::now();
-    let within = ctx.slack();
+    // "As soon as one arrives": within the declared timer resolution plus scheduling noise,
+    // so a provider that polls every second or two fails.
+    let within = svc.capabilities().timer_resolution + WAKE_MARGIN;
     match tokio::time::timeout(within, waiting).await {
         Ok(joined) => joined.map_err(|e| format!("the waiting task failed: {e}"))?,
         Err(_) => {

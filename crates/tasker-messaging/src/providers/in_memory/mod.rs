@@ -112,6 +112,7 @@ impl InMemoryMessageService {
             receipt_fencing: true,
             detailed_stats: true,
             wakeup_notifications: true,
+            durable_leases: true,
             pgmq_extensions: false,
             max_payload_bytes: settings.max_payload_bytes,
             max_batch_size: 10_000,
