@@ -60,17 +60,27 @@ struct MemQueue {
     max_receive_count: u32,
     dead_letter_queue: Option<QueueName>,
     deleted: AtomicBool,
+    /// The high bits of this queue's sequence numbers, so a receipt (sequence, generation)
+    /// names its queue: one from another queue (or an earlier queue of the same name) is
+    /// refused instead of touching a message that happens to share its sequence.
+    seq_space: u64,
 }
+
+/// Sequence bits per queue; the bits above them number the queue.
+const SEQ_BITS: u32 = 40;
+static NEXT_SEQ_SPACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl MemQueue {
     fn new(name: QueueName, max_receive_count: u32, dead_letter_queue: Option<QueueName>) -> Self {
+        let seq_space = NEXT_SEQ_SPACE.fetch_add(1, Ordering::Relaxed) % (1 << (64 - SEQ_BITS));
         MemQueue {
             name,
-            state: Mutex::new(QueueState::default()),
+            state: Mutex::new(QueueState::starting_at(seq_space << SEQ_BITS)),
             notify: Notify::new(),
             max_receive_count,
             dead_letter_queue,
             deleted: AtomicBool::new(false),
+            seq_space,
         }
     }
 }
@@ -240,6 +250,17 @@ impl InMemoryMessageService {
         })
     }
 
+    /// Refuses a receipt whose sequence number belongs to another queue.
+    fn check_owner(queue: &MemQueue, (seq, generation): (u64, u64)) -> Result<(u64, u64)> {
+        if seq >> SEQ_BITS != queue.seq_space {
+            return Err(MessagingError::invalid_receipt(
+                queue.name.as_str(),
+                "a receipt of another queue",
+            ));
+        }
+        Ok((seq, generation))
+    }
+
     fn receipt_error(queue: &QueueName, error: ReceiptError) -> MessagingError {
         match error {
             ReceiptError::Stale => MessagingError::invalid_receipt(
@@ -379,8 +400,9 @@ impl MessagingService for InMemoryMessageService {
     }
 
     async fn delete_message(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Result<()> {
-        let (seq, generation) = Self::receipt_parts(queue, receipt)?;
+        let parts = Self::receipt_parts(queue, receipt)?;
         let q = self.queue(queue)?;
+        let (seq, generation) = Self::check_owner(&q, parts)?;
         let result = q.state.lock().delete(seq, generation);
         result.map_err(|e| Self::receipt_error(queue, e))
     }
@@ -394,11 +416,13 @@ impl MessagingService for InMemoryMessageService {
         let mut outcome = crate::service::DeleteOutcome::default();
         let mut state = q.state.lock();
         for receipt in receipts {
-            let result = Self::receipt_parts(queue, receipt).and_then(|(seq, generation)| {
-                state
-                    .delete(seq, generation)
-                    .map_err(|e| Self::receipt_error(queue, e))
-            });
+            let result = Self::receipt_parts(queue, receipt)
+                .and_then(|parts| Self::check_owner(&q, parts))
+                .and_then(|(seq, generation)| {
+                    state
+                        .delete(seq, generation)
+                        .map_err(|e| Self::receipt_error(queue, e))
+                });
             match result {
                 Ok(()) => outcome.deleted += 1,
                 Err(e) => outcome.rejected.push((receipt.clone(), e)),
@@ -413,8 +437,9 @@ impl MessagingService for InMemoryMessageService {
         receipt: &ReceiptHandle,
         visibility_timeout: Duration,
     ) -> Result<()> {
-        let (seq, generation) = Self::receipt_parts(queue, receipt)?;
+        let parts = Self::receipt_parts(queue, receipt)?;
         let q = self.queue(queue)?;
+        let (seq, generation) = Self::check_owner(&q, parts)?;
         let result =
             q.state
                 .lock()
@@ -432,8 +457,9 @@ impl MessagingService for InMemoryMessageService {
         receipt: &ReceiptHandle,
         reason: &str,
     ) -> Result<()> {
-        let (seq, generation) = Self::receipt_parts(queue, receipt)?;
+        let parts = Self::receipt_parts(queue, receipt)?;
         let q = self.queue(queue)?;
+        let (seq, generation) = Self::check_owner(&q, parts)?;
         let taken = q.state.lock().take_leased(seq, generation);
         let message = taken.map_err(|e| Self::receipt_error(queue, e))?;
         let reason = reason.to_owned();
