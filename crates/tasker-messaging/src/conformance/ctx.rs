@@ -167,6 +167,25 @@ impl Ctx {
         }
     }
 
+    /// Another instance from the factory: its own connection where the provider has them.
+    pub async fn connect(&self) -> std::result::Result<Arc<dyn MessagingService>, String> {
+        (self.factory)()
+            .await
+            .map_err(|e| format!("factory (another connection) failed: {e}"))
+    }
+
+    /// Disconnects an instance from [`Ctx::connect`] as a crashed process would: shuts it
+    /// down and drops it. A factory that hands out one shared instance (an embedded provider,
+    /// a stack around it) has no connection to close: that instance is only dropped, since
+    /// every other case uses it too.
+    pub async fn disconnect(&self, service: Arc<dyn MessagingService>) {
+        let own = Arc::as_ptr(&service) as *const () == Arc::as_ptr(&self.service) as *const ();
+        if !own {
+            let _ = service.shutdown().await;
+        }
+        drop(service);
+    }
+
     /// The margin allowed for a timer to fire late.
     pub fn slack(&self) -> Duration {
         self.unit * 4 + Duration::from_secs(2)

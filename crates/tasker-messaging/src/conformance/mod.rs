@@ -4,7 +4,8 @@
 //! capability it needs absent, and the report says which. Cases run concurrently, each with
 //! its own service instance from the factory and its own uniquely named queues, so one
 //! server serves the whole suite at once. Stress mode (`CONFORMANCE_PARALLEL=N`) runs every
-//! case N times at once, each copy on its own queues; the case fails if any copy fails.
+//! case N times at once, each copy on its own queues and services (the cases one after
+//! another); the case fails if any copy fails.
 //!
 //! ```no_run
 //! # #[cfg(feature = "in-memory")] {
@@ -37,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use futures::StreamExt;
 
 use crate::error::Result;
 use crate::message::{MessageId, OutgoingMessage};
@@ -138,7 +140,14 @@ impl Suite {
                     elapsed: start.elapsed(),
                 }
             });
-        let cases = futures::future::join_all(runs).await;
+        // One copy each: every case at once. Stress mode: the copies of one case at once,
+        // the cases in turn, so a server's connection limit bounds one case's copies rather
+        // than N times the whole suite.
+        let cases = if parallel == 1 {
+            futures::future::join_all(runs).await
+        } else {
+            futures::stream::iter(runs).then(|run| run).collect().await
+        };
         SuiteReport {
             provider: self.provider.clone(),
             parallel,
@@ -224,4 +233,15 @@ async fn run_one(case: &cases::Case, suite: &Suite) -> Outcome {
         Ok(Err(why)) => Outcome::Failed(why),
         Err(_) => Outcome::Failed(format!("did not finish within {limit:?}")),
     }
+}
+
+/// `url` with its password replaced by `password` (percent-encoded as URLs need), for the
+/// wrong-password service of [`Credentials::WrongPassword`].
+pub fn url_with_password(url: &str, password: &str) -> Result<String> {
+    let bad = |why: &str| crate::error::MessagingError::config("url", why.to_owned());
+    let mut parsed = url::Url::parse(url).map_err(|_| bad("not a URL"))?;
+    parsed
+        .set_password(Some(password))
+        .map_err(|()| bad("this URL cannot carry a password"))?;
+    Ok(parsed.into())
 }

@@ -27,7 +27,7 @@ pub(crate) mod prelude {
         CorrelationId, DeadLetterReason, MessageId, OutgoingMessage, ReceiptHandle, StepMessage,
     };
     pub(crate) use crate::queue_name::QueueName;
-    pub(crate) use crate::service::{Capability, ConsumerOptions, MessagingService, QueueOptions};
+    pub(crate) use crate::service::{ConsumerOptions, MessagingService, QueueOptions};
     pub(crate) use crate::typed::{ConsumerExt, MessagingServiceExt};
 }
 

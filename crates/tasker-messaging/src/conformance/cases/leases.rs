@@ -147,3 +147,51 @@ async fn c4_once(ctx: &Ctx, run: u32) -> R<Timing> {
         .ctx("delete with the extended receipt")?;
     Ok(timing)
 }
+
+/// With `durable_leases`, a receiver that disconnects without acking (a crashed worker)
+/// leaves the message hidden until its lease ends; then it comes back counted.
+pub(super) async fn c17_durable_leases(ctx: Ctx) -> CaseResultInner {
+    let svc = &ctx.service;
+    let q = ctx.queue("durable").await?;
+    let id = svc
+        .send(&q, OutgoingMessage::new("held by a worker that dies"))
+        .await
+        .ctx("send")?;
+    let receiver = ctx.connect().await?;
+    let lease = ctx.unit * 5;
+    let (leased_at, m) = recv_timed(&ctx, &*receiver, &q, lease).await?;
+    ensure!(
+        m.metadata.message_id == id,
+        "the receiver got another message"
+    );
+    ctx.disconnect(receiver).await;
+    // Give the backend time to notice the closed connection (an AMQP broker requeues then).
+    tokio::time::sleep(ctx.unit).await;
+    let got = recv(&**svc, &q, 10, Duration::from_secs(60)).await?;
+    ensure!(
+        got.is_empty() || leased_at.elapsed() >= lease,
+        "the receiver disconnected and its lease ended at once: the message was receivable \
+         {:?} into a {lease:?} lease",
+        leased_at.elapsed()
+    );
+    let back = recv_some(
+        &ctx,
+        &**svc,
+        &q,
+        10,
+        Duration::from_secs(60),
+        lease + ctx.slack(),
+    )
+    .await?;
+    came_back_counted(
+        &back,
+        id,
+        leased_at.elapsed(),
+        lease,
+        Duration::from_millis(50),
+    )?;
+    svc.delete_message(&q, back[0].receipt())
+        .await
+        .ctx("delete")?;
+    Ok(())
+}

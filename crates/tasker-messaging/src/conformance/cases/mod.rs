@@ -8,6 +8,7 @@ mod delays;
 mod leases;
 mod ordering;
 mod receipts;
+mod secrets;
 mod stats;
 mod streams;
 
@@ -68,6 +69,18 @@ pub(crate) fn all() -> Vec<Case> {
             receipts::c3_stale_receipt
         ),
         case!(
+            "C3.4",
+            "a stale receipt cannot extend nor dead-letter the newer delivery",
+            [ReceiptFencing],
+            receipts::c3_stale_receipt_cannot_extend
+        ),
+        case!(
+            "C3.5",
+            "a receipt used on another queue is InvalidReceipt",
+            [],
+            receipts::c3_receipt_on_another_queue
+        ),
+        case!(
             "C4.1",
             "visibility 0 releases the message at once",
             [],
@@ -98,10 +111,34 @@ pub(crate) fn all() -> Vec<Case> {
             dead_letters::c6_explicit
         ),
         case!(
+            "C6.3",
+            "redrive moves at most max and skips leased dead letters",
+            [DeadLetterQueues],
+            dead_letters::c6_redrive_bounds
+        ),
+        case!(
+            "C6.4",
+            "purge keeps dead letters; delete_queue removes the DLQ",
+            [DeadLetterQueues],
+            dead_letters::c6_purge_and_delete_with_dlq
+        ),
+        case!(
+            "C6.5",
+            "a second create_queue_with keeps the first creation's options",
+            [DeadLetterQueues],
+            dead_letters::c6_first_options_stay
+        ),
+        case!(
             "C7",
             "batches: ids in order, receive <= max, no shared leases",
             [],
             ordering::c7_batches
+        ),
+        case!(
+            "C7.2",
+            "a batch over max_batch_size is sent whole or refused, never half",
+            [],
+            ordering::c7_oversize_batch
         ),
         case!(
             "C8",
@@ -114,6 +151,12 @@ pub(crate) fn all() -> Vec<Case> {
             "stats count states; purge counts; missing queue is QueueNotFound",
             [],
             stats::c9_stats_admin
+        ),
+        case!(
+            "C9.3",
+            "initialize is idempotent",
+            [],
+            stats::c9_initialize_idempotent
         ),
         case!(
             "C10.1",
@@ -162,6 +205,18 @@ pub(crate) fn all() -> Vec<Case> {
             "a message taken from a dropped stream keeps its lease, then returns counted",
             [],
             streams::c14_stream_lease_ends
+        ),
+        case!(
+            "C15",
+            "no error shows the password of a wrong-password connection",
+            [],
+            secrets::c15_no_password_in_errors
+        ),
+        case!(
+            "C17",
+            "a receiver that disconnects keeps its lease until it ends",
+            [DurableLeases],
+            leases::c17_durable_leases
         ),
     ]
 }

@@ -174,3 +174,58 @@ pub(super) async fn c11_concurrency(ctx: Ctx) -> CaseResultInner {
     );
     Ok(())
 }
+
+/// A batch over `max_batch_size` is either sent whole (split into several round trips) or
+/// refused with a permanent error and nothing sent: never half-sent.
+pub(super) async fn c7_oversize_batch(ctx: Ctx) -> CaseResultInner {
+    let svc = &ctx.service;
+    let q = ctx.queue("bigbatch").await?;
+    let n = svc.capabilities().max_batch_size + 1;
+    let outgoing: Vec<_> = (0..n)
+        .map(|i| OutgoingMessage::new(format!("{i}")))
+        .collect();
+    let expected: Vec<MessageId> = outgoing.iter().map(|m| m.message_id).collect();
+    match svc.send_batch(&q, outgoing).await {
+        Ok(ids) => {
+            ensure!(
+                ids == expected,
+                "send_batch of {n} returned {} ids, not the sent ids in order",
+                ids.len()
+            );
+            ctx.eventually(
+                &format!("all {n} messages of the split batch visible"),
+                ctx.slack() * 3,
+                || async {
+                    let stats = svc.get_queue_stats(&q).await.ctx("stats")?;
+                    ensure!(
+                        stats.message_count <= n as u64,
+                        "{} visible after a batch of {n}",
+                        stats.message_count
+                    );
+                    Ok((stats.message_count == n as u64).then_some(()))
+                },
+            )
+            .await?;
+        }
+        Err(e) => {
+            ensure!(
+                !e.is_retryable(),
+                "a batch over max_batch_size was refused with a retryable error: {e}"
+            );
+            tokio::time::sleep(ctx.unit).await;
+            let stats = svc.get_queue_stats(&q).await.ctx("stats")?;
+            ensure!(
+                stats.total() == 0,
+                "a refused batch over max_batch_size left {} messages",
+                stats.total()
+            );
+            ensure!(
+                recv(&**svc, &q, 10, Duration::from_secs(60))
+                    .await?
+                    .is_empty(),
+                "a refused batch over max_batch_size left receivable messages"
+            );
+        }
+    }
+    Ok(())
+}

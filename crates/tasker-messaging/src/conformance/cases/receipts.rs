@@ -137,3 +137,134 @@ pub(super) async fn c10_bad_receipts(ctx: Ctx) -> CaseResultInner {
     );
     Ok(())
 }
+
+/// A stale receipt cannot extend the newer delivery's lease (d > 0) nor dead-letter it.
+pub(super) async fn c3_stale_receipt_cannot_extend(ctx: Ctx) -> CaseResultInner {
+    let svc = &ctx.service;
+    let q = ctx.queue("staleext").await?;
+    svc.send(&q, OutgoingMessage::new("x")).await.ctx("send")?;
+    let old = recv_one(&ctx, &q, ctx.unit).await?;
+    let lease = ctx.unit * 3;
+    let (leased_at, newer) = recv_timed(&ctx, &**svc, &q, lease).await?;
+    ensure!(
+        newer.metadata.receive_count == 2,
+        "second delivery count {}",
+        newer.metadata.receive_count
+    );
+    expect_err(
+        "change_message_visibility(stale receipt, 600 s)",
+        svc.change_message_visibility(&q, old.receipt(), Duration::from_secs(600))
+            .await,
+        is_invalid_receipt,
+    )?;
+    if svc.capabilities().dead_letter_queues {
+        expect_err(
+            "dead_letter_message with a stale receipt",
+            svc.dead_letter_message(&q, old.receipt(), "stale").await,
+            is_invalid_receipt,
+        )?;
+        let dlq = svc
+            .dead_letter_queue_name(&q)
+            .ctx("dead_letter_queue_name")?;
+        let dead = recv(&**svc, &dlq, 10, Duration::from_secs(60)).await?;
+        ensure!(
+            dead.is_empty(),
+            "a stale receipt dead-lettered the newer delivery"
+        );
+    }
+    // The newer lease ends at its own time (the stale extension did not move it), and the
+    // message comes back as its third delivery.
+    let third = recv_some(
+        &ctx,
+        &**svc,
+        &q,
+        10,
+        Duration::from_secs(60),
+        lease + ctx.slack(),
+    )
+    .await?;
+    ensure!(
+        third.len() == 1 && third[0].metadata.receive_count == 3,
+        "after the newer lease ended: {} message(s), receive_count {:?}",
+        third.len(),
+        third.first().map(|m| m.metadata.receive_count)
+    );
+    ensure!(
+        leased_at.elapsed() + Duration::from_millis(50) >= lease,
+        "came back before the newer lease ended"
+    );
+    svc.delete_message(&q, third[0].receipt())
+        .await
+        .ctx("delete")?;
+    Ok(())
+}
+
+/// A receipt names a lease on one queue: used on another queue (where a message may even
+/// have the same backend id) it is `InvalidReceipt` and touches nothing.
+pub(super) async fn c3_receipt_on_another_queue(ctx: Ctx) -> CaseResultInner {
+    let svc = &ctx.service;
+    let a = ctx.queue("rcpta").await?;
+    let b = ctx.queue("rcptb").await?;
+    let id_a = svc
+        .send(&a, OutgoingMessage::new("on a"))
+        .await
+        .ctx("send a")?;
+    let id_b = svc
+        .send(&b, OutgoingMessage::new("on b"))
+        .await
+        .ctx("send b")?;
+    let ma = recv_one(&ctx, &a, Duration::from_secs(60)).await?;
+    let mb = recv_one(&ctx, &b, Duration::from_secs(60)).await?;
+    ensure!(
+        ma.metadata.message_id == id_a && mb.metadata.message_id == id_b,
+        "received the wrong messages"
+    );
+    expect_err(
+        "delete_message on queue b with a's receipt",
+        svc.delete_message(&b, ma.receipt()).await,
+        is_invalid_receipt,
+    )?;
+    expect_err(
+        "change_message_visibility(0) on queue b with a's receipt",
+        svc.change_message_visibility(&b, ma.receipt(), Duration::ZERO)
+            .await,
+        is_invalid_receipt,
+    )?;
+    if svc.capabilities().dead_letter_queues {
+        expect_err(
+            "dead_letter_message on queue b with a's receipt",
+            svc.dead_letter_message(&b, ma.receipt(), "wrong queue")
+                .await,
+            is_invalid_receipt,
+        )?;
+    }
+    let outcome = svc
+        .delete_messages(&b, std::slice::from_ref(ma.receipt()))
+        .await
+        .ctx("delete_messages on queue b with a's receipt")?;
+    ensure!(
+        outcome.deleted == 0 && outcome.rejected.len() == 1,
+        "batch delete on queue b with a's receipt: {outcome:?}"
+    );
+    // Both leases are untouched: nothing is receivable, and each receipt still deletes its
+    // own message.
+    for q in [&a, &b] {
+        ensure!(
+            recv(&**svc, q, 10, Duration::from_secs(60))
+                .await?
+                .is_empty(),
+            "a message on {q} was released by a receipt of another queue"
+        );
+    }
+    svc.delete_message(&a, ma.receipt())
+        .await
+        .ctx("delete on a with a's receipt")?;
+    svc.delete_message(&b, mb.receipt())
+        .await
+        .ctx("delete on b with b's receipt")?;
+    for q in [&a, &b] {
+        let stats = svc.get_queue_stats(q).await.ctx("stats")?;
+        ensure!(stats.total() == 0, "left on {q}: {stats:?}");
+    }
+    Ok(())
+}

@@ -84,3 +84,27 @@ pub(super) async fn c9_stats_admin(ctx: Ctx) -> CaseResultInner {
     }
     Ok(())
 }
+
+/// `initialize` is idempotent: called again on a working service, it succeeds and the queues
+/// and messages stay.
+pub(super) async fn c9_initialize_idempotent(ctx: Ctx) -> CaseResultInner {
+    let svc = &ctx.service;
+    let q = ctx.queue("init").await?;
+    let id = svc
+        .send(&q, OutgoingMessage::new("before re-initialize"))
+        .await
+        .ctx("send")?;
+    svc.initialize().await.ctx("initialize again")?;
+    let (a, b) = tokio::join!(svc.initialize(), svc.initialize());
+    a.ctx("concurrent initialize")?;
+    b.ctx("concurrent initialize")?;
+    let m = recv_one(&ctx, &q, Duration::from_secs(60)).await?;
+    ensure!(
+        m.metadata.message_id == id && m.metadata.receive_count == 1,
+        "a message sent before initialize was lost or touched"
+    );
+    svc.delete_message(&q, m.receipt())
+        .await
+        .ctx("delete after initialize")?;
+    Ok(())
+}
