@@ -22,3 +22,9 @@ cargo test --workspace --all-features --no-fail-fast -- --skip conformance_
 
 echo "== conformance suite (one line per case)"
 cargo test --workspace --all-features --no-fail-fast --test 'conformance_*' -- --nocapture --test-threads 1
+
+# Stress mode: every case 4 times at once, each copy on its own queues (cases in turn); nothing
+# lost, no duplicate within a lease. Adds about 2.5 minutes (measured: in-memory 17 s, PGMQ
+# 36 s, RabbitMQ quorum + classic 61 s, the two in-memory stacks ~35 s).
+echo "== conformance suite, stress mode (CONFORMANCE_PARALLEL=4)"
+CONFORMANCE_PARALLEL=4 cargo test --workspace --all-features --no-fail-fast --test 'conformance_*' -- --nocapture --test-threads 1

@@ -99,6 +99,7 @@ pub enum Capability {
     ReceiptFencing,
     DetailedStats,
     WakeupNotifications,
+    DurableLeases,
     PgmqExtensions,
     AmqpExtensions,
 }
@@ -116,6 +117,7 @@ impl fmt::Display for Capability {
             Capability::ReceiptFencing => "receipt_fencing",
             Capability::DetailedStats => "detailed_stats",
             Capability::WakeupNotifications => "wakeup_notifications",
+            Capability::DurableLeases => "durable_leases",
             Capability::PgmqExtensions => "pgmq_extensions",
             Capability::AmqpExtensions => "amqp_extensions",
         };
@@ -149,6 +151,10 @@ pub struct Capabilities {
     pub detailed_stats: bool,
     /// `wait_for_messages` returns as soon as a message arrives instead of sleeping.
     pub wakeup_notifications: bool,
+    /// A lease outlives the connection that took it: a receiver that disconnects without
+    /// acking leaves the message hidden until the lease ends (PGMQ, SQS). Without it the
+    /// backend hands the message back when the receiver's connection closes (AMQP).
+    pub durable_leases: bool,
     /// `pgmq()` returns the PGMQ extensions.
     pub pgmq_extensions: bool,
     /// Largest payload accepted.
@@ -172,6 +178,7 @@ impl Capabilities {
             Capability::ReceiptFencing => self.receipt_fencing,
             Capability::DetailedStats => self.detailed_stats,
             Capability::WakeupNotifications => self.wakeup_notifications,
+            Capability::DurableLeases => self.durable_leases,
             Capability::PgmqExtensions => self.pgmq_extensions,
         }
     }
@@ -189,6 +196,7 @@ impl Capabilities {
             Capability::ReceiptFencing,
             Capability::DetailedStats,
             Capability::WakeupNotifications,
+            Capability::DurableLeases,
             Capability::PgmqExtensions,
         ]
         .into_iter()

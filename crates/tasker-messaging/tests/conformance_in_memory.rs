@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tasker_messaging::conformance::{run_suite, ProviderFactory};
+use tasker_messaging::conformance::{Credentials, ProviderFactory, Suite};
 use tasker_messaging::{InMemoryMessageService, MessagingService};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,5 +14,11 @@ async fn conformance_in_memory() {
         let service = shared.clone();
         Box::pin(async move { Ok(service) })
     });
-    run_suite("in_memory", factory).await.assert_passed();
+    Suite::new("in_memory", factory)
+        .credentials(Credentials::NoPassword(
+            "the in-memory provider has no password".into(),
+        ))
+        .run()
+        .await
+        .assert_passed();
 }

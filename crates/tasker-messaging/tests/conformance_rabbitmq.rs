@@ -8,8 +8,11 @@ mod rabbitmq_support;
 
 use std::sync::Arc;
 
-use tasker_messaging::conformance::{run_suite, ProviderFactory};
-use tasker_messaging::{MessagingService, RabbitMqQueueType, RabbitMqSettings};
+use tasker_messaging::conformance::{url_with_password, Credentials, ProviderFactory, Suite};
+use tasker_messaging::{MessagingService, RabbitMqQueueType, RabbitMqSettings, SecretUrl};
+
+/// A password the broker refuses, with characters that URLs percent-encode.
+const WRONG_PASSWORD: &str = "Wr0ng-pw/so%secret";
 
 fn factory(settings: RabbitMqSettings) -> ProviderFactory {
     Arc::new(move || {
@@ -22,12 +25,25 @@ fn factory(settings: RabbitMqSettings) -> ProviderFactory {
     })
 }
 
+/// The suite for `settings`, with a wrong-password service built from the same settings.
+fn suite(name: &str, settings: RabbitMqSettings) -> Suite {
+    let mut wrong = settings.clone();
+    wrong.url = SecretUrl::new(
+        url_with_password(settings.url.expose(), WRONG_PASSWORD).expect("the AMQP URL is a URL"),
+    );
+    Suite::new(name, factory(settings)).credentials(Credentials::WrongPassword {
+        factory: factory(wrong),
+        password: WRONG_PASSWORD.into(),
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_rabbitmq() {
     if rabbitmq_support::service().await.is_none() {
         return;
     }
-    run_suite("rabbitmq", factory(rabbitmq_support::settings()))
+    suite("rabbitmq", rabbitmq_support::settings())
+        .run()
         .await
         .assert_passed();
 }
@@ -39,7 +55,8 @@ async fn conformance_rabbitmq_classic() {
     }
     let mut settings = rabbitmq_support::settings();
     settings.queue_type = RabbitMqQueueType::Classic;
-    run_suite("rabbitmq_classic", factory(settings))
+    suite("rabbitmq_classic", settings)
+        .run()
         .await
         .assert_passed();
 }

@@ -3,7 +3,9 @@
 //! The cases encode `docs/semantics.md`. A case is skipped only when the provider declares a
 //! capability it needs absent, and the report says which. Cases run concurrently, each with
 //! its own service instance from the factory and its own uniquely named queues, so one
-//! server serves the whole suite at once.
+//! server serves the whole suite at once. Stress mode (`CONFORMANCE_PARALLEL=N`) runs every
+//! case N times at once, each copy on its own queues and services (the cases one after
+//! another); the case fails if any copy fails.
 //!
 //! ```no_run
 //! # #[cfg(feature = "in-memory")] {
@@ -19,124 +21,147 @@
 //!     Box::pin(async move { Ok(svc) })
 //! });
 //! run_suite("in_memory", factory).await.assert_passed();
+//! // Or, to give the suite what some cases need from the instantiation:
+//! // Suite::new("pgmq", factory).wrong_password(..).transactional_send(..).run().await
+//! // (see `Suite`).
 //! # }
 //! # }
 //! ```
 
 mod cases;
 mod counting;
+mod ctx;
+mod report;
+mod support;
 
-use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use futures::StreamExt;
 
-use crate::error::{MessagingError, Result};
+use crate::error::Result;
+use crate::message::{MessageId, OutgoingMessage};
 use crate::queue_name::QueueName;
-use crate::service::{Capability, MessagingService};
+use crate::service::MessagingService;
 
 pub use counting::CountingService;
+pub(crate) use ctx::{ensure, Context, Ctx};
+pub use report::{CaseResult, Outcome, SuiteReport};
 
 /// Builds a fresh, initialized service connected to the provider under test.
 pub type ProviderFactory =
     Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn MessagingService>>> + Send + Sync>;
 
-/// How one case ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Passed,
-    /// The provider declares this capability absent.
-    Skipped(Capability),
-    Failed(String),
+/// Sends messages to a queue inside one database transaction of the provider's own and
+/// commits it (`send_in_transaction` / `send_batch_in_transaction` for PGMQ): the path
+/// capability `transactional_send` promises, which the trait object cannot reach.
+pub type TransactionalSend = Arc<
+    dyn Fn(QueueName, Vec<OutgoingMessage>) -> BoxFuture<'static, Result<Vec<MessageId>>>
+        + Send
+        + Sync,
+>;
+
+/// How the "no password in any error" case reaches the provider with a wrong password.
+#[derive(Clone)]
+pub enum Credentials {
+    /// `factory` builds a service (initializing it is part of the call) whose URL carries
+    /// `password`, a password the server refuses; no error it gives may show `password`.
+    WrongPassword {
+        factory: ProviderFactory,
+        password: String,
+    },
+    /// The provider has no password to leak; the case is skipped with this reason.
+    NoPassword(String),
 }
 
-/// One case's result.
-#[derive(Clone, Debug)]
-pub struct CaseResult {
-    pub id: &'static str,
-    pub title: &'static str,
-    pub outcome: Outcome,
-    pub elapsed: Duration,
+/// One provider's instantiation of the suite: the factory, and what some cases need that
+/// the trait object cannot give.
+///
+/// Without [`Suite::credentials`] the "no password in any error" case fails, except for the
+/// in-memory provider (and wrappers around it), which has no password. A provider that
+/// declares `transactional_send` must give [`Suite::transactional_send`], or the payload-size
+/// case fails.
+#[derive(Clone)]
+pub struct Suite {
+    provider: String,
+    factory: ProviderFactory,
+    hooks: Arc<Hooks>,
 }
 
-/// The whole suite's result for one provider.
-#[derive(Clone, Debug)]
-pub struct SuiteReport {
-    pub provider: String,
-    pub cases: Vec<CaseResult>,
+/// What a [`Suite`] gives its cases besides the factory.
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    pub credentials: Option<Credentials>,
+    pub transactional_send: Option<TransactionalSend>,
 }
 
-impl SuiteReport {
-    pub fn passed(&self) -> usize {
-        self.count(|o| matches!(o, Outcome::Passed))
-    }
-    pub fn skipped(&self) -> usize {
-        self.count(|o| matches!(o, Outcome::Skipped(_)))
-    }
-    pub fn failed(&self) -> usize {
-        self.count(|o| matches!(o, Outcome::Failed(_)))
-    }
-    fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
-        self.cases.iter().filter(|c| f(&c.outcome)).count()
-    }
-
-    /// Prints the report and panics when a case failed.
-    pub fn assert_passed(&self) {
-        println!("{self}");
-        if self.failed() > 0 {
-            panic!(
-                "conformance [{}]: {} of {} cases failed",
-                self.provider,
-                self.failed(),
-                self.cases.len()
-            );
+impl Suite {
+    pub fn new(provider: &str, factory: ProviderFactory) -> Self {
+        Suite {
+            provider: provider.to_owned(),
+            factory,
+            hooks: Arc::new(Hooks::default()),
         }
     }
-}
 
-impl fmt::Display for SuiteReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "conformance [{}]: {} cases",
-            self.provider,
-            self.cases.len()
-        )?;
-        for case in &self.cases {
-            let (tag, note) = match &case.outcome {
-                Outcome::Passed => ("PASS", String::new()),
-                Outcome::Skipped(cap) => {
-                    ("SKIP", format!(" -- skipped: provider declares no {cap}"))
+    /// How to connect with a wrong password, or why the provider has none.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        Arc::make_mut(&mut self.hooks).credentials = Some(credentials);
+        self
+    }
+
+    /// The provider's transactional send path (capability `transactional_send`).
+    pub fn transactional_send(mut self, send: TransactionalSend) -> Self {
+        Arc::make_mut(&mut self.hooks).transactional_send = Some(send);
+        self
+    }
+
+    /// Runs every case.
+    pub async fn run(&self) -> SuiteReport {
+        self.run_cases(|_| true).await
+    }
+
+    /// Runs the cases whose id `filter` accepts (e.g. while developing a provider), each
+    /// `CONFORMANCE_PARALLEL` times at once (default 1).
+    pub async fn run_cases(&self, filter: impl Fn(&str) -> bool) -> SuiteReport {
+        let parallel = parallel_copies();
+        let runs = cases::all()
+            .into_iter()
+            .filter(|case| filter(case.id))
+            .map(|case| async move {
+                let start = Instant::now();
+                let copies = (0..parallel).map(|_| run_one(&case, self));
+                let outcome = merge(futures::future::join_all(copies).await);
+                CaseResult {
+                    id: case.id,
+                    title: case.title,
+                    outcome,
+                    elapsed: start.elapsed(),
                 }
-                Outcome::Failed(why) => ("FAIL", format!(" -- {why}")),
-            };
-            writeln!(
-                f,
-                "  {tag}  {:<6} {:<68} {:>6.2}s{note}",
-                case.id,
-                case.title,
-                case.elapsed.as_secs_f64()
-            )?;
+            });
+        // One copy each: every case at once. Stress mode: the copies of one case at once,
+        // the cases in turn, so a server's connection limit bounds one case's copies rather
+        // than N times the whole suite.
+        let cases = if parallel == 1 {
+            futures::future::join_all(runs).await
+        } else {
+            futures::stream::iter(runs).then(|run| run).collect().await
+        };
+        SuiteReport {
+            provider: self.provider.clone(),
+            parallel,
+            cases,
         }
-        write!(
-            f,
-            "conformance [{}]: {} passed, {} skipped, {} failed",
-            self.provider,
-            self.passed(),
-            self.skipped(),
-            self.failed()
-        )
     }
 }
 
 /// What a case body returns: `Ok(())` passed, `Err` failed with a message.
-type CaseResultInner = std::result::Result<(), String>;
+pub(crate) type CaseResultInner = std::result::Result<(), String>;
 
 /// Runs every case against the provider `factory` builds.
 pub async fn run_suite(provider: &str, factory: ProviderFactory) -> SuiteReport {
-    run_cases(provider, factory, |_| true).await
+    Suite::new(provider, factory).run().await
 }
 
 /// Runs the cases whose id `filter` accepts (e.g. while developing a provider).
@@ -145,31 +170,52 @@ pub async fn run_cases(
     factory: ProviderFactory,
     filter: impl Fn(&str) -> bool,
 ) -> SuiteReport {
-    let runs = cases::all()
-        .into_iter()
-        .filter(|case| filter(case.id))
-        .map(|case| {
-            let factory = factory.clone();
-            async move {
-                let start = Instant::now();
-                let outcome = run_one(&case, factory).await;
-                CaseResult {
-                    id: case.id,
-                    title: case.title,
-                    outcome,
-                    elapsed: start.elapsed(),
-                }
-            }
-        });
-    let cases = futures::future::join_all(runs).await;
-    SuiteReport {
-        provider: provider.to_owned(),
-        cases,
+    Suite::new(provider, factory).run_cases(filter).await
+}
+
+/// `CONFORMANCE_PARALLEL`: copies of each case run at once (stress mode); 1 when unset.
+fn parallel_copies() -> usize {
+    match std::env::var("CONFORMANCE_PARALLEL") {
+        Ok(n) => n
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .unwrap_or_else(|| panic!("CONFORMANCE_PARALLEL={n:?}: expected a count >= 1")),
+        Err(_) => 1,
     }
 }
 
-async fn run_one(case: &cases::Case, factory: ProviderFactory) -> Outcome {
-    let service = match factory().await {
+/// One outcome for the copies of a case: the first failure (naming the copy), else an
+/// inconclusive copy, else the common outcome.
+fn merge(outcomes: Vec<Outcome>) -> Outcome {
+    let copies = outcomes.len();
+    let tag = |i: usize, why: &str| {
+        if copies > 1 {
+            format!("copy {} of {copies}: {why}", i + 1)
+        } else {
+            why.to_owned()
+        }
+    };
+    if let Some((i, Outcome::Failed(why))) = outcomes
+        .iter()
+        .enumerate()
+        .find(|(_, o)| matches!(o, Outcome::Failed(_)))
+    {
+        return Outcome::Failed(tag(i, why));
+    }
+    if let Some((i, Outcome::Inconclusive(why))) = outcomes
+        .iter()
+        .enumerate()
+        .find(|(_, o)| matches!(o, Outcome::Inconclusive(_)))
+    {
+        return Outcome::Inconclusive(tag(i, why));
+    }
+    outcomes.into_iter().next().unwrap_or(Outcome::Passed)
+}
+
+async fn run_one(case: &cases::Case, suite: &Suite) -> Outcome {
+    let service = match (suite.factory)().await {
         Ok(s) => s,
         Err(e) => return Outcome::Failed(format!("factory failed: {e}")),
     };
@@ -177,128 +223,25 @@ async fn run_one(case: &cases::Case, factory: ProviderFactory) -> Outcome {
     if let Some(missing) = case.needs.iter().find(|cap| !capabilities.supports(**cap)) {
         return Outcome::Skipped(*missing);
     }
-    let ctx = Ctx::new(service, factory, case.id);
+    let ctx = Ctx::new(service, suite.factory.clone(), suite.hooks.clone(), case.id);
     // A generous ceiling so a hung backend fails the case instead of the whole run.
     let limit = Duration::from_secs(120) + ctx.unit * 40;
     let result = tokio::time::timeout(limit, (case.run)(ctx.clone())).await;
     ctx.cleanup().await;
     match result {
-        Ok(Ok(())) => Outcome::Passed,
+        Ok(Ok(())) => ctx.verdict(),
         Ok(Err(why)) => Outcome::Failed(why),
         Err(_) => Outcome::Failed(format!("did not finish within {limit:?}")),
     }
 }
 
-/// What a case gets: the service, the factory (for a second receiver), a time unit suited to
-/// the provider's timer resolution, and queue names of its own.
-#[derive(Clone)]
-pub(crate) struct Ctx {
-    pub service: Arc<dyn MessagingService>,
-    pub factory: ProviderFactory,
-    /// The shortest lease or delay the case uses: long enough for the provider's timers to
-    /// tell apart, short enough to keep the suite quick.
-    pub unit: Duration,
-    case_id: &'static str,
-    queues: Arc<parking_lot::Mutex<Vec<QueueName>>>,
+/// `url` with its password replaced by `password` (percent-encoded as URLs need), for the
+/// wrong-password service of [`Credentials::WrongPassword`].
+pub fn url_with_password(url: &str, password: &str) -> Result<String> {
+    let bad = |why: &str| crate::error::MessagingError::config("url", why.to_owned());
+    let mut parsed = url::Url::parse(url).map_err(|_| bad("not a URL"))?;
+    parsed
+        .set_password(Some(password))
+        .map_err(|()| bad("this URL cannot carry a password"))?;
+    Ok(parsed.into())
 }
-
-impl Ctx {
-    fn new(
-        service: Arc<dyn MessagingService>,
-        factory: ProviderFactory,
-        case_id: &'static str,
-    ) -> Self {
-        let resolution = service.capabilities().timer_resolution;
-        let unit = resolution.max(Duration::from_millis(200));
-        Ctx {
-            service,
-            factory,
-            unit,
-            case_id,
-            queues: Arc::new(parking_lot::Mutex::new(Vec::new())),
-        }
-    }
-
-    /// A fresh queue name unique to this run and case (created by the caller).
-    pub fn queue_name(&self, tag: &str) -> QueueName {
-        let case: String = self
-            .case_id
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
-        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
-        let name = QueueName::new(format!("cf_{case}_{tag}_{suffix}"))
-            .expect("conformance queue names are valid");
-        self.queues.lock().push(name.clone());
-        name
-    }
-
-    /// A new queue with the configured defaults.
-    pub async fn queue(&self, tag: &str) -> std::result::Result<QueueName, String> {
-        let q = self.queue_name(tag);
-        self.service.create_queue(&q).await.ctx("create_queue")?;
-        Ok(q)
-    }
-
-    async fn cleanup(&self) {
-        let queues: Vec<_> = self.queues.lock().drain(..).collect();
-        for q in queues {
-            let _ = self.service.delete_queue(&q).await;
-        }
-    }
-
-    /// Polls `probe` until it returns `Some`, up to `within`; the pause between probes grows
-    /// to a tenth of a unit, so the suite itself never spins.
-    pub async fn eventually<T, F, Fut>(
-        &self,
-        what: &str,
-        within: Duration,
-        mut probe: F,
-    ) -> std::result::Result<T, String>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = std::result::Result<Option<T>, String>>,
-    {
-        let deadline = Instant::now() + within;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            if let Some(v) = probe().await? {
-                return Ok(v);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("{what}: not observed within {within:?}"));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2)
-                .min(self.unit / 10)
-                .max(Duration::from_millis(5));
-        }
-    }
-
-    /// The margin allowed for a timer to fire late.
-    pub fn slack(&self) -> Duration {
-        self.unit * 4 + Duration::from_secs(2)
-    }
-}
-
-/// Turns a provider error into a case failure naming the operation.
-pub(crate) trait Context<T> {
-    fn ctx(self, operation: &str) -> std::result::Result<T, String>;
-}
-
-impl<T> Context<T> for std::result::Result<T, MessagingError> {
-    fn ctx(self, operation: &str) -> std::result::Result<T, String> {
-        self.map_err(|e| format!("{operation} failed: {e}"))
-    }
-}
-
-/// Fails the case with a message unless `cond` holds.
-macro_rules! ensure {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+));
-        }
-    };
-}
-pub(crate) use ensure;

@@ -62,6 +62,12 @@ pub async fn run(global: &GlobalOpts, args: HealthArgs) -> anyhow::Result<()> {
             format!("{:?}", caps.timer_resolution),
         ]);
         out!("{}", table::render(&["capability", "supported"], &rows))?;
+        if !caps.durable_leases {
+            outln!(
+                "\nnote: durable_leases no: a lease ends when the connection that took it closes \
+                 (the backend hands the message back, counted), not at its visibility timeout"
+            )?;
+        }
     }
     // Degraded still serves; only an unhealthy provider fails the command (for scripts).
     if let MessagingHealth::Unhealthy { error } = &health {

@@ -74,6 +74,16 @@ pub async fn run(global: &GlobalOpts, args: ReceiveArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if !args.ack && !messages.is_empty() && !service.capabilities().durable_leases {
+        eprintln!(
+            "warning: {} keeps no lease past the connection (durable_leases: no): the lease of \
+             the {} received message(s) ends when this command exits, not after {} s; they are \
+             delivered again, counted as received",
+            service.provider(),
+            messages.len(),
+            args.visibility_timeout_secs
+        );
+    }
     let shown: Vec<Shown<'_>> = messages.iter().map(|m| show(m, args.ack)).collect();
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&shown)?)?;

@@ -61,17 +61,28 @@ struct MemQueue {
     max_receive_count: u32,
     dead_letter_queue: Option<QueueName>,
     deleted: AtomicBool,
+    /// The high bits of this queue's sequence numbers, so a receipt (sequence, generation)
+    /// names its queue: one from another queue (or an earlier queue of the same name) is
+    /// refused instead of touching a message that happens to share its sequence.
+    seq_space: u64,
 }
+
+/// Sequence bits per queue; the bits above them number the queue.
+const SEQ_BITS: u32 = 40;
+static NEXT_SEQ_SPACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl MemQueue {
     fn new(name: QueueName, max_receive_count: u32, dead_letter_queue: Option<QueueName>) -> Self {
+        let seq_space = NEXT_SEQ_SPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % (1 << (64 - SEQ_BITS));
         MemQueue {
             name,
-            state: Mutex::new(QueueState::default()),
+            state: Mutex::new(QueueState::starting_at(seq_space << SEQ_BITS)),
             notify: Notify::new(),
             max_receive_count,
             dead_letter_queue,
             deleted: AtomicBool::new(false),
+            seq_space,
         }
     }
 }
@@ -113,6 +124,8 @@ impl InMemoryMessageService {
             receipt_fencing: true,
             detailed_stats: true,
             wakeup_notifications: true,
+            // A lease lives in the service, not in a receiver's connection.
+            durable_leases: true,
             pgmq_extensions: false,
             max_payload_bytes: settings.max_payload_bytes,
             max_batch_size: 10_000,
@@ -189,8 +202,9 @@ impl MessagingService for InMemoryMessageService {
     }
 
     async fn delete_message(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Result<()> {
-        let (seq, generation) = Self::receipt_parts(queue, receipt)?;
+        let parts = Self::receipt_parts(queue, receipt)?;
         let q = self.queue(queue)?;
+        let (seq, generation) = Self::check_owner(&q, parts)?;
         let result = q.state.lock().delete(seq, generation);
         result.map_err(|e| Self::receipt_error(queue, e))
     }

@@ -75,6 +75,16 @@ pub(super) struct QueueState {
     delayed: u64,
 }
 
+impl QueueState {
+    /// An empty queue whose first message gets sequence number `first_seq`.
+    pub fn starting_at(first_seq: u64) -> Self {
+        QueueState {
+            next_seq: first_seq,
+            ..QueueState::default()
+        }
+    }
+}
+
 pub(super) struct Counts {
     pub visible: u64,
     pub in_flight: u64,

@@ -8,7 +8,7 @@ use chrono::Utc;
 use tokio::time::Instant;
 
 use super::queue::StoredMessage;
-use super::{codec, InMemoryMessageService, MemQueue};
+use super::{codec, InMemoryMessageService, MemQueue, SEQ_BITS};
 use crate::error::{MessagingError, Result};
 use crate::message::{DeadLetterReason, ReceiptHandle};
 use crate::queue_name::QueueName;
@@ -22,6 +22,21 @@ impl InMemoryMessageService {
         })
     }
 
+    /// Refuses a receipt whose sequence number belongs to another queue.
+    #[inline]
+    pub(super) fn check_owner(
+        queue: &MemQueue,
+        (seq, generation): (u64, u64),
+    ) -> Result<(u64, u64)> {
+        if seq >> SEQ_BITS != queue.seq_space {
+            return Err(MessagingError::invalid_receipt(
+                queue.name.as_str(),
+                "a receipt of another queue",
+            ));
+        }
+        Ok((seq, generation))
+    }
+
     pub(super) fn delete_leased(
         &self,
         queue: &QueueName,
@@ -31,11 +46,13 @@ impl InMemoryMessageService {
         let mut outcome = DeleteOutcome::default();
         let mut state = q.state.lock();
         for receipt in receipts {
-            let result = Self::receipt_parts(queue, receipt).and_then(|(seq, generation)| {
-                state
-                    .delete(seq, generation)
-                    .map_err(|e| Self::receipt_error(queue, e))
-            });
+            let result = Self::receipt_parts(queue, receipt)
+                .and_then(|parts| Self::check_owner(&q, parts))
+                .and_then(|(seq, generation)| {
+                    state
+                        .delete(seq, generation)
+                        .map_err(|e| Self::receipt_error(queue, e))
+                });
             match result {
                 Ok(()) => outcome.deleted += 1,
                 Err(e) => outcome.rejected.push((receipt.clone(), e)),
@@ -50,8 +67,9 @@ impl InMemoryMessageService {
         receipt: &ReceiptHandle,
         visibility_timeout: Duration,
     ) -> Result<()> {
-        let (seq, generation) = Self::receipt_parts(queue, receipt)?;
+        let parts = Self::receipt_parts(queue, receipt)?;
         let q = self.queue(queue)?;
+        let (seq, generation) = Self::check_owner(&q, parts)?;
         let result =
             q.state
                 .lock()
@@ -69,8 +87,9 @@ impl InMemoryMessageService {
         receipt: &ReceiptHandle,
         reason: &str,
     ) -> Result<()> {
-        let (seq, generation) = Self::receipt_parts(queue, receipt)?;
+        let parts = Self::receipt_parts(queue, receipt)?;
         let q = self.queue(queue)?;
+        let (seq, generation) = Self::check_owner(&q, parts)?;
         let taken = q.state.lock().take_leased(seq, generation);
         let message = taken.map_err(|e| Self::receipt_error(queue, e))?;
         let reason = reason.to_owned();

@@ -189,6 +189,7 @@ impl PgmqMessageService {
             receipt_fencing: true,
             detailed_stats: true,
             wakeup_notifications: true,
+            durable_leases: true,
             pgmq_extensions: true,
             max_payload_bytes: settings.max_payload_bytes,
             max_batch_size: MAX_BATCH,

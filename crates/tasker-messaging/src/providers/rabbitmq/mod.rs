@@ -184,6 +184,8 @@ impl RabbitMqMessageService {
             receipt_fencing: true,
             detailed_stats: false,
             wakeup_notifications: true,
+            // AMQP requeues what a closed connection held unacked.
+            durable_leases: false,
             pgmq_extensions: false,
             max_payload_bytes: settings.max_payload_bytes,
             max_batch_size: MAX_BATCH,
