@@ -37,7 +37,7 @@ use crate::error::{MessagingError, Result};
 use crate::queue_name::QueueName;
 use crate::service::{Capability, MessagingService};
 
-pub use counting::CountingService;
+pub use counting::{CountingService, ReceiveCounter};
 
 /// Builds a fresh, initialized service connected to the provider under test.
 pub type ProviderFactory =
