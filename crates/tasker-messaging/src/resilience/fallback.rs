@@ -16,7 +16,7 @@ use super::layer::{Layer, Next, Request, Response};
 use super::layered::Layered;
 use crate::config::MessagingConfig;
 use crate::error::{MessagingError, Result};
-use crate::factory::create_service;
+use crate::factory::{configured_stack, create_service};
 use crate::service::{MessagingHealth, MessagingService, ProviderKind};
 
 /// Marks a secondary provider running in place of the primary: its health says so.
@@ -134,7 +134,8 @@ fn both_failed(primary: ProviderKind, reason: &str, secondary: MessagingError) -
     ))
 }
 
-/// Builds the configured provider, or the `[fallback]` provider when it cannot start.
+/// Builds the configured provider, or the `[fallback]` provider when it cannot start, inside
+/// the configured layers of the provider that runs ([`crate::factory::configured_stack`]).
 pub async fn build_service_with_fallback(
     config: &MessagingConfig,
 ) -> Result<Arc<dyn MessagingService>> {
@@ -145,7 +146,8 @@ pub async fn build_service_with_fallback(
         secondary.fallback = None;
         Box::new(move || create_service(&secondary)) as ServiceFactory
     });
-    start_with_fallback(create_service(config), config.provider, secondary).await
+    let service = start_with_fallback(create_service(config), config.provider, secondary).await?;
+    Ok(configured_stack(config, service).build())
 }
 
 #[cfg(test)]
