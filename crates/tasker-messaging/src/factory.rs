@@ -143,15 +143,21 @@ mod tests {
         // Any provider but in-memory gets the layers; the kind is what decides.
         let queue = QueueName::new("factory_stack").unwrap();
         below.create_queue(&queue).await.unwrap();
-        let pgmq_like =
-            configured_stack_for(&config, below.clone(), ProviderKind::Pgmq).build();
+        let pgmq_like = configured_stack_for(&config, below.clone(), ProviderKind::Pgmq).build();
         control.fail_next(2);
-        pgmq_like.send(&queue, OutgoingMessage::new("x")).await.unwrap();
+        pgmq_like
+            .send(&queue, OutgoingMessage::new("x"))
+            .await
+            .unwrap();
         assert_eq!(control.calls(), 1 + 3, "create, then two failures retried");
         control.fail_always();
         let err = pgmq_like.get_queue_stats(&queue).await.unwrap_err();
         assert!(matches!(err, MessagingError::CircuitOpen { .. }), "{err}");
-        assert_eq!(control.calls(), 4 + 3, "retries stop when the breaker opens");
+        assert_eq!(
+            control.calls(),
+            4 + 3,
+            "retries stop when the breaker opens"
+        );
     }
 
     #[tokio::test]

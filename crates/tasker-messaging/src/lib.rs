@@ -57,8 +57,7 @@ pub use config::{
 };
 pub use error::{ErrorClass, MessagingError, Result};
 pub use factory::{
-    available_providers, build_service, build_service_with_limits, configured_stack,
-    create_service,
+    available_providers, build_service, build_service_with_limits, configured_stack, create_service,
 };
 pub use message::{
     CorrelationId, DeadLetterInfo, DeadLetterReason, MessageId, OutgoingMessage, QueueMessage,

@@ -10,7 +10,6 @@
 //! an [`Op`] name, or `consumer_stream` for a stream's error), and the histogram
 //! `tasker_messaging_operation_seconds` (label `operation`, every call but waits and shutdown).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -22,7 +21,9 @@ use metrics::{counter, histogram, SharedString};
 use crate::error::Result;
 use crate::message::ReceivedMessage;
 use crate::queue_name::QueueName;
-use crate::resilience::layer::{Layer, Next, PgmqRequest, Request, Response, StreamInfo};
+use crate::resilience::layer::{
+    Layer, LayerFuture, Next, PgmqRequest, Request, Response, StreamInfo,
+};
 use crate::resilience::{Layered, Op};
 use crate::service::{MessageStream, MessagingService, ProviderKind};
 
@@ -39,7 +40,9 @@ impl MetricsLayer {
 }
 
 fn queue_label(queue: Option<&QueueName>) -> SharedString {
-    queue.map_or(SharedString::const_str(""), |q| SharedString::from(q.as_shared()))
+    queue.map_or(SharedString::const_str(""), |q| {
+        SharedString::from(q.as_shared())
+    })
 }
 
 fn count(name: &'static str, provider: ProviderKind, queue: &SharedString, n: u64) {
@@ -79,11 +82,7 @@ fn messages_counted(op: Op, response: &Response) -> Option<(&'static str, u64)> 
 }
 
 impl Layer for MetricsLayer {
-    fn call<'a>(
-        &'a self,
-        request: Request<'a>,
-        next: Next<'a>,
-    ) -> impl Future<Output = Result<Response>> + Send + 'a {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
         async move {
             let op = request.op();
             if !op.is_guarded() {
@@ -141,7 +140,12 @@ impl Stream for CountedStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let item = ready!(self.inner.as_mut().poll_next(cx));
         match &item {
-            Some(Ok(_)) => count("tasker_messages_received_total", self.provider, &self.queue, 1),
+            Some(Ok(_)) => count(
+                "tasker_messages_received_total",
+                self.provider,
+                &self.queue,
+                1,
+            ),
             Some(Err(_)) => count_error(self.provider, &self.queue, "consumer_stream"),
             None => {}
         }
@@ -163,8 +167,8 @@ mod tests {
     use super::*;
     use crate::message::OutgoingMessage;
     use crate::InMemoryMessageService;
-    use std::time::Duration;
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use std::time::Duration;
 
     #[test]
     fn counts_messages_per_queue() {

@@ -2,7 +2,6 @@
 //! the contract it keeps. Also the layer model from a user's side: a layer written outside the
 //! crate, and a push consumer passing the metrics and breaker layers.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +9,11 @@ use tasker_messaging::conformance::{run_suite, ProviderFactory};
 use tasker_messaging::observability::MetricsLayer;
 use tasker_messaging::resilience::{
     BackpressureLayer, CircuitBreaker, CircuitBreakerLayer, GlobalBackpressureController, Layer,
-    Next, Request, Response, RetryLayer, ServiceStack, ShadowService,
+    LayerFuture, Next, Request, RetryLayer, ServiceStack, ShadowService,
 };
 use tasker_messaging::{
     BackpressureConfig, CircuitBreakerConfig, InMemoryMessageService, MessagingService,
-    MessagingServiceExt, OutgoingMessage, QueueName, Result, RetryPolicy, StepMessage,
+    MessagingServiceExt, OutgoingMessage, QueueName, RetryPolicy, StepMessage,
 };
 
 fn shared(service: Arc<dyn MessagingService>) -> ProviderFactory {
@@ -65,11 +64,7 @@ struct TenantHeader {
 }
 
 impl Layer for TenantHeader {
-    fn call<'a>(
-        &'a self,
-        mut request: Request<'a>,
-        next: Next<'a>,
-    ) -> impl Future<Output = Result<Response>> + Send + 'a {
+    fn call(&self, mut request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
         for message in request.outgoing_mut() {
             if let Ok(serde_json::Value::Object(mut fields)) =
                 serde_json::from_slice(&message.payload)
@@ -80,7 +75,7 @@ impl Layer for TenantHeader {
                 }
             }
         }
-        next.run(request)
+        async move { next.run(request).await }
     }
 }
 
@@ -114,7 +109,11 @@ async fn a_user_defined_layer_sees_every_send_and_keeps_the_contract() {
         let json: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(json["tenant"], "acme", "{json}");
     }
-    assert_eq!(&got[3].payload[..], b"not json", "non-JSON passes unchanged");
+    assert_eq!(
+        &got[3].payload[..],
+        b"not json",
+        "non-JSON passes unchanged"
+    );
     // The typed layer still decodes the stamped message, ids intact.
     let typed: StepMessage = got[0].decode().unwrap();
     assert_eq!(typed.task_uuid, step.task_uuid);

@@ -1,12 +1,10 @@
 //! A transparent layer that counts calls to `receive`, so the suite can tell a consumer that
 //! waits from one that spins. Everything passes through unchanged.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::error::Result;
-use crate::resilience::{Layer, Layered, Next, Op, Request, Response};
+use crate::resilience::{Layer, LayerFuture, Layered, Next, Op, Request};
 use crate::service::MessagingService;
 
 /// Counts receives passing it.
@@ -23,15 +21,11 @@ impl ReceiveCounter {
 }
 
 impl Layer for ReceiveCounter {
-    fn call<'a>(
-        &'a self,
-        request: Request<'a>,
-        next: Next<'a>,
-    ) -> impl Future<Output = Result<Response>> + Send + 'a {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
         if request.op() == Op::Receive {
             self.receives.fetch_add(1, Ordering::Relaxed);
         }
-        next.run(request)
+        async move { next.run(request).await }
     }
 }
 

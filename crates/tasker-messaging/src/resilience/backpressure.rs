@@ -14,7 +14,6 @@
 //! [`GlobalBackpressureController::subscribe`]. [`BackpressureLayer`] applies the batch size to
 //! every `receive` of the service below it.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +23,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::layer::{Layer, Next, PgmqRequest, Request, Response};
+use super::layer::{Layer, LayerFuture, Next, PgmqRequest, Request, Response};
 use super::layered::Layered;
 use crate::config::BackpressureConfig;
-use crate::error::Result;
 use crate::service::MessagingService;
 
 /// How hard consumers should back off.
@@ -211,11 +209,7 @@ impl BackpressureLayer {
 }
 
 impl Layer for BackpressureLayer {
-    fn call<'a>(
-        &'a self,
-        mut request: Request<'a>,
-        next: Next<'a>,
-    ) -> impl Future<Output = Result<Response>> + Send + 'a {
+    fn call(&self, mut request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
         async move {
             match &mut request {
                 Request::Receive { max_messages, .. } => {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::Stream;
 
 use super::circuit_breaker::{CallPermit, CircuitBreaker, CircuitState};
-use super::layer::{Layer, Next, Request, Response, StreamInfo};
+use super::layer::{Layer, LayerFuture, Next, Request, StreamInfo};
 use super::layered::Layered;
 use crate::error::{MessagingError, Result};
 use crate::message::ReceivedMessage;
@@ -40,11 +40,7 @@ impl CircuitBreakerLayer {
 }
 
 impl Layer for CircuitBreakerLayer {
-    fn call<'a>(
-        &'a self,
-        request: Request<'a>,
-        next: Next<'a>,
-    ) -> impl Future<Output = Result<Response>> + Send + 'a {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
         async move {
             if !request.op().is_guarded() {
                 return next.run(request).await;
@@ -129,12 +125,12 @@ impl CircuitBreakerService {
 mod tests {
     use super::*;
     use crate::config::CircuitBreakerConfig;
-    use crate::resilience::CircuitBreakerManager;
-    use tokio::time::Instant;
     use crate::message::OutgoingMessage;
     use crate::providers::in_memory::InMemoryMessageService;
     use crate::queue_name::QueueName;
     use crate::resilience::fault::{FaultControl, FaultInjectingService};
+    use crate::resilience::CircuitBreakerManager;
+    use tokio::time::Instant;
 
     fn config(
         failure_threshold: u32,

@@ -9,10 +9,9 @@
 //!
 //! The primary gets one attempt: wrap the factories in retry yourself if starts are flaky.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use super::layer::{Layer, Next, Request, Response};
+use super::layer::{Layer, LayerFuture, Next, Request, Response};
 use super::layered::Layered;
 use crate::config::MessagingConfig;
 use crate::error::{MessagingError, Result};
@@ -60,11 +59,7 @@ impl FallbackLayer {
 }
 
 impl Layer for FallbackLayer {
-    fn call<'a>(
-        &'a self,
-        request: Request<'a>,
-        next: Next<'a>,
-    ) -> impl Future<Output = Result<Response>> + Send + 'a {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
         async move {
             match next.run(request).await? {
                 Response::Health(health) => Ok(Response::Health(
@@ -153,10 +148,10 @@ pub async fn build_service_with_fallback(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resilience::Op;
     use crate::providers::in_memory::InMemoryMessageService;
     use crate::queue_name::QueueName;
     use crate::resilience::fault::{FaultControl, FaultInjectingService};
+    use crate::resilience::Op;
 
     fn faulty(op_fails: bool) -> (Arc<dyn MessagingService>, Arc<FaultControl>) {
         let fault = FaultInjectingService::new(Arc::new(InMemoryMessageService::default()));

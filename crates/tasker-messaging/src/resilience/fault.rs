@@ -7,17 +7,16 @@
 //! touch the backend.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::layer::{Layer, Next, Request, Response};
+use super::layer::{Layer, LayerFuture, Next, Request};
 use super::layered::Layered;
 use super::Op;
-use crate::error::{MessagingError, Result};
+use crate::error::MessagingError;
 use crate::resources::ResourceRequirements;
 use crate::service::{MessagingService, ProviderKind};
 
@@ -154,11 +153,7 @@ impl FaultLayer {
 }
 
 impl Layer for FaultLayer {
-    fn call<'a>(
-        &'a self,
-        request: Request<'a>,
-        next: Next<'a>,
-    ) -> impl Future<Output = Result<Response>> + Send + 'a {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
         async move {
             let op = request.op();
             if !op.is_guarded() {

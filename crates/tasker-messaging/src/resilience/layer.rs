@@ -28,8 +28,8 @@ use crate::message::{MessageId, OutgoingMessage, ReceiptHandle, ReceivedMessage}
 use crate::queue_name::QueueName;
 use crate::resources::ResourceRequirements;
 use crate::service::{
-    ConsumerOptions, DeleteOutcome, ExchangeKind, MessageStream, MessagingHealth,
-    MessagingService, ProviderKind, QueueOptions, QueueStats,
+    ConsumerOptions, DeleteOutcome, ExchangeKind, MessageStream, MessagingHealth, MessagingService,
+    ProviderKind, QueueOptions, QueueStats,
 };
 
 /// One call on a service, with its arguments, as a layer sees it.
@@ -217,8 +217,9 @@ impl Request<'_> {
     /// change or inspect them.
     pub fn outgoing_mut(&mut self) -> &mut [OutgoingMessage] {
         match self {
-            Request::Send { message, .. }
-            | Request::Amqp(AmqpRequest::Publish { message, .. }) => std::slice::from_mut(message),
+            Request::Send { message, .. } | Request::Amqp(AmqpRequest::Publish { message, .. }) => {
+                std::slice::from_mut(message)
+            }
             Request::SendBatch { messages, .. } => messages,
             _ => &mut [],
         }
@@ -311,6 +312,11 @@ impl<'a> Next<'a> {
     }
 }
 
+/// What [`Layer::call`] returns: a `Send` future of the response (any such future is one).
+pub trait LayerFuture: Future<Output = Result<Response>> + Send {}
+
+impl<F: Future<Output = Result<Response>> + Send> LayerFuture for F {}
+
 /// Behaviour around a service. Implement [`Layer::call`] (and, if the layer cares about
 /// consumer streams, [`Layer::stream`]); wrap a service with [`super::ServiceStack::layer`].
 ///
@@ -318,12 +324,8 @@ impl<'a> Next<'a> {
 pub trait Layer: Send + Sync + 'static {
     /// Handles one call: inspect or change the request, pass it on with `next.run`, inspect
     /// or change the response. Answer each request with its own [`Response`] variant.
-    fn call<'a>(
-        &'a self,
-        request: Request<'a>,
-        next: Next<'a>,
-    ) -> impl Future<Output = Result<Response>> + Send + 'a {
-        next.run(request)
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
+        async move { next.run(request).await }
     }
 
     /// Wraps a native consumer stream (the provider's push subscription, or an AMQP consumer

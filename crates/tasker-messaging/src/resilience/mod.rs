@@ -47,11 +47,11 @@ use std::fmt;
 use serde::Serialize;
 
 pub use backpressure::{
-    BackpressureLayer, BackpressureService, BackpressureState, GlobalBackpressureController, PressureLevel,
-    PressureSample,
+    BackpressureLayer, BackpressureService, BackpressureState, GlobalBackpressureController,
+    PressureLevel, PressureSample,
 };
-pub use budget::{initialize_within_budget, BudgetReservation, BudgetSnapshot, ResourceBudget};
 pub use breaker_layer::{CircuitBreakerLayer, CircuitBreakerService};
+pub use budget::{initialize_within_budget, BudgetReservation, BudgetSnapshot, ResourceBudget};
 pub use circuit_breaker::{
     CallPermit, CircuitBreaker, CircuitBreakerManager, CircuitBreakerSnapshot, CircuitState,
 };
@@ -63,7 +63,9 @@ pub use health::{
     HealthMonitor, HealthPolicy, HealthSignals, HealthState, HealthStateMachine,
     InvalidHealthTransition,
 };
-pub use layer::{AmqpRequest, Layer, Next, PgmqRequest, Request, Response, StreamInfo};
+pub use layer::{
+    AmqpRequest, Layer, LayerFuture, Next, PgmqRequest, Request, Response, StreamInfo,
+};
 pub use layered::Layered;
 pub use migrate::{migrate_queue, MigrationOptions, MigrationProgress, MigrationReport};
 pub use retry::{is_idempotent, RetryLayer, RetryService};

@@ -17,18 +17,16 @@
 //! duplicate *with the same message id*, which consumers already handle under at-least-once
 //! delivery. Set it to false when duplicates are worse than surfacing the error.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-use super::layer::{Layer, Next, Request, Response};
+use super::layer::{Layer, LayerFuture, Next, Request};
 use super::layered::Layered;
 use super::Op;
 use crate::config::RetryPolicy;
-use crate::error::Result;
 use crate::service::MessagingService;
 
 /// Whether repeating `op` after an unknown outcome is harmless under the contract.
@@ -100,11 +98,7 @@ impl RetryLayer {
 }
 
 impl Layer for RetryLayer {
-    fn call<'a>(
-        &'a self,
-        request: Request<'a>,
-        next: Next<'a>,
-    ) -> impl Future<Output = Result<Response>> + Send + 'a {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
         async move {
             let op = request.op();
             if !self.retries_op(op) {
@@ -146,11 +140,11 @@ impl RetryService {
 mod tests {
     use super::*;
     use crate::config::CircuitBreakerConfig;
+    use crate::error::MessagingError;
     use crate::message::OutgoingMessage;
     use crate::providers::in_memory::InMemoryMessageService;
     use crate::queue_name::QueueName;
     use crate::resilience::fault::{FaultControl, FaultInjectingService};
-    use crate::error::MessagingError;
     use crate::resilience::{CircuitBreaker, CircuitBreakerLayer, ServiceStack};
     use tokio::time::Instant;
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::layer::{dispatch, Layer, Next, Request, Response};
+use super::layer::{dispatch, Layer, LayerFuture, Next, Request, Response};
 use super::layered::Layered;
 use super::Op;
 use crate::error::Result;
@@ -254,11 +254,7 @@ impl ShadowLayer {
 }
 
 impl Layer for ShadowLayer {
-    fn call<'a>(
-        &'a self,
-        request: Request<'a>,
-        next: Next<'a>,
-    ) -> impl Future<Output = Result<Response>> + Send + 'a {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
         async move {
             let op = request.op();
             let shadow = &*self.shadow;
@@ -326,7 +322,9 @@ impl Layer for ShadowLayer {
                     Ok(primary)
                 }
                 Request::DeleteMessages { queue, receipts } => {
-                    let primary = next.run(Request::DeleteMessages { queue, receipts }).await?;
+                    let primary = next
+                        .run(Request::DeleteMessages { queue, receipts })
+                        .await?;
                     if let Response::Deleted(outcome) = &primary {
                         self.mirror_deletes(queue, receipts, outcome).await;
                     }

@@ -126,16 +126,31 @@ mod tests {
         let mut stream = service.consume(&queue, ConsumerOptions::default());
         let seen = drive(&mut stream, Duration::from_secs(5)).await;
         assert!(seen[0].starts_with("Connection") && seen[1].starts_with("Connection"));
-        assert!(seen[2..].iter().all(|s| s.starts_with("CircuitOpen")), "{seen:?}");
+        assert!(
+            seen[2..].iter().all(|s| s.starts_with("CircuitOpen")),
+            "{seen:?}"
+        );
         // Errors are followed by the stream's idle pause (1 ms doubling to 250 ms).
-        assert!(seen.len() <= 5_000 / 250 + 12, "paced, not a spin: {} items", seen.len());
+        assert!(
+            seen.len() <= 5_000 / 250 + 12,
+            "paced, not a spin: {} items",
+            seen.len()
+        );
         assert_eq!(b.state(), CircuitState::Open);
-        assert_eq!(control.calls(), 2, "nothing reached the provider while open");
+        assert_eq!(
+            control.calls(),
+            2,
+            "nothing reached the provider while open"
+        );
 
         // The breaker's timeout passes, the backend is back: the stream delivers.
         control.heal();
         let seen = drive(&mut stream, Duration::from_secs(6)).await;
-        assert_eq!(seen.iter().filter(|s| *s == "message").count(), 3, "{seen:?}");
+        assert_eq!(
+            seen.iter().filter(|s| *s == "message").count(),
+            3,
+            "{seen:?}"
+        );
         assert_eq!(b.state(), CircuitState::Closed);
     }
 
@@ -206,7 +221,9 @@ mod tests {
                 .iter()
                 .filter(|(k, _, _, _)| {
                     k.key().name() == name
-                        && k.key().labels().any(|l| l.value() == "stack_stream_metrics")
+                        && k.key()
+                            .labels()
+                            .any(|l| l.value() == "stack_stream_metrics")
                 })
                 .map(|(_, _, _, v)| match v {
                     DebugValue::Counter(n) => *n,
