@@ -64,7 +64,7 @@ pub use message::{
     QueuedMessage, QueuedMessageMetadata, ReceiptHandle, ReceivedMessage, StepMessage,
 };
 pub use queue_name::QueueName;
-pub use resilience::{Layer, Layered, Next, Request, Response, ServiceStack};
+pub use resilience::{Layer, LayerFuture, Layered, Next, Request, Response, ServiceStack};
 pub use resources::{ResourceRequirements, SystemResourceLimits};
 pub use routing::{ExecutorType, MessageRouter, NamespaceQueueRouter};
 pub use secret::SecretUrl;
