@@ -228,3 +228,46 @@ fn a_rabbitmq_push_consumer_is_counted_and_stopped_by_an_open_breaker() {
         .sum();
     assert_eq!(received, 8, "every pushed message counted once");
 }
+
+#[cfg(feature = "pgmq")]
+mod support;
+
+/// Calls through `pgmq()` of a stacked service pass every layer: the fault layer sees them and
+/// can fail them, the retry layer repeats the safe ones.
+#[cfg(feature = "pgmq")]
+#[tokio::test]
+async fn pgmq_extension_calls_pass_the_layers() {
+    use tasker_messaging::resilience::{FaultControl, FaultLayer};
+    let Some(pgmq) = support::service().await else {
+        return;
+    };
+    let control = FaultControl::new();
+    let service = ServiceStack::new(Arc::new(pgmq))
+        .layer(FaultLayer::new(control.clone()))
+        .layer(RetryLayer::new(RetryPolicy {
+            initial_backoff_ms: 1,
+            jitter: false,
+            ..RetryPolicy::default()
+        }))
+        .build();
+    let ext = service.pgmq().expect("the stack keeps the provider's extensions");
+    let queue = support::queue("layers_ext");
+    ext.create_queue_with_vt(&queue, Duration::from_secs(2))
+        .await
+        .unwrap();
+    service
+        .send(&queue, OutgoingMessage::new("{\"i\":1}"))
+        .await
+        .unwrap();
+    let before = control.calls();
+    control.fail_next(2);
+    let read = ext.read_batch(&queue, Duration::ZERO, 5).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(control.calls() - before, 3, "two injected failures, then the read");
+    assert_eq!(control.injected(), 2);
+    control.fail_always();
+    let err = ext.get_metrics(&queue).await.unwrap_err();
+    assert!(err.to_string().contains("pgmq_get_metrics"), "{err}");
+    control.heal();
+    service.delete_queue(&queue).await.unwrap();
+}
