@@ -57,6 +57,26 @@ async fn conformance_shadow_in_memory() {
     run_suite("shadow", shared(shadow)).await.assert_passed();
 }
 
+/// RabbitMQ through the same stack: its push consumer now passes every layer, and the
+/// contract holds. Each factory call opens its own connection, as in conformance_rabbitmq.rs.
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_resilience_stack_rabbitmq() {
+    if rabbitmq_support::service().await.is_none() {
+        return;
+    }
+    let factory: ProviderFactory = Arc::new(|| {
+        Box::pin(async {
+            let svc = tasker_messaging::RabbitMqMessageService::new(rabbitmq_support::settings())?;
+            svc.initialize().await?;
+            Ok(stack(Arc::new(svc)))
+        })
+    });
+    run_suite("rabbitmq_resilience_stack", factory)
+        .await
+        .assert_passed();
+}
+
 /// The user-defined layer of docs/resilience.md: stamps a tenant into every outgoing JSON
 /// message (send, send_batch, AMQP publish); other payloads pass unchanged.
 struct TenantHeader {
@@ -250,7 +270,9 @@ async fn pgmq_extension_calls_pass_the_layers() {
             ..RetryPolicy::default()
         }))
         .build();
-    let ext = service.pgmq().expect("the stack keeps the provider's extensions");
+    let ext = service
+        .pgmq()
+        .expect("the stack keeps the provider's extensions");
     let queue = support::queue("layers_ext");
     ext.create_queue_with_vt(&queue, Duration::from_secs(2))
         .await
@@ -263,7 +285,11 @@ async fn pgmq_extension_calls_pass_the_layers() {
     control.fail_next(2);
     let read = ext.read_batch(&queue, Duration::ZERO, 5).await.unwrap();
     assert_eq!(read.len(), 1);
-    assert_eq!(control.calls() - before, 3, "two injected failures, then the read");
+    assert_eq!(
+        control.calls() - before,
+        3,
+        "two injected failures, then the read"
+    );
     assert_eq!(control.injected(), 2);
     control.fail_always();
     let err = ext.get_metrics(&queue).await.unwrap_err();
