@@ -41,11 +41,24 @@ impl CircuitBreakerLayer {
 
 impl Layer for CircuitBreakerLayer {
     fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
+        // Decided before anything below is built: a refused call costs only the refusal.
+        let admitted = request
+            .op()
+            .is_guarded()
+            .then(|| self.breaker.try_acquire());
         async move {
-            if !request.op().is_guarded() {
-                return next.run(request).await;
+            let permit = match admitted {
+                None => return next.run(request).await,
+                Some(admitted) => admitted?,
+            };
+            let result = next.run(request).await;
+            match &result {
+                Ok(_) => permit.success(),
+                Err(e) if e.is_backend_failure() => permit.failure(),
+                // Permanent errors prove the backend answered but say nothing of its health.
+                Err(_) => drop(permit),
             }
-            self.breaker.call(next.run(request)).await
+            result
         }
     }
 

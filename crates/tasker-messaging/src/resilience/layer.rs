@@ -18,7 +18,11 @@
 //! Compose layers with [`super::ServiceStack`].
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use serde_json::Value;
 
@@ -28,8 +32,8 @@ use crate::message::{MessageId, OutgoingMessage, ReceiptHandle, ReceivedMessage}
 use crate::queue_name::QueueName;
 use crate::resources::ResourceRequirements;
 use crate::service::{
-    ConsumerOptions, DeleteOutcome, ExchangeKind, MessageStream, MessagingHealth, MessagingService,
-    ProviderKind, QueueOptions, QueueStats,
+    Capability, ConsumerOptions, DeleteOutcome, ExchangeKind, MessageStream, MessagingHealth,
+    MessagingService, ProviderKind, QueueOptions, QueueStats,
 };
 
 /// One call on a service, with its arguments, as a layer sees it.
@@ -296,8 +300,8 @@ impl<'a> Next<'a> {
 
     /// Passes `request` to the service below. May be called more than once (retry) or not at
     /// all (an open breaker).
-    pub async fn run(self, request: Request<'a>) -> Result<Response> {
-        dispatch(self.inner, request).await
+    pub fn run(self, request: Request<'a>) -> impl Future<Output = Result<Response>> + Send + 'a {
+        dispatch(self.inner, request)
     }
 
     /// Whether the service below would admit a call now (`Err(CircuitOpen)` while a breaker
@@ -352,129 +356,144 @@ pub trait Layer: Send + Sync + 'static {
     }
 }
 
+/// The future of a request passed below: the trait call's own (boxed) future, and which
+/// [`Response`] variant its output becomes. Building it is synchronous and holds no copy of the
+/// request, so a layer that refuses a call (an open breaker) pays for nothing below it.
+enum Pending<'a> {
+    Done(BoxFuture<'a, Result<()>>),
+    Wait(BoxFuture<'a, ()>),
+    MessageId(BoxFuture<'a, Result<MessageId>>),
+    MessageIds(BoxFuture<'a, Result<Vec<MessageId>>>),
+    Messages(BoxFuture<'a, Result<Vec<ReceivedMessage>>>),
+    Deleted(BoxFuture<'a, Result<DeleteOutcome>>),
+    Count(BoxFuture<'a, Result<u64>>),
+    Stats(BoxFuture<'a, Result<QueueStats>>),
+    Health(BoxFuture<'a, Result<MessagingHealth>>),
+    Json(BoxFuture<'a, Result<Value>>),
+    Stream(BoxFuture<'a, Result<MessageStream>>),
+    Failed(Option<MessagingError>),
+}
+
+impl Future for Pending<'_> {
+    type Output = Result<Response>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        use Response as R;
+        Poll::Ready(match self.get_mut() {
+            Pending::Done(f) => ready!(f.as_mut().poll(cx)).map(|()| R::Done),
+            Pending::Wait(f) => {
+                ready!(f.as_mut().poll(cx));
+                Ok(R::Done)
+            }
+            Pending::MessageId(f) => ready!(f.as_mut().poll(cx)).map(R::MessageId),
+            Pending::MessageIds(f) => ready!(f.as_mut().poll(cx)).map(R::MessageIds),
+            Pending::Messages(f) => ready!(f.as_mut().poll(cx)).map(R::Messages),
+            Pending::Deleted(f) => ready!(f.as_mut().poll(cx)).map(R::Deleted),
+            Pending::Count(f) => ready!(f.as_mut().poll(cx)).map(R::Count),
+            Pending::Stats(f) => ready!(f.as_mut().poll(cx)).map(R::Stats),
+            Pending::Health(f) => ready!(f.as_mut().poll(cx)).map(R::Health),
+            Pending::Json(f) => ready!(f.as_mut().poll(cx)).map(R::Json),
+            Pending::Stream(f) => ready!(f.as_mut().poll(cx)).map(R::Stream),
+            Pending::Failed(e) => Err(e.take().unwrap_or_else(|| {
+                MessagingError::NotInitialized("a finished call was polled again".into())
+            })),
+        })
+    }
+}
+
+fn unsupported(service: &dyn MessagingService, capability: Capability) -> Pending<'static> {
+    Pending::Failed(Some(MessagingError::Unsupported {
+        provider: service.provider(),
+        capability,
+    }))
+}
+
 /// Runs `request` on `service`: the one place a [`Request`] becomes a trait call.
-pub(crate) async fn dispatch<'a>(
+pub(crate) fn dispatch<'a>(
     service: &'a dyn MessagingService,
     request: Request<'a>,
-) -> Result<Response> {
-    use Response as R;
-    Ok(match request {
-        Request::Initialize => service.initialize().await.map(|()| R::Done)?,
-        Request::HealthCheck => R::Health(service.health_check().await?),
-        Request::Shutdown => service.shutdown().await.map(|()| R::Done)?,
+) -> impl Future<Output = Result<Response>> + Send + 'a {
+    use Pending as P;
+    match request {
+        Request::Initialize => P::Done(service.initialize()),
+        Request::HealthCheck => P::Health(service.health_check()),
+        Request::Shutdown => P::Done(service.shutdown()),
         Request::CreateQueue { queue, options } => {
-            service.create_queue_with(queue, options).await?;
-            R::Done
+            P::Done(service.create_queue_with(queue, options))
         }
-        Request::Send { queue, message } => R::MessageId(service.send(queue, message).await?),
+        Request::Send { queue, message } => P::MessageId(service.send(queue, message)),
         Request::SendBatch { queue, messages } => {
-            R::MessageIds(service.send_batch(queue, messages).await?)
+            P::MessageIds(service.send_batch(queue, messages))
         }
         Request::Receive {
             queue,
             max_messages,
             visibility_timeout,
-        } => R::Messages(
-            service
-                .receive(queue, max_messages, visibility_timeout)
-                .await?,
-        ),
+        } => P::Messages(service.receive(queue, max_messages, visibility_timeout)),
         Request::DeleteMessage { queue, receipt } => {
-            service.delete_message(queue, receipt).await?;
-            R::Done
+            P::Done(service.delete_message(queue, receipt))
         }
         Request::DeleteMessages { queue, receipts } => {
-            R::Deleted(service.delete_messages(queue, receipts).await?)
+            P::Deleted(service.delete_messages(queue, receipts))
         }
         Request::ChangeVisibility {
             queue,
             receipt,
             visibility_timeout,
-        } => {
-            service
-                .change_message_visibility(queue, receipt, visibility_timeout)
-                .await?;
-            R::Done
-        }
+        } => P::Done(service.change_message_visibility(queue, receipt, visibility_timeout)),
         Request::DeadLetter {
             queue,
             receipt,
             reason,
-        } => {
-            service.dead_letter_message(queue, receipt, reason).await?;
-            R::Done
-        }
+        } => P::Done(service.dead_letter_message(queue, receipt, reason)),
         Request::Redrive {
             queue,
             max_messages,
-        } => R::Count(service.redrive_dead_letters(queue, max_messages).await?),
-        Request::Stats { queue } => R::Stats(service.get_queue_stats(queue).await?),
-        Request::Purge { queue } => R::Count(service.purge_queue(queue).await?),
-        Request::DeleteQueue { queue } => {
-            service.delete_queue(queue).await?;
-            R::Done
-        }
+        } => P::Count(service.redrive_dead_letters(queue, max_messages)),
+        Request::Stats { queue } => P::Stats(service.get_queue_stats(queue)),
+        Request::Purge { queue } => P::Count(service.purge_queue(queue)),
+        Request::DeleteQueue { queue } => P::Done(service.delete_queue(queue)),
         Request::WaitForMessages { queue, max_wait } => {
-            service.wait_for_messages(queue, max_wait).await;
-            R::Done
+            P::Wait(service.wait_for_messages(queue, max_wait))
         }
-        Request::Pgmq(call) => {
-            let ext = service.pgmq().ok_or(MessagingError::Unsupported {
-                provider: service.provider(),
-                capability: crate::service::Capability::PgmqExtensions,
-            })?;
-            match call {
+        Request::Pgmq(call) => match service.pgmq() {
+            None => unsupported(service, Capability::PgmqExtensions),
+            Some(ext) => match call {
                 PgmqRequest::CreateQueueWithVt { queue, vt } => {
-                    ext.create_queue_with_vt(queue, vt).await?;
-                    R::Done
+                    P::Done(ext.create_queue_with_vt(queue, vt))
                 }
                 PgmqRequest::ReadBatch { queue, vt, limit } => {
-                    R::Messages(ext.read_batch(queue, vt, limit).await?)
+                    P::Messages(ext.read_batch(queue, vt, limit))
                 }
                 PgmqRequest::Archive { queue, msg_ids } => {
-                    R::Count(ext.archive_messages(queue, msg_ids).await?)
+                    P::Count(ext.archive_messages(queue, msg_ids))
                 }
-                PgmqRequest::Metrics { queue } => R::Json(ext.get_metrics(queue).await?),
-            }
-        }
-        Request::Amqp(call) => {
-            let ext = service.amqp().ok_or(MessagingError::Unsupported {
-                provider: service.provider(),
-                capability: crate::service::Capability::AmqpExtensions,
-            })?;
-            match call {
+                PgmqRequest::Metrics { queue } => P::Json(ext.get_metrics(queue)),
+            },
+        },
+        Request::Amqp(call) => match service.amqp() {
+            None => unsupported(service, Capability::AmqpExtensions),
+            Some(ext) => match call {
                 AmqpRequest::DeclareExchange {
                     name,
                     kind,
                     durable,
-                } => {
-                    ext.declare_exchange(name, kind, durable).await?;
-                    R::Done
-                }
+                } => P::Done(ext.declare_exchange(name, kind, durable)),
                 AmqpRequest::BindQueue {
                     queue,
                     exchange,
                     routing_key,
-                } => {
-                    ext.bind_queue(queue, exchange, routing_key).await?;
-                    R::Done
-                }
+                } => P::Done(ext.bind_queue(queue, exchange, routing_key)),
                 AmqpRequest::Publish {
                     exchange,
                     routing_key,
                     message,
-                } => R::MessageId(
-                    ext.publish_to_exchange(exchange, routing_key, message)
-                        .await?,
-                ),
-                AmqpRequest::SetQos { prefetch_count } => {
-                    ext.set_qos(prefetch_count).await?;
-                    R::Done
-                }
+                } => P::MessageId(ext.publish_to_exchange(exchange, routing_key, message)),
+                AmqpRequest::SetQos { prefetch_count } => P::Done(ext.set_qos(prefetch_count)),
                 AmqpRequest::ConsumerStream { queue, options } => {
-                    R::Stream(ext.create_consumer_stream(queue, options).await?)
+                    P::Stream(ext.create_consumer_stream(queue, options))
                 }
-            }
-        }
-    })
+            },
+        },
+    }
 }

@@ -45,10 +45,6 @@ impl<L: Layer> Layered<L> {
     pub fn inner(&self) -> &Arc<dyn MessagingService> {
         &self.inner
     }
-
-    async fn call<'a>(&'a self, request: Request<'a>) -> Result<Response> {
-        self.layer.call(request, Next::new(&*self.inner)).await
-    }
 }
 
 impl<L> Deref for Layered<L> {
@@ -61,7 +57,7 @@ impl<L> Deref for Layered<L> {
 /// Calls the layer and takes the response variant the operation answers with.
 macro_rules! answer {
     ($self:ident, $op:expr, $request:expr, $variant:pat => $value:expr) => {
-        match $self.call($request).await? {
+        match $self.layer.call($request, Next::new(&*$self.inner)).await? {
             $variant => Ok($value),
             other => Err(other.mismatch($self.inner.provider(), $op)),
         }
@@ -180,10 +176,8 @@ impl<L: Layer> MessagingService for Layered<L> {
     }
     async fn wait_for_messages(&self, queue: &QueueName, max_wait: Duration) {
         let started = tokio::time::Instant::now();
-        if let Err(error) = self
-            .call(Request::WaitForMessages { queue, max_wait })
-            .await
-        {
+        let request = Request::WaitForMessages { queue, max_wait };
+        if let Err(error) = self.layer.call(request, Next::new(&*self.inner)).await {
             // A failed wait must not turn a consumer's idle loop into a spin.
             tracing::debug!(%queue, %error, "a layer failed a wait; sleeping it out");
             tokio::time::sleep_until(started + max_wait).await;
