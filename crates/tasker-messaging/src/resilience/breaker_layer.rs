@@ -1,5 +1,6 @@
 //! The circuit breaker as a layer: every guarded call (all but waits and shutdown, extension
-//! calls included) passes [`CircuitBreaker::call`], and so does each item of a native consumer
+//! calls included) takes a permit before the call below is even built (so a refused call costs
+//! only the refusal) and reports its outcome, and so does each item of a native consumer
 //! stream.
 //!
 //! A native stream takes a permit before it pulls from the provider and reports the item's
