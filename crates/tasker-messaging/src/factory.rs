@@ -1,9 +1,24 @@
 //! Builds the configured provider at runtime: switching backend is a configuration change.
+//!
+//! [`build_service`] returns the provider inside the stack [`configured_stack`] gives for it:
+//!
+//! * **in_memory: no layers.** It has no transient failures to retry or trip a breaker on, and
+//!   its hot path stays one call (the benchmarks' in-memory round trip is this service).
+//! * **every other provider:** a circuit breaker (`[circuit_breaker]`, named after the
+//!   provider) inside retry (`[retry_policy]`), so each retry attempt passes the breaker and
+//!   retries stop the moment it opens.
+//!
+//! Backpressure and metrics are not in the default stack: backpressure needs a controller that
+//! something feeds samples to, and metrics need a recorder; add them with
+//! `configured_stack(&config, provider).layer(...)`. The provider is initialized before the
+//! layers go on, so a provider that cannot start fails at once (one attempt, no breaker), as
+//! fallback expects.
 
 use std::sync::Arc;
 
 use crate::config::MessagingConfig;
 use crate::error::{MessagingError, Result};
+use crate::resilience::{CircuitBreaker, CircuitBreakerLayer, RetryLayer, ServiceStack};
 use crate::resources::SystemResourceLimits;
 use crate::service::{MessagingService, ProviderKind};
 
@@ -46,8 +61,36 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
     }
 }
 
-/// Builds the configured service, checks its resource needs against `limits`, and
-/// initializes it.
+/// The default layers for `provider` under `config` (see the module docs), as a stack to
+/// build or to extend with more layers outside them.
+pub fn configured_stack(
+    config: &MessagingConfig,
+    provider: Arc<dyn MessagingService>,
+) -> ServiceStack {
+    let kind = provider.provider();
+    configured_stack_for(config, provider, kind)
+}
+
+fn configured_stack_for(
+    config: &MessagingConfig,
+    provider: Arc<dyn MessagingService>,
+    kind: ProviderKind,
+) -> ServiceStack {
+    let stack = ServiceStack::new(provider);
+    if kind == ProviderKind::InMemory {
+        return stack;
+    }
+    let breaker = Arc::new(CircuitBreaker::new(
+        kind.as_str(),
+        config.circuit_breaker.clone(),
+    ));
+    stack
+        .layer(CircuitBreakerLayer::new(breaker))
+        .layer(RetryLayer::new(config.retry_policy.clone()))
+}
+
+/// Builds the configured service, checks its resource needs against `limits`, initializes
+/// it, and puts the configured layers on it.
 pub async fn build_service_with_limits(
     config: &MessagingConfig,
     limits: &SystemResourceLimits,
@@ -59,7 +102,7 @@ pub async fn build_service_with_limits(
     )?;
     service.initialize().await?;
     tracing::info!(provider = %service.provider(), "messaging service ready");
-    Ok(service)
+    Ok(configured_stack(config, service).build())
 }
 
 /// Builds and initializes the configured service (no known resource limits).
@@ -76,6 +119,45 @@ mod tests {
         let svc = build_service(&MessagingConfig::default()).await.unwrap();
         assert_eq!(svc.provider(), ProviderKind::InMemory);
         assert!(available_providers().contains(&ProviderKind::InMemory));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_providers_get_retry_outside_a_breaker_from_the_configuration() {
+        use crate::message::OutgoingMessage;
+        use crate::queue_name::QueueName;
+        use crate::resilience::{FaultControl, FaultInjectingService};
+        let config = MessagingConfig::from_toml_str(
+            "[retry_policy]\nmax_retries = 5\njitter = false\n\
+             [circuit_breaker]\nfailure_threshold = 3",
+        )
+        .unwrap();
+        // A fault wrapper reports the provider below it, so it stands in for a network one.
+        let control = FaultControl::new();
+        let below: Arc<dyn MessagingService> = Arc::new(FaultInjectingService::with_control(
+            Arc::new(crate::InMemoryMessageService::default()),
+            control.clone(),
+        ));
+        let service = configured_stack(&config, below.clone()).build();
+        assert!(Arc::ptr_eq(&service, &below), "in-memory: no layers");
+
+        // Any provider but in-memory gets the layers; the kind is what decides.
+        let queue = QueueName::new("factory_stack").unwrap();
+        below.create_queue(&queue).await.unwrap();
+        let pgmq_like = configured_stack_for(&config, below.clone(), ProviderKind::Pgmq).build();
+        control.fail_next(2);
+        pgmq_like
+            .send(&queue, OutgoingMessage::new("x"))
+            .await
+            .unwrap();
+        assert_eq!(control.calls(), 1 + 3, "create, then two failures retried");
+        control.fail_always();
+        let err = pgmq_like.get_queue_stats(&queue).await.unwrap_err();
+        assert!(matches!(err, MessagingError::CircuitOpen { .. }), "{err}");
+        assert_eq!(
+            control.calls(),
+            4 + 3,
+            "retries stop when the breaker opens"
+        );
     }
 
     #[tokio::test]

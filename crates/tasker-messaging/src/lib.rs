@@ -9,6 +9,8 @@
 //!   id, receive count, lease).
 //! * [`MessagingServiceExt`] adds typed send and receive for serde types, and [`ConsumerExt`]
 //!   a consumer stream that waits without spinning.
+//! * Behaviour around a service (retry, circuit breaker, metrics, your own) is a [`Layer`]:
+//!   it sees every call as a [`Request`]; [`ServiceStack`] puts layers around a provider.
 //! * [`Capabilities`] says what a provider supports; provider-specific operations
 //!   ([`PgmqExtensions`], [`AmqpExtensions`]) are reached through [`MessagingService::pgmq`] and
 //!   [`MessagingService::amqp`], never by downcasting.
@@ -54,12 +56,15 @@ pub use config::{
     QueueConfig, RabbitMqQueueType, ResourceValidationConfig, RetryPolicy,
 };
 pub use error::{ErrorClass, MessagingError, Result};
-pub use factory::{available_providers, build_service, build_service_with_limits, create_service};
+pub use factory::{
+    available_providers, build_service, build_service_with_limits, configured_stack, create_service,
+};
 pub use message::{
     CorrelationId, DeadLetterInfo, DeadLetterReason, MessageId, OutgoingMessage, QueueMessage,
     QueuedMessage, QueuedMessageMetadata, ReceiptHandle, ReceivedMessage, StepMessage,
 };
 pub use queue_name::QueueName;
+pub use resilience::{Layer, LayerFuture, Layered, Next, Request, Response, ServiceStack};
 pub use resources::{ResourceRequirements, SystemResourceLimits};
 pub use routing::{ExecutorType, MessageRouter, NamespaceQueueRouter};
 pub use secret::SecretUrl;

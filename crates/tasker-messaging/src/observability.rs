@@ -1,225 +1,174 @@
-//! Metrics for any service: a wrapper that counts messages and times operations with the
+//! Metrics for any service: a layer that counts messages and times operations with the
 //! `metrics` facade, so whichever recorder the application installs (Prometheus in
 //! `tasker-mq worker`) sees every provider the same way.
 //!
 //! Names (all labelled with `provider` and `queue`):
-//! `tasker_messages_sent_total`, `tasker_messages_received_total`,
+//! `tasker_messages_sent_total` (send, send_batch, AMQP publish),
+//! `tasker_messages_received_total` (receive, PGMQ read_batch, native consumer stream items),
 //! `tasker_messages_acked_total`, `tasker_messages_released_total` (visibility changes),
-//! `tasker_messages_dead_lettered_total`, `tasker_messaging_errors_total` (also `operation`),
-//! and the histogram `tasker_messaging_operation_seconds` (label `operation`).
+//! `tasker_messages_dead_lettered_total`, `tasker_messaging_errors_total` (also `operation`:
+//! an [`Op`] name, or `consumer_stream` for a stream's error), and the histogram
+//! `tasker_messaging_operation_seconds` (label `operation`, every call but waits and shutdown).
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
-use async_trait::async_trait;
-use metrics::{counter, histogram};
+use futures::Stream;
+use metrics::{counter, histogram, SharedString};
 
 use crate::error::Result;
-use crate::message::{MessageId, OutgoingMessage, ReceiptHandle, ReceivedMessage};
+use crate::message::ReceivedMessage;
 use crate::queue_name::QueueName;
-use crate::resources::ResourceRequirements;
-use crate::service::{
-    AmqpExtensions, Capabilities, ConsumerOptions, DeleteOutcome, MessageStream, MessagingHealth,
-    MessagingService, PgmqExtensions, ProviderKind, QueueOptions, QueueStats,
+use crate::resilience::layer::{
+    Layer, LayerFuture, Next, PgmqRequest, Request, Response, StreamInfo,
 };
+use crate::resilience::{Layered, Op};
+use crate::service::{MessageStream, MessagingService, ProviderKind};
 
-/// Wraps a service, recording metrics for each call.
-pub struct MetricsService {
-    inner: Arc<dyn MessagingService>,
-    provider: &'static str,
+/// Records metrics for every call that passes it, and for each item and error of a native
+/// consumer stream. Outermost in a stack, it counts what callers see (one send however many
+/// times a retry layer below repeated it).
+#[derive(Clone, Debug, Default)]
+pub struct MetricsLayer;
+
+impl MetricsLayer {
+    pub fn new() -> Self {
+        MetricsLayer
+    }
 }
+
+fn queue_label(queue: Option<&QueueName>) -> SharedString {
+    queue.map_or(SharedString::const_str(""), |q| {
+        SharedString::from(q.as_shared())
+    })
+}
+
+fn count(name: &'static str, provider: ProviderKind, queue: &SharedString, n: u64) {
+    if n > 0 {
+        counter!(name, "provider" => provider.as_str(), "queue" => queue.clone()).increment(n);
+    }
+}
+
+fn count_error(provider: ProviderKind, queue: &SharedString, operation: &'static str) {
+    counter!(
+        "tasker_messaging_errors_total",
+        "provider" => provider.as_str(),
+        "queue" => queue.clone(),
+        "operation" => operation
+    )
+    .increment(1);
+}
+
+/// The message counter a successful call adds to, and by how much.
+fn messages_counted(op: Op, response: &Response) -> Option<(&'static str, u64)> {
+    match (op, response) {
+        (Op::Send | Op::AmqpPublish, _) => Some(("tasker_messages_sent_total", 1)),
+        (Op::SendBatch, Response::MessageIds(ids)) => {
+            Some(("tasker_messages_sent_total", ids.len() as u64))
+        }
+        (Op::Receive | Op::PgmqReadBatch, Response::Messages(got)) => {
+            Some(("tasker_messages_received_total", got.len() as u64))
+        }
+        (Op::DeleteMessage, _) => Some(("tasker_messages_acked_total", 1)),
+        (Op::DeleteMessages, Response::Deleted(outcome)) => {
+            Some(("tasker_messages_acked_total", outcome.deleted as u64))
+        }
+        (Op::ChangeVisibility, _) => Some(("tasker_messages_released_total", 1)),
+        (Op::DeadLetter, _) => Some(("tasker_messages_dead_lettered_total", 1)),
+        _ => None,
+    }
+}
+
+impl Layer for MetricsLayer {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
+        async move {
+            let op = request.op();
+            if !op.is_guarded() {
+                // Waits last as long as the queue is idle; timing them measures nothing.
+                return next.run(request).await;
+            }
+            let queue = match &request {
+                // The exchange is where an AMQP publish goes.
+                Request::Amqp(crate::resilience::AmqpRequest::Publish { exchange, .. }) => {
+                    SharedString::from(exchange.to_string())
+                }
+                Request::Pgmq(PgmqRequest::ReadBatch { queue, .. }) => queue_label(Some(queue)),
+                other => queue_label(other.queue()),
+            };
+            let provider = next.service().provider();
+            let started = Instant::now();
+            let result = next.run(request).await;
+            histogram!(
+                "tasker_messaging_operation_seconds",
+                "provider" => provider.as_str(),
+                "operation" => op.as_str()
+            )
+            .record(started.elapsed().as_secs_f64());
+            match &result {
+                Ok(response) => {
+                    if let Some((name, n)) = messages_counted(op, response) {
+                        count(name, provider, &queue, n);
+                    }
+                }
+                Err(_) => count_error(provider, &queue, op.as_str()),
+            }
+            result
+        }
+    }
+
+    fn stream(&self, info: &StreamInfo<'_>, stream: MessageStream) -> MessageStream {
+        Box::pin(CountedStream {
+            inner: stream,
+            provider: info.provider,
+            queue: queue_label(Some(info.queue)),
+        })
+    }
+}
+
+/// A native consumer stream whose items count as received and whose errors as errors.
+struct CountedStream {
+    inner: MessageStream,
+    provider: ProviderKind,
+    queue: SharedString,
+}
+
+impl Stream for CountedStream {
+    type Item = Result<ReceivedMessage>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = ready!(self.inner.as_mut().poll_next(cx));
+        match &item {
+            Some(Ok(_)) => count(
+                "tasker_messages_received_total",
+                self.provider,
+                &self.queue,
+                1,
+            ),
+            Some(Err(_)) => count_error(self.provider, &self.queue, "consumer_stream"),
+            None => {}
+        }
+        Poll::Ready(item)
+    }
+}
+
+/// A service with a [`MetricsLayer`] on top.
+pub type MetricsService = Layered<MetricsLayer>;
 
 impl MetricsService {
     pub fn new(inner: Arc<dyn MessagingService>) -> Self {
-        let provider = inner.provider().as_str();
-        MetricsService { inner, provider }
-    }
-
-    fn observe<T>(
-        &self,
-        operation: &'static str,
-        queue: &QueueName,
-        started: Instant,
-        result: &Result<T>,
-    ) {
-        histogram!(
-            "tasker_messaging_operation_seconds",
-            "provider" => self.provider,
-            "operation" => operation
-        )
-        .record(started.elapsed().as_secs_f64());
-        if result.is_err() {
-            counter!(
-                "tasker_messaging_errors_total",
-                "provider" => self.provider,
-                "queue" => metrics::SharedString::from(queue.as_shared()),
-                "operation" => operation
-            )
-            .increment(1);
-        }
-    }
-
-    fn count(&self, name: &'static str, queue: &QueueName, n: u64) {
-        if n > 0 {
-            let queue = metrics::SharedString::from(queue.as_shared());
-            counter!(name, "provider" => self.provider, "queue" => queue).increment(n);
-        }
-    }
-}
-
-#[async_trait]
-impl MessagingService for MetricsService {
-    fn provider(&self) -> ProviderKind {
-        self.inner.provider()
-    }
-    fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
-    }
-    fn resource_requirements(&self) -> ResourceRequirements {
-        self.inner.resource_requirements()
-    }
-    async fn initialize(&self) -> Result<()> {
-        self.inner.initialize().await
-    }
-    async fn health_check(&self) -> Result<MessagingHealth> {
-        self.inner.health_check().await
-    }
-    async fn shutdown(&self) -> Result<()> {
-        self.inner.shutdown().await
-    }
-    async fn create_queue_with(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
-        self.inner.create_queue_with(queue, options).await
-    }
-    async fn send(&self, queue: &QueueName, message: OutgoingMessage) -> Result<MessageId> {
-        let started = Instant::now();
-        let result = self.inner.send(queue, message).await;
-        self.observe("send", queue, started, &result);
-        if result.is_ok() {
-            self.count("tasker_messages_sent_total", queue, 1);
-        }
-        result
-    }
-    async fn send_batch(
-        &self,
-        queue: &QueueName,
-        messages: Vec<OutgoingMessage>,
-    ) -> Result<Vec<MessageId>> {
-        let started = Instant::now();
-        let result = self.inner.send_batch(queue, messages).await;
-        self.observe("send_batch", queue, started, &result);
-        if let Ok(ids) = &result {
-            self.count("tasker_messages_sent_total", queue, ids.len() as u64);
-        }
-        result
-    }
-    async fn receive(
-        &self,
-        queue: &QueueName,
-        max_messages: usize,
-        visibility_timeout: Duration,
-    ) -> Result<Vec<ReceivedMessage>> {
-        let started = Instant::now();
-        let result = self
-            .inner
-            .receive(queue, max_messages, visibility_timeout)
-            .await;
-        self.observe("receive", queue, started, &result);
-        if let Ok(got) = &result {
-            self.count("tasker_messages_received_total", queue, got.len() as u64);
-        }
-        result
-    }
-    async fn delete_message(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Result<()> {
-        let started = Instant::now();
-        let result = self.inner.delete_message(queue, receipt).await;
-        self.observe("delete", queue, started, &result);
-        if result.is_ok() {
-            self.count("tasker_messages_acked_total", queue, 1);
-        }
-        result
-    }
-    async fn delete_messages(
-        &self,
-        queue: &QueueName,
-        receipts: &[ReceiptHandle],
-    ) -> Result<DeleteOutcome> {
-        let started = Instant::now();
-        let result = self.inner.delete_messages(queue, receipts).await;
-        self.observe("delete_batch", queue, started, &result);
-        if let Ok(outcome) = &result {
-            self.count("tasker_messages_acked_total", queue, outcome.deleted as u64);
-        }
-        result
-    }
-    async fn change_message_visibility(
-        &self,
-        queue: &QueueName,
-        receipt: &ReceiptHandle,
-        visibility_timeout: Duration,
-    ) -> Result<()> {
-        let started = Instant::now();
-        let result = self
-            .inner
-            .change_message_visibility(queue, receipt, visibility_timeout)
-            .await;
-        self.observe("change_visibility", queue, started, &result);
-        if result.is_ok() {
-            self.count("tasker_messages_released_total", queue, 1);
-        }
-        result
-    }
-    async fn dead_letter_message(
-        &self,
-        queue: &QueueName,
-        receipt: &ReceiptHandle,
-        reason: &str,
-    ) -> Result<()> {
-        let started = Instant::now();
-        let result = self.inner.dead_letter_message(queue, receipt, reason).await;
-        self.observe("dead_letter", queue, started, &result);
-        if result.is_ok() {
-            self.count("tasker_messages_dead_lettered_total", queue, 1);
-        }
-        result
-    }
-    fn dead_letter_queue_name(&self, queue: &QueueName) -> Result<QueueName> {
-        self.inner.dead_letter_queue_name(queue)
-    }
-    async fn redrive_dead_letters(&self, queue: &QueueName, max_messages: usize) -> Result<u64> {
-        self.inner.redrive_dead_letters(queue, max_messages).await
-    }
-    async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats> {
-        self.inner.get_queue_stats(queue).await
-    }
-    async fn purge_queue(&self, queue: &QueueName) -> Result<u64> {
-        self.inner.purge_queue(queue).await
-    }
-    async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
-        self.inner.delete_queue(queue).await
-    }
-    async fn wait_for_messages(&self, queue: &QueueName, max_wait: Duration) {
-        self.inner.wait_for_messages(queue, max_wait).await
-    }
-    fn native_consumer_stream(
-        &self,
-        queue: &QueueName,
-        options: &ConsumerOptions,
-    ) -> Option<MessageStream> {
-        self.inner.native_consumer_stream(queue, options)
-    }
-    fn pgmq(&self) -> Option<&dyn PgmqExtensions> {
-        self.inner.pgmq()
-    }
-    fn amqp(&self) -> Option<&dyn AmqpExtensions> {
-        self.inner.amqp()
+        Layered::wrap(inner, MetricsLayer)
     }
 }
 
 #[cfg(all(test, feature = "in-memory"))]
 mod tests {
     use super::*;
+    use crate::message::OutgoingMessage;
     use crate::InMemoryMessageService;
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use std::time::Duration;
 
     #[test]
     fn counts_messages_per_queue() {

@@ -314,6 +314,13 @@ pub trait MessagingService: Send + Sync + 'static {
         ResourceRequirements::default()
     }
 
+    /// Whether a call made now would be admitted: `Err(CircuitOpen)` while a circuit breaker
+    /// layer in this service is open. Cheap and without I/O; lets a layer above (retry) stop
+    /// before waiting. Providers keep the default.
+    fn ready(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Connects, prepares the backend. Idempotent; safe to call concurrently.
     async fn initialize(&self) -> Result<()>;
 
@@ -335,11 +342,17 @@ pub trait MessagingService: Send + Sync + 'static {
     }
 
     /// Sends one message; returns its message id once the backend holds it durably (as
-    /// durable as the backend is).
-    async fn send(&self, queue: &QueueName, message: OutgoingMessage) -> Result<MessageId>;
+    /// durable as the backend is). Defaults to a batch of one: override it only where a
+    /// single send is measurably cheaper than the batch path.
+    async fn send(&self, queue: &QueueName, message: OutgoingMessage) -> Result<MessageId> {
+        let id = message.message_id;
+        self.send_batch(queue, vec![message]).await?;
+        Ok(id)
+    }
 
     /// Sends messages in as few round trips as the backend allows; returns their ids in order.
-    /// All or nothing where the backend allows; otherwise an error means some may have been sent.
+    /// All or nothing where the backend allows; otherwise an error means some may have been
+    /// sent. The primitive every provider implements; `send` defaults to it.
     async fn send_batch(
         &self,
         queue: &QueueName,
@@ -357,26 +370,26 @@ pub trait MessagingService: Send + Sync + 'static {
     ) -> Result<Vec<ReceivedMessage>>;
 
     /// Acknowledges: deletes the message for good. Idempotent for the receipt's own lease.
-    async fn delete_message(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Result<()>;
+    /// Defaults to a batch of one (a refused receipt is the error): override it only where a
+    /// single delete is measurably cheaper than the batch path.
+    async fn delete_message(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Result<()> {
+        let outcome = self
+            .delete_messages(queue, std::slice::from_ref(receipt))
+            .await?;
+        match outcome.rejected.into_iter().next() {
+            Some((_, error)) => Err(error),
+            None => Ok(()),
+        }
+    }
 
-    /// Deletes many messages in one round trip where the backend allows.
+    /// Deletes many messages in one round trip where the backend allows: refused receipts
+    /// (stale lease, malformed) are reported in the outcome, not as the error. The primitive
+    /// every provider implements; `delete_message` defaults to it.
     async fn delete_messages(
         &self,
         queue: &QueueName,
         receipts: &[ReceiptHandle],
-    ) -> Result<DeleteOutcome> {
-        let mut outcome = DeleteOutcome::default();
-        for receipt in receipts {
-            match self.delete_message(queue, receipt).await {
-                Ok(()) => outcome.deleted += 1,
-                Err(e @ MessagingError::InvalidReceipt { .. }) => {
-                    outcome.rejected.push((receipt.clone(), e))
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(outcome)
-    }
+    ) -> Result<DeleteOutcome>;
 
     /// Moves the end of a lease to now + `visibility_timeout`: zero releases the message at
     /// once (nack), a duration retries later or extends a lease still being worked on.

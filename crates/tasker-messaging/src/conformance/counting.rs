@@ -1,50 +1,39 @@
-//! A transparent wrapper that counts calls to `receive`, so the suite can tell a consumer that
-//! waits from one that spins. Everything else goes straight to the inner service.
+//! A transparent layer that counts calls to `receive`, so the suite can tell a consumer that
+//! waits from one that spins. Everything passes through unchanged.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::error::Result;
-use crate::resilience::{layered_service, Layer, Op};
+use crate::resilience::{Layer, LayerFuture, Layered, Next, Op, Request};
 use crate::service::MessagingService;
 
-/// Delegates everything to `inner`, counting receives.
-pub struct CountingService {
-    inner: Arc<dyn MessagingService>,
+/// Counts receives passing it.
+#[derive(Debug, Default)]
+pub struct ReceiveCounter {
     receives: AtomicU64,
 }
 
-impl CountingService {
-    pub fn new(inner: Arc<dyn MessagingService>) -> Self {
-        CountingService {
-            inner,
-            receives: AtomicU64::new(0),
-        }
-    }
-
+impl ReceiveCounter {
     /// Calls to `receive` so far.
     pub fn receives(&self) -> u64 {
         self.receives.load(Ordering::Relaxed)
     }
+}
 
-    async fn run<T, F, Fut>(&self, op: Op, f: F) -> Result<T>
-    where
-        F: Fn() -> Fut + Send + Sync,
-        Fut: Future<Output = Result<T>> + Send,
-        T: Send,
-    {
-        if op == Op::Receive {
+impl Layer for ReceiveCounter {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
+        if request.op() == Op::Receive {
             self.receives.fetch_add(1, Ordering::Relaxed);
         }
-        f().await
+        async move { next.run(request).await }
     }
 }
 
-impl Layer for CountingService {
-    fn inner(&self) -> &dyn MessagingService {
-        &*self.inner
+/// A service with a [`ReceiveCounter`] on top.
+pub type CountingService = Layered<ReceiveCounter>;
+
+impl CountingService {
+    pub fn new(inner: Arc<dyn MessagingService>) -> Self {
+        Layered::wrap(inner, ReceiveCounter::default())
     }
 }
-
-layered_service!(CountingService);

@@ -11,8 +11,8 @@
 //! Consumers read the level (lock-free) and shrink their batches with
 //! [`GlobalBackpressureController::batch_size_for`] and stretch their polling with
 //! [`GlobalBackpressureController::poll_interval_for`], or subscribe to changes with
-//! [`GlobalBackpressureController::subscribe`]. [`BackpressureService`] applies the batch size to
-//! every `receive` of the service it wraps.
+//! [`GlobalBackpressureController::subscribe`]. [`BackpressureLayer`] applies the batch size to
+//! every `receive` of the service below it.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -23,8 +23,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::layer::{Layer, LayerFuture, Next, PgmqRequest, Request, Response};
+use super::layered::Layered;
 use crate::config::BackpressureConfig;
-use crate::error::Result;
 use crate::service::MessagingService;
 
 /// How hard consumers should back off.
@@ -191,19 +192,15 @@ impl GlobalBackpressureController {
     }
 }
 
-/// Shrinks every `receive` of the wrapped service to the controller's batch size, and
-/// stretches `wait_for_messages` pauses by the same factor.
-pub struct BackpressureService {
-    inner: Arc<dyn MessagingService>,
+/// Shrinks every `receive` (and PGMQ `read_batch`) to the controller's batch size, and under
+/// pressure makes `wait_for_messages` sleep the stretched interval instead of waking early.
+pub struct BackpressureLayer {
     controller: Arc<GlobalBackpressureController>,
 }
 
-impl BackpressureService {
-    pub fn new(
-        inner: Arc<dyn MessagingService>,
-        controller: Arc<GlobalBackpressureController>,
-    ) -> Self {
-        BackpressureService { inner, controller }
+impl BackpressureLayer {
+    pub fn new(controller: Arc<GlobalBackpressureController>) -> Self {
+        BackpressureLayer { controller }
     }
 
     pub fn controller(&self) -> &Arc<GlobalBackpressureController> {
@@ -211,130 +208,40 @@ impl BackpressureService {
     }
 }
 
-// Written out rather than through `layered_service!`: receive and wait_for_messages differ.
-#[async_trait::async_trait]
-impl MessagingService for BackpressureService {
-    fn provider(&self) -> crate::service::ProviderKind {
-        self.inner.provider()
-    }
-    fn capabilities(&self) -> &crate::service::Capabilities {
-        self.inner.capabilities()
-    }
-    fn resource_requirements(&self) -> crate::resources::ResourceRequirements {
-        self.inner.resource_requirements()
-    }
-    async fn initialize(&self) -> Result<()> {
-        self.inner.initialize().await
-    }
-    async fn health_check(&self) -> Result<crate::service::MessagingHealth> {
-        self.inner.health_check().await
-    }
-    async fn shutdown(&self) -> Result<()> {
-        self.inner.shutdown().await
-    }
-    async fn create_queue_with(
-        &self,
-        queue: &crate::QueueName,
-        options: &crate::service::QueueOptions,
-    ) -> Result<()> {
-        self.inner.create_queue_with(queue, options).await
-    }
-    async fn send(
-        &self,
-        queue: &crate::QueueName,
-        message: crate::OutgoingMessage,
-    ) -> Result<crate::MessageId> {
-        self.inner.send(queue, message).await
-    }
-    async fn send_batch(
-        &self,
-        queue: &crate::QueueName,
-        messages: Vec<crate::OutgoingMessage>,
-    ) -> Result<Vec<crate::MessageId>> {
-        self.inner.send_batch(queue, messages).await
-    }
-    async fn receive(
-        &self,
-        queue: &crate::QueueName,
-        max_messages: usize,
-        visibility_timeout: Duration,
-    ) -> Result<Vec<crate::ReceivedMessage>> {
-        let n = self.controller.batch_size_for(max_messages);
-        self.inner.receive(queue, n, visibility_timeout).await
-    }
-    async fn delete_message(
-        &self,
-        queue: &crate::QueueName,
-        receipt: &crate::ReceiptHandle,
-    ) -> Result<()> {
-        self.inner.delete_message(queue, receipt).await
-    }
-    async fn delete_messages(
-        &self,
-        queue: &crate::QueueName,
-        receipts: &[crate::ReceiptHandle],
-    ) -> Result<crate::service::DeleteOutcome> {
-        self.inner.delete_messages(queue, receipts).await
-    }
-    async fn change_message_visibility(
-        &self,
-        queue: &crate::QueueName,
-        receipt: &crate::ReceiptHandle,
-        visibility_timeout: Duration,
-    ) -> Result<()> {
-        self.inner
-            .change_message_visibility(queue, receipt, visibility_timeout)
-            .await
-    }
-    async fn dead_letter_message(
-        &self,
-        queue: &crate::QueueName,
-        receipt: &crate::ReceiptHandle,
-        reason: &str,
-    ) -> Result<()> {
-        self.inner.dead_letter_message(queue, receipt, reason).await
-    }
-    fn dead_letter_queue_name(&self, queue: &crate::QueueName) -> Result<crate::QueueName> {
-        self.inner.dead_letter_queue_name(queue)
-    }
-    async fn redrive_dead_letters(
-        &self,
-        queue: &crate::QueueName,
-        max_messages: usize,
-    ) -> Result<u64> {
-        self.inner.redrive_dead_letters(queue, max_messages).await
-    }
-    async fn get_queue_stats(
-        &self,
-        queue: &crate::QueueName,
-    ) -> Result<crate::service::QueueStats> {
-        self.inner.get_queue_stats(queue).await
-    }
-    async fn purge_queue(&self, queue: &crate::QueueName) -> Result<u64> {
-        self.inner.purge_queue(queue).await
-    }
-    async fn delete_queue(&self, queue: &crate::QueueName) -> Result<()> {
-        self.inner.delete_queue(queue).await
-    }
-    async fn wait_for_messages(&self, queue: &crate::QueueName, max_wait: Duration) {
-        if self.controller.level() == PressureLevel::Normal {
-            return self.inner.wait_for_messages(queue, max_wait).await;
+impl Layer for BackpressureLayer {
+    fn call(&self, mut request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
+        async move {
+            match &mut request {
+                Request::Receive { max_messages, .. } => {
+                    *max_messages = self.controller.batch_size_for(*max_messages);
+                }
+                Request::Pgmq(PgmqRequest::ReadBatch { limit, .. }) => {
+                    *limit = self.controller.batch_size_for(*limit);
+                }
+                Request::WaitForMessages { max_wait, .. }
+                    if self.controller.level() != PressureLevel::Normal =>
+                {
+                    // Under pressure, poll less often: sleep the stretched interval, do not
+                    // wake early.
+                    tokio::time::sleep(self.controller.poll_interval_for(*max_wait)).await;
+                    return Ok(Response::Done);
+                }
+                _ => {}
+            }
+            next.run(request).await
         }
-        // Under pressure, poll less often: sleep the stretched interval, do not wake early.
-        tokio::time::sleep(self.controller.poll_interval_for(max_wait)).await;
     }
-    fn native_consumer_stream(
-        &self,
-        queue: &crate::QueueName,
-        options: &crate::service::ConsumerOptions,
-    ) -> Option<crate::service::MessageStream> {
-        self.inner.native_consumer_stream(queue, options)
-    }
-    fn pgmq(&self) -> Option<&dyn crate::service::PgmqExtensions> {
-        self.inner.pgmq()
-    }
-    fn amqp(&self) -> Option<&dyn crate::service::AmqpExtensions> {
-        self.inner.amqp()
+}
+
+/// A service with a [`BackpressureLayer`] on top.
+pub type BackpressureService = Layered<BackpressureLayer>;
+
+impl BackpressureService {
+    pub fn new(
+        inner: Arc<dyn MessagingService>,
+        controller: Arc<GlobalBackpressureController>,
+    ) -> Self {
+        Layered::wrap(inner, BackpressureLayer::new(controller))
     }
 }
 

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{layered_service, Layer, Op};
+use super::breaker_layer::{CircuitBreakerLayer, CircuitBreakerService};
 use crate::config::CircuitBreakerConfig;
 use crate::error::{MessagingError, Result};
 use crate::service::MessagingService;
@@ -66,16 +67,18 @@ pub struct CircuitBreaker {
 
 /// Permission to make one call; report its outcome with [`CallPermit::success`] or
 /// [`CallPermit::failure`]. Dropping it unreported (cancelled call, permanent error) frees its
-/// half-open slot without counting either way.
+/// half-open slot without counting either way. `B` is how the permit holds its breaker: a
+/// reference ([`CircuitBreaker::try_acquire`]) or an `Arc` for permits that outlive a borrow,
+/// such as one held by a consumer stream ([`CircuitBreaker::try_acquire_owned`]).
 #[must_use = "report the outcome of the call"]
-pub struct CallPermit<'a> {
-    breaker: &'a CircuitBreaker,
+pub struct CallPermit<B: Deref<Target = CircuitBreaker>> {
+    breaker: B,
     generation: u64,
     half_open: bool,
     done: bool,
 }
 
-impl CallPermit<'_> {
+impl<B: Deref<Target = CircuitBreaker>> CallPermit<B> {
     pub fn success(mut self) {
         self.done = true;
         self.breaker
@@ -89,7 +92,7 @@ impl CallPermit<'_> {
     }
 }
 
-impl Drop for CallPermit<'_> {
+impl<B: Deref<Target = CircuitBreaker>> Drop for CallPermit<B> {
     fn drop(&mut self) {
         if !self.done && self.half_open {
             let mut s = self.breaker.state.lock();
@@ -203,7 +206,36 @@ impl CircuitBreaker {
     }
 
     /// Asks to make one call: a permit, or `CircuitOpen` without calling anything.
-    pub fn try_acquire(&self) -> Result<CallPermit<'_>> {
+    pub fn try_acquire(&self) -> Result<CallPermit<&CircuitBreaker>> {
+        let (generation, half_open) = self.admit()?;
+        Ok(CallPermit {
+            breaker: self,
+            generation,
+            half_open,
+            done: false,
+        })
+    }
+
+    /// [`CircuitBreaker::try_acquire`] with a permit that holds the breaker by `Arc`.
+    pub fn try_acquire_owned(self: &Arc<Self>) -> Result<CallPermit<Arc<CircuitBreaker>>> {
+        let (generation, half_open) = self.admit()?;
+        Ok(CallPermit {
+            breaker: self.clone(),
+            generation,
+            half_open,
+            done: false,
+        })
+    }
+
+    /// How long the breaker stays open before it admits a probe; zero when it is not open.
+    pub fn open_for(&self) -> Duration {
+        let open_until = self.open_until.load(Ordering::Acquire);
+        let since_base = Instant::now().saturating_duration_since(self.base);
+        Duration::from_nanos(open_until).saturating_sub(since_base)
+    }
+
+    /// Admits one call: its generation and whether it takes a half-open slot.
+    fn admit(&self) -> Result<(u64, bool)> {
         let now = Instant::now();
         let open_until = self.open_until.load(Ordering::Acquire);
         if open_until != 0
@@ -226,12 +258,7 @@ impl CircuitBreaker {
             }
         };
         self.calls.fetch_add(1, Ordering::Relaxed);
-        Ok(CallPermit {
-            breaker: self,
-            generation: s.generation,
-            half_open,
-            done: false,
-        })
+        Ok((s.generation, half_open))
     }
 
     fn reject(&self) -> MessagingError {
@@ -374,6 +401,11 @@ impl CircuitBreakerManager {
         CircuitBreakerService::new(inner, self.get_or_create(name))
     }
 
+    /// A layer guarding with the breaker named `name`.
+    pub fn layer(&self, name: &str) -> CircuitBreakerLayer {
+        CircuitBreakerLayer::new(self.get_or_create(name))
+    }
+
     pub fn snapshot(&self) -> ManagerSnapshot {
         let breakers: Vec<_> = self.breakers.read().values().cloned().collect();
         let breakers: Vec<_> = breakers.iter().map(|b| b.snapshot()).collect();
@@ -383,231 +415,5 @@ impl CircuitBreakerManager {
             half_open: count(CircuitState::HalfOpen),
             breakers,
         }
-    }
-}
-
-/// Protects any service with a breaker.
-pub struct CircuitBreakerService {
-    inner: Arc<dyn MessagingService>,
-    breaker: Arc<CircuitBreaker>,
-}
-
-impl CircuitBreakerService {
-    pub fn new(inner: Arc<dyn MessagingService>, breaker: Arc<CircuitBreaker>) -> Self {
-        CircuitBreakerService { inner, breaker }
-    }
-
-    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
-        &self.breaker
-    }
-
-    async fn run<T, F, Fut>(&self, _op: Op, f: F) -> Result<T>
-    where
-        F: Fn() -> Fut + Send + Sync,
-        Fut: Future<Output = Result<T>> + Send,
-        T: Send,
-    {
-        self.breaker.call(f()).await
-    }
-}
-
-impl Layer for CircuitBreakerService {
-    fn inner(&self) -> &dyn MessagingService {
-        &*self.inner
-    }
-}
-
-layered_service!(CircuitBreakerService);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::message::OutgoingMessage;
-    use crate::providers::in_memory::InMemoryMessageService;
-    use crate::queue_name::QueueName;
-    use crate::resilience::fault::{FaultControl, FaultInjectingService};
-
-    fn config(
-        failure_threshold: u32,
-        success_threshold: u32,
-        half_open_max_calls: u32,
-    ) -> CircuitBreakerConfig {
-        CircuitBreakerConfig {
-            failure_threshold,
-            success_threshold,
-            timeout_ms: 1_000,
-            half_open_max_calls,
-        }
-    }
-
-    async fn protected(
-        cfg: CircuitBreakerConfig,
-    ) -> (CircuitBreakerService, Arc<FaultControl>, QueueName) {
-        let mem: Arc<dyn MessagingService> = Arc::new(InMemoryMessageService::default());
-        let queue = QueueName::new("cb_queue").unwrap();
-        mem.create_queue(&queue).await.unwrap();
-        let fault = FaultInjectingService::new(mem);
-        let control = fault.control();
-        let svc =
-            CircuitBreakerService::new(Arc::new(fault), Arc::new(CircuitBreaker::new("test", cfg)));
-        (svc, control, queue)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn round_trip_closed_open_half_open_closed() {
-        let (svc, control, queue) = protected(config(3, 2, 1)).await;
-        let b = svc.breaker().clone();
-        control.fail_always();
-        for i in 0..3 {
-            assert_eq!(
-                b.state(),
-                CircuitState::Closed,
-                "still closed after {i} failures"
-            );
-            let err = svc
-                .receive(&queue, 1, Duration::from_secs(1))
-                .await
-                .unwrap_err();
-            assert!(matches!(err, MessagingError::Connection { .. }), "{err}");
-        }
-        assert_eq!(b.state(), CircuitState::Open);
-        let opened_at = Instant::now();
-
-        // Open: fails fast, the backend is not touched.
-        let reached = control.calls();
-        for _ in 0..100 {
-            let err = svc
-                .receive(&queue, 1, Duration::from_secs(1))
-                .await
-                .unwrap_err();
-            assert!(matches!(err, MessagingError::CircuitOpen { ref name } if name == "test"));
-        }
-        assert_eq!(
-            control.calls(),
-            reached,
-            "open circuit must not call the backend"
-        );
-
-        tokio::time::advance(Duration::from_millis(999)).await;
-        assert_eq!(b.state(), CircuitState::Open);
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(b.state(), CircuitState::HalfOpen);
-
-        // A failing probe reopens it and restarts the timeout.
-        svc.receive(&queue, 1, Duration::from_secs(1))
-            .await
-            .unwrap_err();
-        assert_eq!(b.state(), CircuitState::Open);
-        tokio::time::advance(Duration::from_millis(1_000)).await;
-        assert_eq!(b.state(), CircuitState::HalfOpen);
-
-        control.heal();
-        svc.receive(&queue, 1, Duration::from_secs(1))
-            .await
-            .unwrap();
-        assert_eq!(b.state(), CircuitState::HalfOpen, "one success of two");
-        svc.receive(&queue, 1, Duration::from_secs(1))
-            .await
-            .unwrap();
-        assert_eq!(b.state(), CircuitState::Closed);
-        let snap = b.snapshot();
-        assert_eq!(snap.times_opened, 2);
-        assert_eq!(snap.total_rejected, 100);
-        assert_eq!(opened_at.elapsed(), Duration::from_secs(2));
-        let json = serde_json::to_value(&snap).unwrap();
-        assert_eq!(json["state"], "closed");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn permanent_errors_never_open_the_circuit() {
-        let (svc, _control, _queue) = protected(config(2, 1, 1)).await;
-        let missing = QueueName::new("no_such_queue").unwrap();
-        for _ in 0..20 {
-            let err = svc
-                .send(&missing, OutgoingMessage::new("x"))
-                .await
-                .unwrap_err();
-            assert!(matches!(err, MessagingError::QueueNotFound { .. }));
-            let err = svc
-                .delete_message(&missing, &crate::ReceiptHandle::from_text("bogus"))
-                .await
-                .unwrap_err();
-            assert!(matches!(err, MessagingError::InvalidReceipt { .. }));
-        }
-        assert_eq!(svc.breaker().state(), CircuitState::Closed);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_success_resets_the_consecutive_failure_count() {
-        let (svc, control, queue) = protected(config(3, 1, 1)).await;
-        for _ in 0..10 {
-            control.fail_next(2);
-            for _ in 0..3 {
-                let _ = svc.get_queue_stats(&queue).await;
-            }
-        }
-        assert_eq!(svc.breaker().state(), CircuitState::Closed);
-        control.fail_next(3);
-        for _ in 0..3 {
-            let _ = svc.get_queue_stats(&queue).await;
-        }
-        assert_eq!(svc.breaker().state(), CircuitState::Open);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn half_open_admits_at_most_the_configured_probes_under_concurrency() {
-        let cfg = CircuitBreakerConfig {
-            failure_threshold: 1,
-            success_threshold: 100,
-            timeout_ms: 0,
-            half_open_max_calls: 2,
-        };
-        let (svc, control, queue) = protected(cfg).await;
-        control.fail_next(1);
-        svc.receive(&queue, 1, Duration::from_secs(1))
-            .await
-            .unwrap_err();
-        // timeout 0: the next call finds it half-open.
-        control.set_latency(Duration::from_millis(50));
-        let before = control.calls();
-        let svc = Arc::new(svc);
-        let tasks: Vec<_> = (0..32)
-            .map(|_| {
-                let (svc, queue) = (svc.clone(), queue.clone());
-                tokio::spawn(async move { svc.receive(&queue, 1, Duration::from_secs(1)).await })
-            })
-            .collect();
-        let mut fast_failed = 0;
-        for t in tasks {
-            if let Err(MessagingError::CircuitOpen { .. }) = t.await.unwrap() {
-                fast_failed += 1;
-            }
-        }
-        assert!(
-            control.max_concurrent() <= 2,
-            "{} probes at once",
-            control.max_concurrent()
-        );
-        assert!(control.calls() - before >= 2);
-        assert!(
-            fast_failed >= 1,
-            "some of 32 concurrent calls must be refused"
-        );
-    }
-
-    #[tokio::test]
-    async fn manager_shares_breakers_by_name_and_snapshots_them() {
-        let m = CircuitBreakerManager::new(config(1, 1, 1));
-        let a = m.get_or_create("pgmq");
-        assert!(Arc::ptr_eq(&a, &m.get_or_create("pgmq")));
-        m.get_or_create("rabbitmq");
-        a.record_failure();
-        let snap = m.snapshot();
-        assert_eq!(snap.breakers.len(), 2);
-        assert_eq!(snap.open, 1);
-        assert_eq!(snap.breakers[0].name, "pgmq");
-        assert_eq!(snap.breakers[0].state, CircuitState::Open);
-        let json = serde_json::to_string(&snap).unwrap();
-        assert!(json.contains("\"open\""), "{json}");
     }
 }

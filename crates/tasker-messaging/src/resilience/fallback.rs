@@ -9,30 +9,24 @@
 //!
 //! The primary gets one attempt: wrap the factories in retry yourself if starts are flaky.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use super::{layered_service, Layer, Op};
+use super::layer::{Layer, LayerFuture, Next, Request, Response};
+use super::layered::Layered;
 use crate::config::MessagingConfig;
 use crate::error::{MessagingError, Result};
-use crate::factory::create_service;
+use crate::factory::{configured_stack, create_service};
 use crate::service::{MessagingHealth, MessagingService, ProviderKind};
 
-/// A secondary provider running in place of the primary; health says so.
-pub struct FallbackService {
-    inner: Arc<dyn MessagingService>,
+/// Marks a secondary provider running in place of the primary: its health says so.
+pub struct FallbackLayer {
     primary: ProviderKind,
     reason: String,
 }
 
-impl FallbackService {
-    pub fn new(
-        inner: Arc<dyn MessagingService>,
-        primary: ProviderKind,
-        reason: impl Into<String>,
-    ) -> Self {
-        FallbackService {
-            inner,
+impl FallbackLayer {
+    pub fn new(primary: ProviderKind, reason: impl Into<String>) -> Self {
+        FallbackLayer {
             primary,
             reason: reason.into(),
         }
@@ -48,40 +42,47 @@ impl FallbackService {
         self.primary
     }
 
-    async fn run<T, F, Fut>(&self, _op: Op, f: F) -> Result<T>
-    where
-        F: Fn() -> Fut + Send + Sync,
-        Fut: Future<Output = Result<T>> + Send,
-        T: Send,
-    {
-        f().await
-    }
-
-    async fn fallback_health(&self) -> Result<MessagingHealth> {
-        Ok(match self.inner.health_check().await? {
+    fn degrade(&self, running: ProviderKind, health: MessagingHealth) -> MessagingHealth {
+        match health {
             MessagingHealth::Healthy { .. } => MessagingHealth::Degraded {
                 reason: format!(
-                    "running on fallback provider {} because {} could not start: {}",
-                    self.inner.provider(),
-                    self.primary,
-                    self.reason
+                    "running on fallback provider {running} because {} could not start: {}",
+                    self.primary, self.reason
                 ),
             },
             MessagingHealth::Degraded { reason } => MessagingHealth::Degraded {
-                reason: format!("fallback {}: {reason}", self.inner.provider()),
+                reason: format!("fallback {running}: {reason}"),
             },
             unhealthy => unhealthy,
-        })
+        }
     }
 }
 
-impl Layer for FallbackService {
-    fn inner(&self) -> &dyn MessagingService {
-        &*self.inner
+impl Layer for FallbackLayer {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
+        async move {
+            match next.run(request).await? {
+                Response::Health(health) => Ok(Response::Health(
+                    self.degrade(next.service().provider(), health),
+                )),
+                other => Ok(other),
+            }
+        }
     }
 }
 
-layered_service!(FallbackService, health = fallback_health);
+/// A service with a [`FallbackLayer`] on top.
+pub type FallbackService = Layered<FallbackLayer>;
+
+impl FallbackService {
+    pub fn new(
+        inner: Arc<dyn MessagingService>,
+        primary: ProviderKind,
+        reason: impl Into<String>,
+    ) -> Self {
+        Layered::wrap(inner, FallbackLayer::new(primary, reason))
+    }
+}
 
 /// Builds a service on demand (the fallback is only built when needed).
 pub type ServiceFactory = Box<dyn FnOnce() -> Result<Arc<dyn MessagingService>> + Send>;
@@ -128,7 +129,8 @@ fn both_failed(primary: ProviderKind, reason: &str, secondary: MessagingError) -
     ))
 }
 
-/// Builds the configured provider, or the `[fallback]` provider when it cannot start.
+/// Builds the configured provider, or the `[fallback]` provider when it cannot start, inside
+/// the configured layers of the provider that runs ([`crate::factory::configured_stack`]).
 pub async fn build_service_with_fallback(
     config: &MessagingConfig,
 ) -> Result<Arc<dyn MessagingService>> {
@@ -139,7 +141,8 @@ pub async fn build_service_with_fallback(
         secondary.fallback = None;
         Box::new(move || create_service(&secondary)) as ServiceFactory
     });
-    start_with_fallback(create_service(config), config.provider, secondary).await
+    let service = start_with_fallback(create_service(config), config.provider, secondary).await?;
+    Ok(configured_stack(config, service).build())
 }
 
 #[cfg(test)]
@@ -148,6 +151,7 @@ mod tests {
     use crate::providers::in_memory::InMemoryMessageService;
     use crate::queue_name::QueueName;
     use crate::resilience::fault::{FaultControl, FaultInjectingService};
+    use crate::resilience::Op;
 
     fn faulty(op_fails: bool) -> (Arc<dyn MessagingService>, Arc<FaultControl>) {
         let fault = FaultInjectingService::new(Arc::new(InMemoryMessageService::default()));

@@ -7,15 +7,16 @@
 //! touch the backend.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{layered_service, Layer, Op};
-use crate::error::{MessagingError, Result};
+use super::layer::{Layer, LayerFuture, Next, Request};
+use super::layered::Layered;
+use super::Op;
+use crate::error::MessagingError;
 use crate::resources::ResourceRequirements;
 use crate::service::{MessagingService, ProviderKind};
 
@@ -134,11 +135,59 @@ impl Drop for InProgress<'_> {
     }
 }
 
-/// Wraps a service and injects the faults its [`FaultControl`] commands.
-pub struct FaultInjectingService {
-    inner: Arc<dyn MessagingService>,
+/// Injects the faults its [`FaultControl`] commands into every guarded call (waits and
+/// shutdown pass untouched) before it reaches the service below.
+pub struct FaultLayer {
     control: Arc<FaultControl>,
 }
+
+impl FaultLayer {
+    pub fn new(control: Arc<FaultControl>) -> Self {
+        FaultLayer { control }
+    }
+
+    /// The shared control handle.
+    pub fn control(&self) -> Arc<FaultControl> {
+        self.control.clone()
+    }
+}
+
+impl Layer for FaultLayer {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
+        async move {
+            let op = request.op();
+            if !op.is_guarded() {
+                return next.run(request).await;
+            }
+            let c = &self.control;
+            c.calls.fetch_add(1, Ordering::SeqCst);
+            let now = c.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+            c.max_concurrent.fetch_max(now, Ordering::SeqCst);
+            let _in_progress = InProgress(c);
+            let latency = *c.latency.lock();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            if c.should_fail(op) {
+                c.injected.fetch_add(1, Ordering::SeqCst);
+                return Err(c.error(next.service().provider(), op));
+            }
+            c.reached.fetch_add(1, Ordering::SeqCst);
+            next.run(request).await
+        }
+    }
+
+    fn requirements(&self, next: Next<'_>) -> ResourceRequirements {
+        self.control
+            .requirements
+            .lock()
+            .clone()
+            .unwrap_or_else(|| next.service().resource_requirements())
+    }
+}
+
+/// A service with a [`FaultLayer`] on top.
+pub type FaultInjectingService = Layered<FaultLayer>;
 
 impl FaultInjectingService {
     pub fn new(inner: Arc<dyn MessagingService>) -> Self {
@@ -146,50 +195,6 @@ impl FaultInjectingService {
     }
 
     pub fn with_control(inner: Arc<dyn MessagingService>, control: Arc<FaultControl>) -> Self {
-        FaultInjectingService { inner, control }
-    }
-
-    /// The shared control handle.
-    pub fn control(&self) -> Arc<FaultControl> {
-        self.control.clone()
-    }
-
-    async fn run<T, F, Fut>(&self, op: Op, f: F) -> Result<T>
-    where
-        F: Fn() -> Fut + Send + Sync,
-        Fut: Future<Output = Result<T>> + Send,
-        T: Send,
-    {
-        let c = &self.control;
-        c.calls.fetch_add(1, Ordering::SeqCst);
-        let now = c.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
-        c.max_concurrent.fetch_max(now, Ordering::SeqCst);
-        let _in_progress = InProgress(c);
-        let latency = *c.latency.lock();
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        if c.should_fail(op) {
-            c.injected.fetch_add(1, Ordering::SeqCst);
-            return Err(c.error(self.inner.provider(), op));
-        }
-        c.reached.fetch_add(1, Ordering::SeqCst);
-        f().await
+        Layered::wrap(inner, FaultLayer::new(control))
     }
 }
-
-impl Layer for FaultInjectingService {
-    fn inner(&self) -> &dyn MessagingService {
-        &*self.inner
-    }
-
-    fn requirements(&self) -> ResourceRequirements {
-        self.control
-            .requirements
-            .lock()
-            .clone()
-            .unwrap_or_else(|| self.inner.resource_requirements())
-    }
-}
-
-layered_service!(FaultInjectingService);

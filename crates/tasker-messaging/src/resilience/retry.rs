@@ -7,8 +7,9 @@
 //!
 //! Only errors with [`MessagingError::is_backend_failure`] are retried: permanent errors cannot
 //! succeed on repeat, and [`MessagingError::CircuitOpen`] / [`MessagingError::Backpressure`]
-//! mean "stop calling". Placed outside a [`super::CircuitBreakerService`], the retry loop ends
-//! the moment the breaker opens, so retries never pile onto an open circuit.
+//! mean "stop calling". Placed outside a [`super::CircuitBreakerLayer`], the retry loop ends
+//! the moment the breaker opens (it asks [`Next::ready`] before each sleep), so retries never
+//! pile onto an open circuit.
 //!
 //! Which operations are repeated: see [`is_idempotent`]. Sends are retried when
 //! `retry_policy.retry_sends` is true (the default): the message id is fixed before the first
@@ -16,25 +17,27 @@
 //! duplicate *with the same message id*, which consumers already handle under at-least-once
 //! delivery. Set it to false when duplicates are worse than surfacing the error.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-use super::{layered_service, CircuitBreaker, CircuitState, Layer, Op};
+use super::layer::{Layer, LayerFuture, Next, Request};
+use super::layered::Layered;
+use super::Op;
 use crate::config::RetryPolicy;
-use crate::error::{MessagingError, Result};
 use crate::service::MessagingService;
 
 /// Whether repeating `op` after an unknown outcome is harmless under the contract.
 ///
 /// Receive (an unanswered receive only leases messages that come back when the lease ends),
 /// stats, health, initialize and create_queue (idempotent), delete and change_visibility
-/// (idempotent for the receipt's own lease) are. Dead-lettering, redrive, purge and
-/// delete_queue are not: a repeat after success reports a different result (a stale receipt,
-/// a wrong count, a missing queue). Sends are decided by `retry_sends`.
+/// (idempotent for the receipt's own lease) are, and so are the extension calls that only
+/// read, lease or declare (PGMQ read/metrics/create, AMQP declare/bind/qos/consume).
+/// Dead-lettering, redrive, purge, delete_queue and PGMQ archive are not: a repeat after
+/// success reports a different result (a stale receipt, a wrong count, a missing queue).
+/// Sends (and AMQP publishes) are decided by `retry_sends`.
 pub fn is_idempotent(op: Op) -> bool {
     matches!(
         op,
@@ -46,33 +49,28 @@ pub fn is_idempotent(op: Op) -> bool {
             | Op::DeleteMessages
             | Op::ChangeVisibility
             | Op::Stats
+            | Op::PgmqCreateQueueWithVt
+            | Op::PgmqReadBatch
+            | Op::PgmqMetrics
+            | Op::AmqpDeclareExchange
+            | Op::AmqpBindQueue
+            | Op::AmqpSetQos
+            | Op::AmqpConsumerStream
     )
 }
 
-/// Retries operations safe to repeat on the service it wraps.
-pub struct RetryService {
-    inner: Arc<dyn MessagingService>,
+/// Retries operations safe to repeat on the service below it.
+pub struct RetryLayer {
     policy: RetryPolicy,
-    /// When set, no retry is started while this breaker is open.
-    breaker: Option<Arc<CircuitBreaker>>,
     retries: AtomicU64,
 }
 
-impl RetryService {
-    pub fn new(inner: Arc<dyn MessagingService>, policy: RetryPolicy) -> Self {
-        RetryService {
-            inner,
+impl RetryLayer {
+    pub fn new(policy: RetryPolicy) -> Self {
+        RetryLayer {
             policy,
-            breaker: None,
             retries: AtomicU64::new(0),
         }
-    }
-
-    /// Also consults `breaker` before each retry (the inner chain's breaker), so the loop stops
-    /// even when the breaker opened because of other callers.
-    pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
-        self.breaker = Some(breaker);
-        self
     }
 
     /// Retries made since creation (not counting first attempts).
@@ -94,61 +92,60 @@ impl RetryService {
     }
 
     fn retries_op(&self, op: Op) -> bool {
-        is_idempotent(op) || (self.policy.retry_sends && matches!(op, Op::Send | Op::SendBatch))
+        is_idempotent(op)
+            || (self.policy.retry_sends && matches!(op, Op::Send | Op::SendBatch | Op::AmqpPublish))
     }
+}
 
-    async fn run<T, F, Fut>(&self, op: Op, f: F) -> Result<T>
-    where
-        F: Fn() -> Fut + Send + Sync,
-        Fut: Future<Output = Result<T>> + Send,
-        T: Send,
-    {
-        if !self.retries_op(op) {
-            return f().await;
-        }
-        let mut delays = Self::backoff(&self.policy);
-        loop {
-            let error = match f().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            if !error.is_backend_failure() {
-                return Err(error);
+impl Layer for RetryLayer {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
+        async move {
+            let op = request.op();
+            if !self.retries_op(op) {
+                return next.run(request).await;
             }
-            if let Some(b) = &self.breaker {
-                if b.state() == CircuitState::Open {
-                    return Err(MessagingError::CircuitOpen {
-                        name: b.name().to_owned(),
-                    });
+            let mut delays = Self::backoff(&self.policy);
+            loop {
+                let error = match next.run(request.clone()).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e,
+                };
+                if !error.is_backend_failure() {
+                    return Err(error);
                 }
+                // A breaker below that opened (on these attempts or other callers') ends the
+                // loop now rather than after a sleep.
+                next.ready()?;
+                let Some(delay) = delays.next() else {
+                    return Err(error);
+                };
+                tracing::debug!(%op, ?delay, %error, "retrying after a transient failure");
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(delay).await;
             }
-            let Some(delay) = delays.next() else {
-                return Err(error);
-            };
-            tracing::debug!(%op, ?delay, %error, "retrying after a transient failure");
-            self.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(delay).await;
         }
     }
 }
 
-impl Layer for RetryService {
-    fn inner(&self) -> &dyn MessagingService {
-        &*self.inner
+/// A service with a [`RetryLayer`] on top.
+pub type RetryService = Layered<RetryLayer>;
+
+impl RetryService {
+    pub fn new(inner: Arc<dyn MessagingService>, policy: RetryPolicy) -> Self {
+        Layered::wrap(inner, RetryLayer::new(policy))
     }
 }
-
-layered_service!(RetryService);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::CircuitBreakerConfig;
+    use crate::error::MessagingError;
     use crate::message::OutgoingMessage;
     use crate::providers::in_memory::InMemoryMessageService;
     use crate::queue_name::QueueName;
     use crate::resilience::fault::{FaultControl, FaultInjectingService};
-    use crate::resilience::CircuitBreakerService;
+    use crate::resilience::{CircuitBreaker, CircuitBreakerLayer, ServiceStack};
     use tokio::time::Instant;
 
     fn policy(max_retries: u32, jitter: bool) -> RetryPolicy {
@@ -212,7 +209,7 @@ mod tests {
             max_backoff_ms: 100,
             ..policy(50, true)
         };
-        let delays: Vec<_> = RetryService::backoff(&p).collect();
+        let delays: Vec<_> = RetryLayer::backoff(&p).collect();
         assert_eq!(delays.len(), 50);
         assert!(delays
             .iter()
@@ -236,7 +233,7 @@ mod tests {
         assert_eq!(control.calls(), 2, "purge is not idempotent: no retry");
 
         let no_send_retry = RetryService::new(
-            svc.inner.clone(),
+            svc.inner().clone(),
             RetryPolicy {
                 retry_sends: false,
                 ..policy(5, false)
@@ -265,9 +262,11 @@ mod tests {
                 half_open_max_calls: 1,
             },
         ));
-        let protected: Arc<dyn MessagingService> =
-            Arc::new(CircuitBreakerService::new(inner, breaker.clone()));
-        let svc = RetryService::new(protected, policy(10, false)).with_breaker(breaker.clone());
+        // No wiring between the two: retry learns the breaker opened from `Next::ready`.
+        let svc = ServiceStack::new(inner)
+            .layer(CircuitBreakerLayer::new(breaker.clone()))
+            .layer(RetryLayer::new(policy(10, false)))
+            .build();
         control.fail_always();
         let start = Instant::now();
         let err = svc

@@ -20,19 +20,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use super::layer::{dispatch, Layer, LayerFuture, Next, Request, Response};
+use super::layered::Layered;
 use super::Op;
 use crate::error::Result;
-use crate::message::{MessageId, OutgoingMessage, ReceiptHandle, ReceivedMessage};
+use crate::message::{MessageId, ReceiptHandle, ReceivedMessage};
 use crate::queue_name::QueueName;
 use crate::resources::ResourceRequirements;
-use crate::service::{
-    AmqpExtensions, Capabilities, ConsumerOptions, DeleteOutcome, MessageStream, MessagingHealth,
-    MessagingService, PgmqExtensions, ProviderKind, QueueOptions, QueueStats,
-};
+use crate::service::{DeleteOutcome, MessagingService};
 
 /// Most leases tracked for mirroring acknowledgements.
 pub const MAX_TRACKED_LEASES: usize = 100_000;
@@ -107,9 +105,8 @@ impl QueueComparison {
     }
 }
 
-/// Writes to both, reads from the primary.
-pub struct ShadowService {
-    primary: Arc<dyn MessagingService>,
+/// Writes to both the service below (the primary) and a shadow, reads from the primary.
+pub struct ShadowLayer {
     shadow: Arc<dyn MessagingService>,
     shadow_timeout: Duration,
     leases: Mutex<Leases>,
@@ -117,10 +114,9 @@ pub struct ShadowService {
     last_error: Mutex<Option<String>>,
 }
 
-impl ShadowService {
-    pub fn new(primary: Arc<dyn MessagingService>, shadow: Arc<dyn MessagingService>) -> Self {
-        ShadowService {
-            primary,
+impl ShadowLayer {
+    pub fn new(shadow: Arc<dyn MessagingService>) -> Self {
+        ShadowLayer {
             shadow,
             shadow_timeout: Duration::from_secs(1),
             leases: Mutex::new(Leases::default()),
@@ -255,12 +251,196 @@ impl ShadowService {
             last_shadow_error: self.last_error.lock().clone(),
         }
     }
+}
+
+impl Layer for ShadowLayer {
+    fn call(&self, request: Request<'_>, next: Next<'_>) -> impl LayerFuture {
+        async move {
+            let op = request.op();
+            let shadow = &*self.shadow;
+            match request {
+                Request::Initialize => {
+                    let primary = next.run(Request::Initialize).await?;
+                    self.on_shadow(op, shadow.initialize()).await;
+                    Ok(primary)
+                }
+                Request::Shutdown => {
+                    let primary = next.run(Request::Shutdown).await;
+                    let _ = shadow.shutdown().await;
+                    primary
+                }
+                Request::CreateQueue { .. }
+                | Request::Send { .. }
+                | Request::SendBatch { .. }
+                | Request::Redrive { .. }
+                | Request::Purge { .. }
+                | Request::DeleteQueue { .. } => {
+                    let primary = next.run(request.clone()).await?;
+                    let mirrored = self.mirror_write(op, dispatch(shadow, request)).await;
+                    let ids_differ = match (&primary, &mirrored) {
+                        (Response::MessageId(p), Some(Response::MessageId(s))) => p != s,
+                        (Response::MessageIds(p), Some(Response::MessageIds(s))) => p != s,
+                        _ => false,
+                    };
+                    if ids_differ {
+                        self.counters.id_mismatches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(primary)
+                }
+                Request::Receive {
+                    queue,
+                    max_messages,
+                    visibility_timeout,
+                } => {
+                    let primary = next
+                        .run(Request::Receive {
+                            queue,
+                            max_messages,
+                            visibility_timeout,
+                        })
+                        .await?;
+                    if let Response::Messages(batch) = &primary {
+                        if !batch.is_empty() {
+                            let mirrored = shadow.receive(queue, batch.len(), visibility_timeout);
+                            let mirrored = self.on_shadow(op, mirrored).await.unwrap_or_default();
+                            self.compare_batches(queue, batch, &mirrored);
+                        }
+                    }
+                    Ok(primary)
+                }
+                Request::DeleteMessage { queue, receipt } => {
+                    let primary = next.run(Request::DeleteMessage { queue, receipt }).await?;
+                    if let Some(r) = self.take_shadow_receipt(queue, receipt) {
+                        if self
+                            .on_shadow(op, shadow.delete_message(queue, &r))
+                            .await
+                            .is_some()
+                        {
+                            self.counters.acks_mirrored.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(primary)
+                }
+                Request::DeleteMessages { queue, receipts } => {
+                    let primary = next
+                        .run(Request::DeleteMessages { queue, receipts })
+                        .await?;
+                    if let Response::Deleted(outcome) = &primary {
+                        self.mirror_deletes(queue, receipts, outcome).await;
+                    }
+                    Ok(primary)
+                }
+                Request::ChangeVisibility {
+                    queue,
+                    receipt,
+                    visibility_timeout,
+                } => {
+                    let primary = next
+                        .run(Request::ChangeVisibility {
+                            queue,
+                            receipt,
+                            visibility_timeout,
+                        })
+                        .await?;
+                    // Releasing ends the lease on both sides; extending keeps tracking it.
+                    let shadow_receipt = if visibility_timeout.is_zero() {
+                        self.take_shadow_receipt(queue, receipt)
+                    } else {
+                        self.peek_shadow_receipt(queue, receipt)
+                    };
+                    if let Some(r) = shadow_receipt {
+                        let mirrored =
+                            shadow.change_message_visibility(queue, &r, visibility_timeout);
+                        self.on_shadow(op, mirrored).await;
+                    }
+                    Ok(primary)
+                }
+                Request::DeadLetter {
+                    queue,
+                    receipt,
+                    reason,
+                } => {
+                    let primary = next
+                        .run(Request::DeadLetter {
+                            queue,
+                            receipt,
+                            reason,
+                        })
+                        .await?;
+                    if let Some(r) = self.take_shadow_receipt(queue, receipt) {
+                        self.on_shadow(op, shadow.dead_letter_message(queue, &r, reason))
+                            .await;
+                    }
+                    Ok(primary)
+                }
+                // Reads, waits and extension calls are the primary's alone.
+                other => next.run(other).await,
+            }
+        }
+    }
+
+    /// A native stream would bypass the comparison; consumers receive through the layer.
+    fn allows_native_stream(&self) -> bool {
+        false
+    }
+
+    fn requirements(&self, next: Next<'_>) -> ResourceRequirements {
+        let (p, s) = (
+            next.service().resource_requirements(),
+            self.shadow.resource_requirements(),
+        );
+        ResourceRequirements {
+            db_connections: p.db_connections + s.db_connections,
+            memory_mb: p.memory_mb + s.memory_mb,
+        }
+    }
+}
+
+impl ShadowLayer {
+    async fn mirror_deletes(
+        &self,
+        queue: &QueueName,
+        receipts: &[ReceiptHandle],
+        outcome: &DeleteOutcome,
+    ) {
+        let rejected: HashSet<&ReceiptHandle> = outcome.rejected.iter().map(|(r, _)| r).collect();
+        let shadow_receipts: Vec<ReceiptHandle> = receipts
+            .iter()
+            .filter(|r| !rejected.contains(r))
+            .filter_map(|r| self.take_shadow_receipt(queue, r))
+            .collect();
+        if shadow_receipts.is_empty() {
+            return;
+        }
+        let mirrored = self.shadow.delete_messages(queue, &shadow_receipts);
+        if let Some(o) = self.on_shadow(Op::DeleteMessages, mirrored).await {
+            self.counters
+                .acks_mirrored
+                .fetch_add(o.deleted as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A primary service with a [`ShadowLayer`] on top.
+pub type ShadowService = Layered<ShadowLayer>;
+
+impl ShadowService {
+    pub fn new(primary: Arc<dyn MessagingService>, shadow: Arc<dyn MessagingService>) -> Self {
+        Layered::wrap(primary, ShadowLayer::new(shadow))
+    }
+
+    /// Longest wait for the shadow on each mirrored call (default 1 s).
+    pub fn with_shadow_timeout(mut self, timeout: Duration) -> Self {
+        self.layer_mut().shadow_timeout = timeout;
+        self
+    }
 
     /// Compares the total depth (visible + in flight + delayed) of `queue` on both sides.
     pub async fn compare_queue(&self, queue: &QueueName) -> Result<QueueComparison> {
-        let primary = self.primary.get_queue_stats(queue).await?.total();
-        let shadow = self
-            .on_shadow(Op::Stats, self.shadow.get_queue_stats(queue))
+        let primary = self.inner().get_queue_stats(queue).await?.total();
+        let layer = self.layer();
+        let shadow = layer
+            .on_shadow(Op::Stats, layer.shadow.get_queue_stats(queue))
             .await
             .map(|s| s.total());
         Ok(QueueComparison {
@@ -271,258 +451,10 @@ impl ShadowService {
     }
 }
 
-#[async_trait]
-impl MessagingService for ShadowService {
-    fn provider(&self) -> ProviderKind {
-        self.primary.provider()
-    }
-
-    fn capabilities(&self) -> &Capabilities {
-        self.primary.capabilities()
-    }
-
-    fn resource_requirements(&self) -> ResourceRequirements {
-        let (p, s) = (
-            self.primary.resource_requirements(),
-            self.shadow.resource_requirements(),
-        );
-        ResourceRequirements {
-            db_connections: p.db_connections + s.db_connections,
-            memory_mb: p.memory_mb + s.memory_mb,
-        }
-    }
-
-    async fn initialize(&self) -> Result<()> {
-        self.primary.initialize().await?;
-        self.on_shadow(Op::Initialize, self.shadow.initialize())
-            .await;
-        Ok(())
-    }
-
-    async fn health_check(&self) -> Result<MessagingHealth> {
-        self.primary.health_check().await
-    }
-
-    async fn shutdown(&self) -> Result<()> {
-        let r = self.primary.shutdown().await;
-        let _ = self.shadow.shutdown().await;
-        r
-    }
-
-    async fn create_queue_with(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
-        self.primary.create_queue_with(queue, options).await?;
-        self.mirror_write(
-            Op::CreateQueue,
-            self.shadow.create_queue_with(queue, options),
-        )
-        .await;
-        Ok(())
-    }
-
-    async fn send(&self, queue: &QueueName, message: OutgoingMessage) -> Result<MessageId> {
-        let id = self.primary.send(queue, message.clone()).await?;
-        if let Some(shadow_id) = self
-            .mirror_write(Op::Send, self.shadow.send(queue, message))
-            .await
-        {
-            if shadow_id != id {
-                self.counters.id_mismatches.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok(id)
-    }
-
-    async fn send_batch(
-        &self,
-        queue: &QueueName,
-        messages: Vec<OutgoingMessage>,
-    ) -> Result<Vec<MessageId>> {
-        let ids = self.primary.send_batch(queue, messages.clone()).await?;
-        if let Some(shadow_ids) = self
-            .mirror_write(Op::SendBatch, self.shadow.send_batch(queue, messages))
-            .await
-        {
-            if shadow_ids != ids {
-                self.counters.id_mismatches.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok(ids)
-    }
-
-    async fn receive(
-        &self,
-        queue: &QueueName,
-        max_messages: usize,
-        visibility_timeout: Duration,
-    ) -> Result<Vec<ReceivedMessage>> {
-        let batch = self
-            .primary
-            .receive(queue, max_messages, visibility_timeout)
-            .await?;
-        if !batch.is_empty() {
-            let shadow = self
-                .on_shadow(
-                    Op::Receive,
-                    self.shadow.receive(queue, batch.len(), visibility_timeout),
-                )
-                .await
-                .unwrap_or_default();
-            self.compare_batches(queue, &batch, &shadow);
-        }
-        Ok(batch)
-    }
-
-    async fn delete_message(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Result<()> {
-        self.primary.delete_message(queue, receipt).await?;
-        if let Some(shadow_receipt) = self.take_shadow_receipt(queue, receipt) {
-            if self
-                .on_shadow(
-                    Op::DeleteMessage,
-                    self.shadow.delete_message(queue, &shadow_receipt),
-                )
-                .await
-                .is_some()
-            {
-                self.counters.acks_mirrored.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok(())
-    }
-
-    async fn delete_messages(
-        &self,
-        queue: &QueueName,
-        receipts: &[ReceiptHandle],
-    ) -> Result<DeleteOutcome> {
-        let outcome = self.primary.delete_messages(queue, receipts).await?;
-        let rejected: HashSet<&ReceiptHandle> = outcome.rejected.iter().map(|(r, _)| r).collect();
-        let shadow_receipts: Vec<ReceiptHandle> = receipts
-            .iter()
-            .filter(|r| !rejected.contains(r))
-            .filter_map(|r| self.take_shadow_receipt(queue, r))
-            .collect();
-        if !shadow_receipts.is_empty() {
-            if let Some(o) = self
-                .on_shadow(
-                    Op::DeleteMessages,
-                    self.shadow.delete_messages(queue, &shadow_receipts),
-                )
-                .await
-            {
-                self.counters
-                    .acks_mirrored
-                    .fetch_add(o.deleted as u64, Ordering::Relaxed);
-            }
-        }
-        Ok(outcome)
-    }
-
-    async fn change_message_visibility(
-        &self,
-        queue: &QueueName,
-        receipt: &ReceiptHandle,
-        visibility_timeout: Duration,
-    ) -> Result<()> {
-        self.primary
-            .change_message_visibility(queue, receipt, visibility_timeout)
-            .await?;
-        // Releasing ends the lease on both sides; extending keeps tracking it.
-        let shadow_receipt = if visibility_timeout.is_zero() {
-            self.take_shadow_receipt(queue, receipt)
-        } else {
-            self.peek_shadow_receipt(queue, receipt)
-        };
-        if let Some(r) = shadow_receipt {
-            self.on_shadow(
-                Op::ChangeVisibility,
-                self.shadow
-                    .change_message_visibility(queue, &r, visibility_timeout),
-            )
-            .await;
-        }
-        Ok(())
-    }
-
-    async fn dead_letter_message(
-        &self,
-        queue: &QueueName,
-        receipt: &ReceiptHandle,
-        reason: &str,
-    ) -> Result<()> {
-        self.primary
-            .dead_letter_message(queue, receipt, reason)
-            .await?;
-        if let Some(r) = self.take_shadow_receipt(queue, receipt) {
-            self.on_shadow(
-                Op::DeadLetter,
-                self.shadow.dead_letter_message(queue, &r, reason),
-            )
-            .await;
-        }
-        Ok(())
-    }
-
-    fn dead_letter_queue_name(&self, queue: &QueueName) -> Result<QueueName> {
-        self.primary.dead_letter_queue_name(queue)
-    }
-
-    async fn redrive_dead_letters(&self, queue: &QueueName, max_messages: usize) -> Result<u64> {
-        let n = self
-            .primary
-            .redrive_dead_letters(queue, max_messages)
-            .await?;
-        self.mirror_write(
-            Op::Redrive,
-            self.shadow.redrive_dead_letters(queue, max_messages),
-        )
-        .await;
-        Ok(n)
-    }
-
-    async fn get_queue_stats(&self, queue: &QueueName) -> Result<QueueStats> {
-        self.primary.get_queue_stats(queue).await
-    }
-
-    async fn purge_queue(&self, queue: &QueueName) -> Result<u64> {
-        let n = self.primary.purge_queue(queue).await?;
-        self.mirror_write(Op::Purge, self.shadow.purge_queue(queue))
-            .await;
-        Ok(n)
-    }
-
-    async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
-        self.primary.delete_queue(queue).await?;
-        self.mirror_write(Op::DeleteQueue, self.shadow.delete_queue(queue))
-            .await;
-        Ok(())
-    }
-
-    async fn wait_for_messages(&self, queue: &QueueName, max_wait: Duration) {
-        self.primary.wait_for_messages(queue, max_wait).await
-    }
-
-    fn native_consumer_stream(
-        &self,
-        queue: &QueueName,
-        options: &ConsumerOptions,
-    ) -> Option<MessageStream> {
-        // A native stream would bypass the comparison; consumers fall back to receive.
-        let _ = (queue, options);
-        None
-    }
-
-    fn pgmq(&self) -> Option<&dyn PgmqExtensions> {
-        self.primary.pgmq()
-    }
-
-    fn amqp(&self) -> Option<&dyn AmqpExtensions> {
-        self.primary.amqp()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::OutgoingMessage;
     use crate::providers::in_memory::InMemoryMessageService;
     use crate::resilience::fault::{FaultControl, FaultInjectingService};
 
