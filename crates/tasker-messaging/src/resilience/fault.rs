@@ -7,18 +7,22 @@
 //! touch the backend.
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use futures::Stream;
 use parking_lot::Mutex;
 
-use super::layer::{Layer, LayerFuture, Next, Request};
+use super::layer::{Layer, LayerFuture, Next, Request, StreamInfo};
 use super::layered::Layered;
 use super::Op;
 use crate::error::MessagingError;
+use crate::message::ReceivedMessage;
 use crate::resources::ResourceRequirements;
-use crate::service::{MessagingService, ProviderKind};
+use crate::service::{MessageStream, MessagingService, ProviderKind};
 
 /// The commands a test gives a [`FaultInjectingService`]; cheap to clone and share.
 #[derive(Debug, Default)]
@@ -177,12 +181,54 @@ impl Layer for FaultLayer {
         }
     }
 
+    /// A native stream's deliveries are its receives: a fault commanded for
+    /// [`Op::Receive`] is yielded as the stream's next item, before it pulls a delivery.
+    fn stream(&self, info: &StreamInfo<'_>, stream: MessageStream) -> MessageStream {
+        Box::pin(FaultyStream {
+            inner: stream,
+            control: self.control.clone(),
+            provider: info.provider,
+            checked: false,
+        })
+    }
+
     fn requirements(&self, next: Next<'_>) -> ResourceRequirements {
         self.control
             .requirements
             .lock()
             .clone()
             .unwrap_or_else(|| next.service().resource_requirements())
+    }
+}
+
+/// A native consumer stream under a [`FaultLayer`].
+struct FaultyStream {
+    inner: MessageStream,
+    control: Arc<FaultControl>,
+    provider: ProviderKind,
+    /// Whether the fault check for the item being waited on was made (once per item, not once
+    /// per poll, so a pending stream does not use up commanded faults).
+    checked: bool,
+}
+
+impl Stream for FaultyStream {
+    type Item = crate::error::Result<ReceivedMessage>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if !self.checked {
+            let c = &self.control;
+            c.calls.fetch_add(1, Ordering::SeqCst);
+            if c.should_fail(Op::Receive) {
+                c.injected.fetch_add(1, Ordering::SeqCst);
+                let error = c.error(self.provider, Op::Receive);
+                return Poll::Ready(Some(Err(error)));
+            }
+            c.reached.fetch_add(1, Ordering::SeqCst);
+            self.checked = true;
+        }
+        let item = ready!(self.inner.as_mut().poll_next(cx));
+        self.checked = false;
+        Poll::Ready(item)
     }
 }
 
