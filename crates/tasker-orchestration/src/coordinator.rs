@@ -168,6 +168,11 @@ impl OrchestrationLoopCoordinator {
         &self.inner.pools
     }
 
+    /// The first permanent error that stopped a pool (the run cannot go on), if any.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.inner.pools.iter().find_map(|p| p.fatal_error())
+    }
+
     /// Starts each pool's minimum workers and the control loop.
     pub async fn start(&self) {
         for pool in &self.inner.pools {
@@ -231,8 +236,10 @@ impl Inner {
             let (depth, in_flight) = match self.messaging.get_queue_stats(pool.queue()).await {
                 Ok(s) => (s.message_count, s.in_flight_count.unwrap_or(0)),
                 Err(error) => {
+                    // Counted into the health state; the outage itself is logged once by the
+                    // pools' fault counters, not here every tick for every pool.
                     stats_failures += 1;
-                    tracing::warn!(pool = pool.name(), %error, "queue stats unavailable");
+                    tracing::debug!(pool = pool.name(), %error, "queue stats unavailable");
                     (0, 0)
                 }
             };
