@@ -20,8 +20,8 @@ fn demo_on_pgmq_rides_through_a_postgres_restart() {
     let _guard = PgGuard;
     let plan = DemoPlan {
         provider: "pgmq",
-        tasks: 2_000,
-        concurrency: 200,
+        tasks: 600,
+        concurrency: 0,
     };
     fresh_queues(plan.provider);
     let baseline = baseline(&plan, "pgmq_restart");

@@ -18,8 +18,8 @@ fn demo_on_rabbitmq_rides_through_closed_connections() {
     let _guard = BrokerGuard;
     let plan = DemoPlan {
         provider: "rabbitmq",
-        tasks: 1_000,
-        concurrency: 100,
+        tasks: 2_000,
+        concurrency: 0,
     };
     fresh_queues(plan.provider);
     let baseline = baseline(&plan, "rabbitmq_kill");

@@ -111,7 +111,7 @@ fn worker_health_goes_unhealthy_and_back_through_a_postgres_restart() {
     );
     assert!(stopped.is_ok_and(|s| s.success()));
     assert!(exit.is_some_and(|s| s.success()), "{exit:?}: {log}");
-    let warnings = log.matches("backend unavailable").count();
+    let warnings = log.matches("retrying with backoff").count();
     assert!(warnings <= 3, "{warnings} outage warnings: {log}");
 }
 

@@ -52,7 +52,9 @@ pub struct FaultCounters {
 
 #[derive(Debug, Default)]
 struct OutageState {
-    /// Since when every recent call failed (None: the backend answers).
+    /// When a call last succeeded.
+    last_success: Option<Instant>,
+    /// Since when no call has succeeded, during an outage (None: the backend answers).
     down_since: Option<Instant>,
     retried_at_start: u64,
     degraded: Duration,
@@ -69,7 +71,9 @@ impl FaultCounters {
         let retried = self.retried.fetch_add(1, Ordering::Relaxed) + 1;
         let mut state = self.state.lock();
         if state.down_since.is_none() {
-            state.down_since = Some(Instant::now());
+            // The outage began after the last success: a call that hangs until the pool
+            // times out reports its failure seconds after the backend went away.
+            state.down_since = Some(state.last_success.unwrap_or_else(Instant::now));
             state.retried_at_start = retried - 1;
             self.outages.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(operation = what, %error, "backend unavailable; retrying with backoff");
@@ -81,8 +85,10 @@ impl FaultCounters {
     /// A call succeeded: ends the outage if one was open (one line with its length and count).
     pub fn success(&self) {
         let mut state = self.state.lock();
+        let now = Instant::now();
+        state.last_success = Some(now);
         if let Some(since) = state.down_since.take() {
-            let lasted = since.elapsed();
+            let lasted = now.saturating_duration_since(since);
             state.degraded += lasted;
             let retried = self.retried.load(Ordering::Relaxed) - state.retried_at_start;
             tracing::warn!(?lasted, retried, "backend available again; work resumed");
@@ -99,7 +105,8 @@ impl FaultCounters {
         self.outages.load(Ordering::Relaxed)
     }
 
-    /// Time spent with calls failing and no success since, including an outage still open.
+    /// Time from the last success before each outage to the first success after it, including
+    /// an outage still open.
     pub fn degraded(&self) -> Duration {
         let state = self.state.lock();
         state.degraded + state.down_since.map_or(Duration::ZERO, |s| s.elapsed())
@@ -234,7 +241,7 @@ pub struct FaultReport {
     pub breaker_openings: u64,
     /// Calls the open breaker refused without reaching the backend.
     pub breaker_rejected_calls: u64,
-    /// Seconds with calls failing and none succeeding.
+    /// Seconds from the last success before each outage to the first success after it.
     pub degraded_secs: f64,
 }
 

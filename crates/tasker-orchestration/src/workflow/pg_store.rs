@@ -33,6 +33,13 @@ use crate::resilient::RideThrough;
 /// How long one store call retries a failing transaction before it reports unavailable.
 const TRANSACTION_RETRY_WINDOW: Duration = Duration::from_secs(2);
 
+/// Longest one transaction may take before it counts as failed. While the server is down,
+/// sqlx waits for a connection up to its pool timeout (10 s) instead of failing: without this
+/// bound the store would stall silently, never trip the breaker, and health would not see
+/// the outage. A timed-out transaction is rolled back, or, if its COMMIT did land, repeated
+/// harmlessly (see the module docs).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Retryable (the server or the connection is away) or permanent. sqlx's messages carry no
 /// password (the URL is never part of them).
 pub fn classify(e: sqlx::Error) -> StoreError {
@@ -117,6 +124,15 @@ impl PgTaskStore {
     where
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
+        let attempt = async {
+            tokio::time::timeout(TRANSACTION_TIMEOUT, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(format!(
+                        "no answer within {TRANSACTION_TIMEOUT:?}"
+                    )))
+                })
+        };
         let Some(breaker) = &self.breaker else {
             return attempt.await;
         };
