@@ -31,6 +31,9 @@ use tokio::time::Instant;
 /// the backend is back; a probe is one cheap call, so the orchestration probes more often.
 pub const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A failure this soon after an outage ended continues it (no new warning, no new count).
+const OUTAGE_SETTLE: Duration = Duration::from_secs(3);
+
 /// Errors the loops can classify: retryable ones are ridden through, the rest end the loop.
 pub trait Transient: fmt::Display {
     fn is_transient(&self) -> bool;
@@ -56,6 +59,9 @@ struct OutageState {
     last_success: Option<Instant>,
     /// Since when no call has succeeded, during an outage (None: the backend answers).
     down_since: Option<Instant>,
+    /// The last outage: when it began and ended, so a failure right after it (a half-open
+    /// breaker refusing all but its probe) continues it instead of starting a new one.
+    last: Option<(Instant, Instant)>,
     retried_at_start: u64,
     degraded: Duration,
 }
@@ -70,13 +76,26 @@ impl FaultCounters {
     pub fn failure(&self, what: &str, error: &dyn fmt::Display) {
         let retried = self.retried.fetch_add(1, Ordering::Relaxed) + 1;
         let mut state = self.state.lock();
+        let now = Instant::now();
         if state.down_since.is_none() {
-            // The outage began after the last success: a call that hangs until the pool
-            // times out reports its failure seconds after the backend went away.
-            state.down_since = Some(state.last_success.unwrap_or_else(Instant::now));
-            state.retried_at_start = retried - 1;
-            self.outages.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(operation = what, %error, "backend unavailable; retrying with backoff");
+            match state.last {
+                Some((began, ended)) if now.saturating_duration_since(ended) < OUTAGE_SETTLE => {
+                    // Still settling after the last outage: the same outage goes on.
+                    state.degraded = state
+                        .degraded
+                        .saturating_sub(ended.saturating_duration_since(began));
+                    state.down_since = Some(began);
+                    tracing::debug!(operation = what, %error, "unavailable again");
+                }
+                _ => {
+                    // The outage began after the last success: a call that hangs until the
+                    // pool times out reports its failure seconds after the backend went away.
+                    state.down_since = Some(state.last_success.unwrap_or(now));
+                    state.retried_at_start = retried - 1;
+                    self.outages.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(operation = what, %error, "backend unavailable; retrying with backoff");
+                }
+            }
         } else {
             tracing::debug!(operation = what, %error, "still unavailable");
         }
@@ -90,8 +109,14 @@ impl FaultCounters {
         if let Some(since) = state.down_since.take() {
             let lasted = now.saturating_duration_since(since);
             state.degraded += lasted;
+            let settling = state.last.is_some_and(|(began, _)| began == since);
+            state.last = Some((since, now));
             let retried = self.retried.load(Ordering::Relaxed) - state.retried_at_start;
-            tracing::warn!(?lasted, retried, "backend available again; work resumed");
+            if settling {
+                tracing::debug!(?lasted, retried, "backend available again");
+            } else {
+                tracing::warn!(?lasted, retried, "backend available again; work resumed");
+            }
         }
     }
 
@@ -310,6 +335,27 @@ mod tests {
         assert_eq!(report.outages, 1);
         assert!(report.degraded_secs >= 10.0, "{report:?}");
         assert!(started.elapsed() < Duration::from_secs(10) + MAX_PROBE_INTERVAL * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_while_settling_continue_the_outage_and_degraded_time_is_not_doubled() {
+        let faults = FaultCounters::new();
+        faults.success();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        faults.failure("op", &"down");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        faults.success();
+        tokio::time::advance(Duration::from_millis(500)).await;
+        faults.failure("op", &"half-open refusal");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        faults.success();
+        assert_eq!(faults.outages(), 1, "a half-open flap is the same outage");
+        assert_eq!(faults.degraded(), Duration::from_secs(6));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        faults.failure("op", &"down again");
+        faults.success();
+        assert_eq!(faults.outages(), 2, "a failure long after is a new outage");
+        assert_eq!(faults.retried(), 3);
     }
 
     #[tokio::test(start_paused = true)]
