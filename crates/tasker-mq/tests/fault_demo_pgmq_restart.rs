@@ -35,8 +35,14 @@ fn demo_on_pgmq_rides_through_a_postgres_restart() {
     report("pgmq restart", outage, baseline, &finished);
     check_accounted(&plan, &finished);
     let faults = faults(&finished);
-    assert!(faults["retried_operations"].as_u64().unwrap() > 0, "{faults}");
-    assert!(faults["breaker_openings"].as_u64().unwrap() >= 1, "{faults}");
+    assert!(
+        faults["retried_operations"].as_u64().unwrap() > 0,
+        "{faults}"
+    );
+    assert!(
+        faults["breaker_openings"].as_u64().unwrap() >= 1,
+        "{faults}"
+    );
     let degraded = faults["degraded_secs"].as_f64().unwrap();
     assert!(
         degraded >= DOWN.as_secs_f64() * 0.5 && degraded <= outage.as_secs_f64() + 10.0,

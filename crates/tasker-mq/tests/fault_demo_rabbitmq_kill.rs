@@ -32,10 +32,18 @@ fn demo_on_rabbitmq_rides_through_closed_connections() {
     let finished = run
         .finish(baseline + Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
-    report("rabbitmq close_all_connections", Duration::ZERO, baseline, &finished);
+    report(
+        "rabbitmq close_all_connections",
+        Duration::ZERO,
+        baseline,
+        &finished,
+    );
     check_accounted(&plan, &finished);
     let faults = faults(&finished);
-    assert!(faults["retried_operations"].as_u64().unwrap() > 0, "{faults}");
+    assert!(
+        faults["retried_operations"].as_u64().unwrap() > 0,
+        "{faults}"
+    );
     assert!(
         finished.wall <= baseline + Duration::from_secs(10),
         "{:?} against {baseline:?} without faults",

@@ -35,8 +35,14 @@ fn demo_on_rabbitmq_rides_through_a_broker_restart() {
     report("rabbitmq restart", outage, baseline, &finished);
     check_accounted(&plan, &finished);
     let faults = faults(&finished);
-    assert!(faults["retried_operations"].as_u64().unwrap() > 0, "{faults}");
-    assert!(faults["breaker_openings"].as_u64().unwrap() >= 1, "{faults}");
+    assert!(
+        faults["retried_operations"].as_u64().unwrap() > 0,
+        "{faults}"
+    );
+    assert!(
+        faults["breaker_openings"].as_u64().unwrap() >= 1,
+        "{faults}"
+    );
     let degraded = faults["degraded_secs"].as_f64().unwrap();
     assert!(
         degraded >= 1.0 && degraded <= outage.as_secs_f64() + 10.0,

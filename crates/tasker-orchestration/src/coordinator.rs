@@ -31,7 +31,7 @@ use crate::pool::{Pool, PoolSnapshot, ShutdownReport};
 
 /// Longest a tick waits for one queue's stats or the health check: a backend that hangs must
 /// not freeze the health state `/health` reports.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Coordinator settings.
 #[derive(Clone, Debug)]
@@ -234,20 +234,20 @@ impl Inner {
     async fn tick(&self) -> CoordinatorStatus {
         // 1. What the queues and pools look like.
         let stats_started = Instant::now();
-        let mut observed = Vec::with_capacity(self.pools.len());
-        let mut stats_failures = 0u64;
-        for pool in &self.pools {
-            let stats = tokio::time::timeout(
-                PROBE_TIMEOUT,
-                self.messaging.get_queue_stats(pool.queue()),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(tasker_messaging::MessagingError::Timeout {
+        // Concurrently, each bounded in time: a hanging backend costs one timeout per tick,
+        // not one per pool.
+        let stats = futures::future::join_all(self.pools.iter().map(|pool| async move {
+            tokio::time::timeout(PROBE_TIMEOUT, self.messaging.get_queue_stats(pool.queue()))
+                .await
+                .unwrap_or(Err(tasker_messaging::MessagingError::Timeout {
                     operation: "get_queue_stats",
                     after: PROBE_TIMEOUT,
-                })
-            });
+                }))
+        }))
+        .await;
+        let mut observed = Vec::with_capacity(self.pools.len());
+        let mut stats_failures = 0u64;
+        for (pool, stats) in self.pools.iter().zip(stats) {
             let (depth, in_flight) = match stats {
                 Ok(s) => (s.message_count, s.in_flight_count.unwrap_or(0)),
                 Err(error) => {

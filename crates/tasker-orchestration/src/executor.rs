@@ -322,7 +322,9 @@ pub async fn process_tracked<T: QueueMessage + 'static>(
     if !acks.is_empty() {
         let outcome = config
             .ride
-            .run("ack", Some(deadline), || messaging.delete_messages(queue, &acks))
+            .run("ack", Some(deadline), || {
+                messaging.delete_messages(queue, &acks)
+            })
             .await;
         match outcome {
             Ok(outcome) if !outcome.rejected.is_empty() => {

@@ -365,7 +365,9 @@ mod tests {
         let missing = QueueName::new("ride_missing").unwrap();
         let err = resilient
             .ride
-            .run("stats", None, || resilient.service.get_queue_stats(&missing))
+            .run("stats", None, || {
+                resilient.service.get_queue_stats(&missing)
+            })
             .await
             .unwrap_err();
         assert!(matches!(err, MessagingError::QueueNotFound { .. }));

@@ -64,7 +64,10 @@ async fn repeated_transactions_apply_once() {
     let task = TaskState::new(&ORDER_FULFILLMENT, []);
     let id = task.task_uuid;
     let request = task.request(&queues);
-    store.insert_task(task.clone(), request.clone()).await.unwrap();
+    store
+        .insert_task(task.clone(), request.clone())
+        .await
+        .unwrap();
     store.insert_task(task, request).await.unwrap();
     assert_eq!(store.all_tasks().await.unwrap().len(), 1);
     assert_eq!(depth(&*messaging, &requests).await, 1, "requested once");

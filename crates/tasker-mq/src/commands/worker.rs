@@ -30,8 +30,8 @@ use tasker_messaging::resilience::{
     HealthState,
 };
 use tasker_messaging::MessagingService;
-use tasker_orchestration::resilient::Resilient;
 use tasker_orchestration::coordinator::Resilience;
+use tasker_orchestration::resilient::Resilient;
 use tasker_orchestration::workflow::demo::{create_workflow_queues, submit_task, workflow_pools};
 use tasker_orchestration::workflow::{
     DemoConfig, InMemoryTaskStore, TaskStore, WorkflowQueues, ORDER_FULFILLMENT,
@@ -180,11 +180,9 @@ pub async fn run(global: &GlobalOpts, args: WorkerArgs) -> anyhow::Result<()> {
                     _ = stop.cancelled() => break,
                     r = submit_task(&*store, &ORDER_FULFILLMENT, &queues, &mut rng, &demo) => r,
                 };
-                if let Err(error) = submitted {
-                    return Err(error);
-                }
+                submitted?;
             }
-            Ok(())
+            Ok::<(), tasker_orchestration::workflow::StoreError>(())
         })
     });
 

@@ -251,11 +251,8 @@ pub async fn run_demo(
     let pools = workflow_pools(&messaging, &store, &workflow, &queues, &config)?;
     let health = config.resilience.as_ref().map(|r| {
         Arc::new(
-            tasker_messaging::resilience::HealthMonitor::new(
-                messaging.clone(),
-                Default::default(),
-            )
-            .with_breaker(r.breaker.clone()),
+            tasker_messaging::resilience::HealthMonitor::new(messaging.clone(), Default::default())
+                .with_breaker(r.breaker.clone()),
         )
     });
     let coordinator = OrchestrationLoopCoordinator::with_resilience(
@@ -313,7 +310,10 @@ pub async fn run_demo(
     let elapsed = started.elapsed();
     coordinator.shutdown().await;
 
-    let mut summary = summarize(&messaging, &*store, &workflow, &queues, total, elapsed, &ride, until).await?;
+    let mut summary = summarize(
+        &messaging, &*store, &workflow, &queues, total, elapsed, &ride, until,
+    )
+    .await?;
     summary.faults = match &config.resilience {
         Some(resilient) => resilient.report(),
         None => FaultReport {

@@ -469,18 +469,31 @@ mod tests {
         t.claim(&q);
         t.enqueue_ready_steps(w, &q).unwrap();
         let s0 = t.steps[0].step_uuid;
-        assert_eq!(t.attempt_step(s0, "a", 3, &q).0, StepDecision::FailTransiently);
+        assert_eq!(
+            t.attempt_step(s0, "a", 3, &q).0,
+            StepDecision::FailTransiently
+        );
         // The same delivery again (a retried transaction): not a new attempt.
-        assert_eq!(t.attempt_step(s0, "a", 3, &q).0, StepDecision::FailTransiently);
+        assert_eq!(
+            t.attempt_step(s0, "a", 3, &q).0,
+            StepDecision::FailTransiently
+        );
         assert_eq!(t.steps[0].attempts, 1);
-        assert_eq!(t.attempt_step(s0, "b", 3, &q).0, StepDecision::FailTransiently);
+        assert_eq!(
+            t.attempt_step(s0, "b", 3, &q).0,
+            StepDecision::FailTransiently
+        );
         assert_eq!(t.attempt_step(s0, "c", 3, &q).0, StepDecision::Run);
         assert_eq!(t.steps[0].attempts, 3);
         t.process_result(w, &q).unwrap();
         let s1 = t.steps[1].step_uuid;
         let (decision, _, report) = t.attempt_step(s1, "a", 3, &q);
         assert_eq!(decision, StepDecision::FailPermanently);
-        assert_eq!(report.len(), 1, "the failure is reported in the same change");
+        assert_eq!(
+            report.len(),
+            1,
+            "the failure is reported in the same change"
+        );
         assert!(t.finish_step(s1, false, &q).is_empty());
         let fin = t.process_result(w, &q).unwrap();
         assert_eq!(fin[0].0.as_str(), "task_finalizations_queue");
@@ -501,9 +514,15 @@ mod tests {
         t.claim(&q);
         t.enqueue_ready_steps(w, &q).unwrap();
         let s0 = t.steps[0].step_uuid;
-        assert_eq!(t.attempt_step(s0, "a", 2, &q).0, StepDecision::FailTransiently);
+        assert_eq!(
+            t.attempt_step(s0, "a", 2, &q).0,
+            StepDecision::FailTransiently
+        );
         let (decision, attempt, report) = t.attempt_step(s0, "b", 2, &q);
-        assert_eq!((decision, attempt, report.len()), (StepDecision::GaveUp, 2, 1));
+        assert_eq!(
+            (decision, attempt, report.len()),
+            (StepDecision::GaveUp, 2, 1)
+        );
         assert_eq!(t.steps[0].status, StepStatus::Failed);
     }
 
@@ -521,7 +540,10 @@ mod tests {
         let mut transitions: Vec<(&str, Step)> = vec![
             ("initialize", Box::new(|t| t.initialize(&q))),
             ("claim", Box::new(|t| t.claim(&q))),
-            ("enqueue", Box::new(|t| t.enqueue_ready_steps(w, &q).unwrap())),
+            (
+                "enqueue",
+                Box::new(|t| t.enqueue_ready_steps(w, &q).unwrap()),
+            ),
         ];
         let q = &q;
         for i in 0..w.steps.len() {
