@@ -29,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Pool, PoolSnapshot, ShutdownReport};
 
+/// Longest a tick waits for one queue's stats or the health check: a backend that hangs must
+/// not freeze the health state `/health` reports.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Coordinator settings.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -168,6 +172,11 @@ impl OrchestrationLoopCoordinator {
         &self.inner.pools
     }
 
+    /// The first permanent error that stopped a pool (the run cannot go on), if any.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.inner.pools.iter().find_map(|p| p.fatal_error())
+    }
+
     /// Starts each pool's minimum workers and the control loop.
     pub async fn start(&self) {
         for pool in &self.inner.pools {
@@ -225,14 +234,27 @@ impl Inner {
     async fn tick(&self) -> CoordinatorStatus {
         // 1. What the queues and pools look like.
         let stats_started = Instant::now();
+        // Concurrently, each bounded in time: a hanging backend costs one timeout per tick,
+        // not one per pool.
+        let stats = futures::future::join_all(self.pools.iter().map(|pool| async move {
+            tokio::time::timeout(PROBE_TIMEOUT, self.messaging.get_queue_stats(pool.queue()))
+                .await
+                .unwrap_or(Err(tasker_messaging::MessagingError::Timeout {
+                    operation: "get_queue_stats",
+                    after: PROBE_TIMEOUT,
+                }))
+        }))
+        .await;
         let mut observed = Vec::with_capacity(self.pools.len());
         let mut stats_failures = 0u64;
-        for pool in &self.pools {
-            let (depth, in_flight) = match self.messaging.get_queue_stats(pool.queue()).await {
+        for (pool, stats) in self.pools.iter().zip(stats) {
+            let (depth, in_flight) = match stats {
                 Ok(s) => (s.message_count, s.in_flight_count.unwrap_or(0)),
                 Err(error) => {
+                    // Counted into the health state; the outage itself is logged once by the
+                    // pools' fault counters, not here every tick for every pool.
                     stats_failures += 1;
-                    tracing::warn!(pool = pool.name(), %error, "queue stats unavailable");
+                    tracing::debug!(pool = pool.name(), %error, "queue stats unavailable");
                     (0, 0)
                 }
             };
@@ -255,7 +277,16 @@ impl Inner {
         let pool_error_rate = (batches > 0).then(|| errors as f64 / batches as f64);
 
         // 2. Health: the service's own signals, worsened by the pools' error rate.
-        let mut signals = self.health.signals().await;
+        let mut signals = match tokio::time::timeout(PROBE_TIMEOUT, self.health.signals()).await {
+            Ok(signals) => signals,
+            // A backend that does not answer (a database restarting: connections wait for the
+            // pool's timeout) is as unhealthy as one that refuses.
+            Err(_) => tasker_messaging::resilience::HealthSignals {
+                check: Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+                breaker: None,
+                error_rate: None,
+            },
+        };
         signals.error_rate = match (signals.error_rate, pool_error_rate) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),

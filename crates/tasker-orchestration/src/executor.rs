@@ -5,6 +5,12 @@
 //! (`change_message_visibility`), so it is retried later; dead-letter a permanent failure, or a
 //! retryable one that has used its attempts, after telling the handler so it can record the
 //! outcome. Undecodable messages never reach the handler: the typed receive dead-letters them.
+//!
+//! Outages are not failures of the work: a handler that finds its infrastructure unavailable
+//! says so ([`HandlerError::Unavailable`]) and is run again with backoff while the lease lasts;
+//! the settling calls ride through the same way. No attempt is counted and nothing is
+//! dead-lettered for an outage; a lease that runs out (or dies with its connection) just
+//! brings the message back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +22,9 @@ use tasker_messaging::{
     MessagingError, MessagingService, MessagingServiceExt, QueueMessage, QueueName, QueuedMessage,
     RetryPolicy,
 };
+use tokio::time::Instant;
+
+use crate::resilient::{RideThrough, Transient};
 
 pub use tasker_messaging::ExecutorType;
 
@@ -31,12 +40,24 @@ pub enum Handled {
 /// Why a handler could not finish a message.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HandlerError {
-    /// Try again later (the message comes back after a backoff).
+    /// The work failed but may succeed later: the message comes back after a backoff, and is
+    /// dead-lettered once its deliveries (the provider's receive count) reach `max_attempts`.
     #[error("retryable: {0}")]
     Retryable(String),
+    /// Attempt `attempt` of the work failed, counted by the handler itself where its state
+    /// lives (so redeliveries caused by outages do not use attempts up): the message comes back
+    /// after the backoff of that attempt, and is dead-lettered once `attempt` reaches
+    /// `max_attempts`.
+    #[error("retryable (attempt {attempt}): {reason}")]
+    RetryableAttempt { attempt: u32, reason: String },
     /// Will never succeed: dead-letter the message.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// Infrastructure the handler needs (its store, the broker) is unavailable: no attempt was
+    /// made. The executor keeps the lease and runs the handler again with backoff while the
+    /// lease lasts; after that the message simply comes back. Never dead-lettered for this.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The work an executor does per message.
@@ -56,12 +77,14 @@ pub trait MessageHandler<T: Sync>: Send + Sync + 'static {
 pub struct ExecutorConfig {
     pub batch_size: usize,
     pub visibility_timeout: Duration,
-    /// Deliveries before a retryable failure is dead-lettered. Keep it below the queue's
+    /// Attempts before a retryable failure is dead-lettered. Keep it below the queue's
     /// `max_receive_count`, so the handler hears about the failure before the provider moves
     /// the message on its own.
     pub max_attempts: u32,
     /// Backoff between attempts of a retryable failure.
     pub retry: RetryPolicy,
+    /// How unavailable infrastructure is waited out (backoff, fault counters).
+    pub ride: RideThrough,
 }
 
 impl Default for ExecutorConfig {
@@ -71,6 +94,7 @@ impl Default for ExecutorConfig {
             visibility_timeout: Duration::from_secs(30),
             max_attempts: 3,
             retry: RetryPolicy::default(),
+            ride: RideThrough::default(),
         }
     }
 }
@@ -90,6 +114,12 @@ impl ExecutorConfig {
             .nth(attempt.saturating_sub(1) as usize)
             .unwrap_or(Duration::from_millis(policy.max_backoff_ms))
     }
+
+    /// Until when a lease taken now is worked on (retries of unavailable infrastructure stop
+    /// there, leaving a margin before the provider hands the message to someone else).
+    fn lease_deadline(&self) -> Instant {
+        Instant::now() + self.visibility_timeout.mul_f64(0.8)
+    }
 }
 
 /// What one batch did (the plan's `ProcessBatchResult`).
@@ -103,6 +133,9 @@ pub struct ProcessBatchResult {
     pub items_skipped: usize,
     /// Retryable failures given back for a later attempt.
     pub items_retried: usize,
+    /// Messages left to come back by themselves: their infrastructure stayed unavailable for
+    /// the whole lease, or the lease was lost with a connection (no attempt counted).
+    pub items_deferred: usize,
 }
 
 impl ProcessBatchResult {
@@ -112,6 +145,7 @@ impl ProcessBatchResult {
         self.items_failed += other.items_failed;
         self.items_skipped += other.items_skipped;
         self.items_retried += other.items_retried;
+        self.items_deferred += other.items_deferred;
     }
 }
 
@@ -137,6 +171,62 @@ pub async fn process_with_messaging<T: QueueMessage + 'static>(
     process_tracked(messaging, queue, handler, config, config.batch_size, None).await
 }
 
+/// "The infrastructure is unavailable", as the ride-through loop classifies it.
+struct Unavailable(String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Transient for Unavailable {
+    fn is_transient(&self) -> bool {
+        true
+    }
+}
+
+/// Runs the handler, again with backoff while it reports unavailable infrastructure and the
+/// lease lasts; `None` when the lease ran out first.
+async fn handle_riding<T: Sync + Send + 'static>(
+    handler: &dyn MessageHandler<T>,
+    message: &QueuedMessage<T>,
+    config: &ExecutorConfig,
+    deadline: Instant,
+) -> Option<Result<Handled, HandlerError>> {
+    let outcome = config
+        .ride
+        .run("handler", Some(deadline), || async {
+            match handler.handle(message).await {
+                Err(HandlerError::Unavailable(why)) => Err(Unavailable(why)),
+                other => Ok(other),
+            }
+        })
+        .await;
+    outcome.ok()
+}
+
+/// Runs a settling call (ack, retry later, dead-letter) through outages while the lease lasts.
+/// `Ok(false)`: the lease is gone (lost with its connection, or expired while the backend was
+/// down): the message comes back by itself. Permanent errors are returned.
+async fn settle<F, Fut>(
+    config: &ExecutorConfig,
+    what: &'static str,
+    deadline: Instant,
+    op: F,
+) -> Result<bool, MessagingError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), MessagingError>>,
+{
+    match config.ride.run(what, Some(deadline), op).await {
+        Ok(()) => Ok(true),
+        Err(MessagingError::InvalidReceipt { .. }) => Ok(false),
+        Err(e) if e.is_retryable() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// `process_with_messaging` with a batch size chosen by the caller (backpressure shrinks it)
 /// and the held receipts recorded in `leases` until each is settled.
 pub async fn process_tracked<T: QueueMessage + 'static>(
@@ -150,6 +240,7 @@ pub async fn process_tracked<T: QueueMessage + 'static>(
     let messages = messaging
         .receive_messages::<T>(queue, batch_size.max(1), config.visibility_timeout)
         .await?;
+    let deadline = config.lease_deadline();
     let mut result = ProcessBatchResult {
         received: messages.len(),
         ..Default::default()
@@ -163,52 +254,94 @@ pub async fn process_tracked<T: QueueMessage + 'static>(
             .lock()
             .extend(messages.iter().map(|m| m.receipt().clone()));
     }
-    let outcomes = join_all(messages.iter().map(|m| handler.handle(m))).await;
+    let outcomes = join_all(
+        messages
+            .iter()
+            .map(|m| handle_riding(handler, m, config, deadline)),
+    )
+    .await;
     let mut acks = Vec::with_capacity(messages.len());
     for (message, outcome) in messages.iter().zip(outcomes) {
-        let attempts = message.metadata.receive_count;
+        let receipt = message.receipt();
+        let deliveries = message.metadata.receive_count;
+        let retry_at = match &outcome {
+            Some(Err(HandlerError::Retryable(_))) => Some(deliveries),
+            Some(Err(HandlerError::RetryableAttempt { attempt, .. })) => Some(*attempt),
+            _ => None,
+        };
         match outcome {
-            Ok(Handled::Done) => {
-                acks.push(message.receipt().clone());
+            None => result.items_deferred += 1,
+            Some(Ok(Handled::Done)) => {
+                acks.push(receipt.clone());
                 result.items_processed += 1;
             }
-            Ok(Handled::Skipped) => {
-                acks.push(message.receipt().clone());
+            Some(Ok(Handled::Skipped)) => {
+                acks.push(receipt.clone());
                 result.items_skipped += 1;
             }
-            Err(HandlerError::Retryable(why)) if attempts < config.max_attempts => {
+            Some(Err(HandlerError::Retryable(why)))
+            | Some(Err(HandlerError::RetryableAttempt { reason: why, .. }))
+                if retry_at.unwrap_or(0) < config.max_attempts =>
+            {
+                let attempts = retry_at.unwrap_or(0);
                 let delay = config.retry_delay(attempts);
                 tracing::debug!(queue = %queue, attempts, ?delay, %why, "retrying later");
-                messaging
-                    .change_message_visibility(queue, message.receipt(), delay)
-                    .await?;
-                result.items_retried += 1;
+                let given_back = settle(config, "retry later", deadline, || {
+                    messaging.change_message_visibility(queue, receipt, delay)
+                })
+                .await?;
+                if given_back {
+                    result.items_retried += 1;
+                } else {
+                    result.items_deferred += 1;
+                }
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 let reason = match &error {
-                    HandlerError::Retryable(why) => {
+                    HandlerError::Permanent(why) => format!("permanent failure: {why}"),
+                    HandlerError::Retryable(why)
+                    | HandlerError::RetryableAttempt { reason: why, .. } => {
+                        let attempts = retry_at.unwrap_or(deliveries);
                         format!("gave up after {attempts} attempts: {why}")
                     }
-                    HandlerError::Permanent(why) => format!("permanent failure: {why}"),
+                    HandlerError::Unavailable(why) => format!("unavailable: {why}"),
                 };
                 handler.dead_lettering(message, &reason).await;
-                messaging
-                    .dead_letter_message(queue, message.receipt(), &reason)
-                    .await?;
-                result.items_failed += 1;
+                let moved = settle(config, "dead-letter", deadline, || {
+                    messaging.dead_letter_message(queue, receipt, &reason)
+                })
+                .await?;
+                if moved {
+                    result.items_failed += 1;
+                } else {
+                    result.items_deferred += 1;
+                }
             }
         }
     }
     if !acks.is_empty() {
-        let outcome = messaging.delete_messages(queue, &acks).await?;
-        for (receipt, error) in outcome.rejected {
-            // The lease ran out mid-handling and another worker has the message: the work is
-            // idempotent, so it is done twice at worst; nothing is lost.
-            tracing::warn!(queue = %queue, %receipt, %error, "ack refused");
+        let outcome = config
+            .ride
+            .run("ack", Some(deadline), || {
+                messaging.delete_messages(queue, &acks)
+            })
+            .await;
+        match outcome {
+            Ok(outcome) if !outcome.rejected.is_empty() => {
+                // Leases lost with their connection or run out: the messages come back and are
+                // skipped as done (the work is idempotent). Not a warning per message: after a
+                // broker restart every lease held is refused.
+                tracing::debug!(queue = %queue, refused = outcome.rejected.len(), "acks refused");
+                result.items_deferred += outcome.rejected.len();
+            }
+            Ok(_) => {}
+            Err(e) if e.is_retryable() => result.items_deferred += acks.len(),
+            Err(e) => return Err(e),
         }
     }
     if let Some(leases) = leases {
-        // Every lease of the batch is settled: acked, given back, or dead-lettered.
+        // Every lease of the batch is settled: acked, given back, dead-lettered, or left to
+        // come back by itself.
         leases.0.lock().clear();
     }
     Ok(result)
@@ -248,6 +381,7 @@ mod tests {
                 backoff_multiplier: 2.0,
                 ..RetryPolicy::default()
             },
+            ride: RideThrough::default(),
         }
     }
 
@@ -320,7 +454,8 @@ mod tests {
                 items_processed: 1,
                 items_failed: 1,
                 items_skipped: 1,
-                items_retried: 0
+                items_retried: 0,
+                items_deferred: 0
             }
         );
         let stats = messaging.get_queue_stats(&q).await.unwrap();

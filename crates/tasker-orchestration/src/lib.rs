@@ -14,6 +14,7 @@
 pub mod coordinator;
 pub mod executor;
 pub mod pool;
+pub mod resilient;
 pub mod workflow;
 
 pub use coordinator::{

@@ -29,8 +29,6 @@ pub struct PoolConfig {
     pub executor: ExecutorConfig,
     /// Longest wait for messages while idle (bounds latency on providers without wakeups).
     pub idle_wait: Duration,
-    /// Pause after a failed receive before trying again.
-    pub error_backoff: Duration,
 }
 
 impl Default for PoolConfig {
@@ -40,7 +38,6 @@ impl Default for PoolConfig {
             max_workers: 4,
             executor: ExecutorConfig::default(),
             idle_wait: Duration::from_millis(100),
-            error_backoff: Duration::from_millis(250),
         }
     }
 }
@@ -126,6 +123,10 @@ pub trait Pool: Send + Sync {
     /// Batch size workers use from now on (backpressure shrinks it; clamped to 1..=configured).
     fn set_batch_size(&self, batch_size: usize);
     async fn shutdown(&self, drain_timeout: Duration) -> ShutdownReport;
+    /// The permanent error that stopped the pool (a deleted queue, bad configuration).
+    fn fatal_error(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Workers of one executor (or one namespace) on one queue.
@@ -139,6 +140,8 @@ pub struct ExecutorPool<T> {
     stats: Arc<PoolStats>,
     workers: tokio::sync::Mutex<Vec<Worker>>,
     root: CancellationToken,
+    /// The permanent error that stopped the pool's workers, if any.
+    fatal: Arc<parking_lot::Mutex<Option<String>>>,
 }
 
 impl<T> Drop for ExecutorPool<T> {
@@ -167,6 +170,7 @@ impl<T: QueueMessage + 'static> ExecutorPool<T> {
             stats: Arc::new(PoolStats::default()),
             workers: tokio::sync::Mutex::new(Vec::new()),
             root: CancellationToken::new(),
+            fatal: Arc::new(parking_lot::Mutex::new(None)),
         }
     }
 
@@ -189,7 +193,11 @@ impl<T: QueueMessage + 'static> ExecutorPool<T> {
             self.stats.clone(),
         );
         let (token, tracker) = (stop.clone(), leases.clone());
+        let (root, fatal, name) = (self.root.clone(), self.fatal.clone(), self.name.clone());
         let handle = tokio::spawn(async move {
+            let faults = config.executor.ride.faults.clone();
+            // A fresh sequence after every success: the wait grows only while failures last.
+            let mut delays = config.executor.ride.backoff.delays();
             while !token.is_cancelled() {
                 let size = batch_size.load(Ordering::Relaxed);
                 let batch = process_tracked(
@@ -202,20 +210,38 @@ impl<T: QueueMessage + 'static> ExecutorPool<T> {
                 )
                 .await;
                 match batch {
-                    Ok(r) if r.received > 0 => stats.record(&r),
-                    Ok(_) => {
+                    Ok(r) => {
+                        faults.success();
+                        delays = config.executor.ride.backoff.delays();
+                        if r.received > 0 {
+                            stats.record(&r);
+                            continue;
+                        }
                         tokio::select! {
                             _ = token.cancelled() => break,
                             _ = messaging.wait_for_messages(&queue, config.idle_wait) => {}
                         }
                     }
-                    Err(error) => {
+                    Err(error) if error.is_retryable() => {
+                        // The backend is away: wait, longer each time, and try again. One
+                        // warning per outage (FaultCounters), not one per batch.
                         stats.errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(queue = %queue, %error, "batch failed");
+                        faults.failure("receive", &error);
+                        let delay = delays.next().unwrap_or(config.executor.ride.backoff.max);
                         tokio::select! {
                             _ = token.cancelled() => break,
-                            _ = tokio::time::sleep(config.error_backoff) => {}
+                            _ = tokio::time::sleep(delay) => {}
                         }
+                    }
+                    Err(error) => {
+                        // Permanent (a deleted queue, bad configuration): retrying cannot help.
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(pool = %name, queue = %queue, %error, "pool stopped");
+                        fatal.lock().get_or_insert_with(|| {
+                            format!("pool {name} (queue {queue}) stopped: {error}")
+                        });
+                        root.cancel();
+                        break;
                     }
                 }
             }
@@ -244,6 +270,9 @@ impl<T: QueueMessage + 'static> Pool for ExecutorPool<T> {
     }
     fn stats(&self) -> PoolSnapshot {
         self.stats.snapshot()
+    }
+    fn fatal_error(&self) -> Option<String> {
+        self.fatal.lock().clone()
     }
 
     async fn worker_count(&self) -> usize {

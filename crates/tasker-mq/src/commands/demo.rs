@@ -4,6 +4,10 @@
 //!
 //! The demo's queues are named `demo_<name>_queue`, apart from any real workload's, and are
 //! purged before the run so an earlier interrupted run cannot skew the counts.
+//!
+//! The provider runs inside the orchestration's resilience stack (`resilient::wrap`: retry ->
+//! circuit breaker -> provider), and the run rides through outages (see `docs/reliability.md`):
+//! the summary's `faults` line says what it rode through.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use tasker_messaging::{MessagingConfig, MessagingService, NamespaceQueueRouter};
+use tasker_orchestration::resilient::{wrap, Resilient};
 use tasker_orchestration::workflow::demo::create_workflow_queues;
 use tasker_orchestration::workflow::{
     run_demo, DemoConfig, DemoSummary, InMemoryTaskStore, TaskStore, WorkflowQueues,
@@ -88,15 +93,25 @@ pub fn demo_router(config: &MessagingConfig) -> anyhow::Result<NamespaceQueueRou
     )?)
 }
 
-/// The service and where task state lives: PostgreSQL next to the queues for PGMQ (state
-/// changes and their messages in one transaction), process memory for the others.
-pub async fn connect_with_store(
-    global: &GlobalOpts,
-) -> anyhow::Result<(
-    MessagingConfig,
-    Arc<dyn MessagingService>,
-    Arc<dyn TaskStore>,
-)> {
+/// What the main job runs on.
+pub struct Connected {
+    pub config: MessagingConfig,
+    /// The provider wrapped in the resilience stack.
+    pub resilient: Resilient,
+    pub store: Arc<dyn TaskStore>,
+}
+
+impl Connected {
+    pub fn messaging(&self) -> &Arc<dyn MessagingService> {
+        &self.resilient.service
+    }
+}
+
+/// The service (wrapped as retry -> circuit breaker -> provider) and where task state lives:
+/// PostgreSQL next to the queues for PGMQ (state changes and their messages in one
+/// transaction, each passing the same breaker), process memory for the others (sending
+/// through the wrapped service).
+pub async fn connect_with_store(global: &GlobalOpts) -> anyhow::Result<Connected> {
     let config = global.load_config()?;
     #[cfg(feature = "pgmq")]
     if config.provider == tasker_messaging::ProviderKind::Pgmq {
@@ -108,33 +123,53 @@ pub async fn connect_with_store(
         pgmq.initialize()
             .await
             .context("starting the pgmq provider")?;
-        let store = PgTaskStore::new(pgmq.clone())
+        let resilient = wrap(pgmq.clone(), &config);
+        let store = PgTaskStore::new(pgmq)
             .await
-            .context("preparing the task table")?;
-        return Ok((config, pgmq, Arc::new(store)));
+            .context("preparing the task table")?
+            .with_resilience(resilient.breaker.clone(), resilient.ride.clone());
+        return Ok(Connected {
+            config,
+            resilient,
+            store: Arc::new(store),
+        });
     }
-    let messaging = tasker_messaging::build_service(&config)
+    let provider = tasker_messaging::build_service(&config)
         .await
         .with_context(|| format!("starting the {} provider", config.provider))?;
-    let store: Arc<dyn TaskStore> = Arc::new(InMemoryTaskStore::new(messaging.clone()));
-    Ok((config, messaging, store))
+    let resilient = wrap(provider, &config);
+    let store: Arc<dyn TaskStore> = Arc::new(InMemoryTaskStore::new(resilient.service.clone()));
+    Ok(Connected {
+        config,
+        resilient,
+        store,
+    })
 }
 
 pub async fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let (config, messaging, store) = connect_with_store(global).await?;
+    let connected = connect_with_store(global).await?;
+    let (config, messaging, store) = (
+        connected.config.clone(),
+        connected.messaging().clone(),
+        connected.store.clone(),
+    );
+    let ride = connected.resilient.ride.clone();
     let router = demo_router(&config)?;
     let queues = WorkflowQueues {
         router: router.clone(),
     };
     let max_attempts = DemoConfig::default().max_attempts;
-    create_workflow_queues(&*messaging, &ORDER_FULFILLMENT, &queues, max_attempts).await?;
+    ride.run("create queues", None, || {
+        create_workflow_queues(&*messaging, &ORDER_FULFILLMENT, &queues, max_attempts)
+    })
+    .await?;
     for queue in queues.all(&ORDER_FULFILLMENT)? {
         // Leftovers of an interrupted run would skew the counts.
-        messaging.purge_queue(&queue).await?;
-        messaging
-            .purge_queue(&messaging.dead_letter_queue_name(&queue)?)
-            .await?;
+        let dlq = messaging.dead_letter_queue_name(&queue)?;
+        for q in [&queue, &dlq] {
+            ride.run("purge", None, || messaging.purge_queue(q)).await?;
+        }
     }
     let demo = DemoConfig {
         tasks: args.tasks as usize,
@@ -148,6 +183,7 @@ pub async fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<()> {
         seed: args.seed,
         timeout: Duration::from_secs(args.timeout_secs),
         router,
+        resilience: Some(connected.resilient.clone()),
         ..DemoConfig::default()
     };
     let bar = crate::progress::bar(crate::progress::visible(args.json), args.tasks, "tasks");

@@ -2,9 +2,13 @@
 //! `GET /health` (the coordinator's aggregated state, 503 when unhealthy) and `GET /metrics`
 //! (Prometheus text).
 //!
-//! The provider is wrapped as metrics -> circuit breaker -> provider, so every call is counted
-//! and a failing backend trips the breaker the health state reads. Ctrl-C (or `--run-for-secs`)
-//! drains the pools and gives unfinished leases back before exiting.
+//! The provider is wrapped as metrics -> retry -> circuit breaker -> provider
+//! (`resilient::wrap`), so every call is counted and a failing backend trips the breaker the
+//! health state reads. Through an outage the pools, the submitter and the HTTP endpoints keep
+//! running: `/health` answers 503 while unhealthy and 200 again once the backend is back, with
+//! no restart. Only a permanent error (a deleted queue, bad configuration) stops the worker,
+//! with exit status 1. Ctrl-C (or `--run-for-secs`) drains the pools and gives unfinished
+//! leases back before exiting.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +31,7 @@ use tasker_messaging::resilience::{
 };
 use tasker_messaging::MessagingService;
 use tasker_orchestration::coordinator::Resilience;
+use tasker_orchestration::resilient::Resilient;
 use tasker_orchestration::workflow::demo::{create_workflow_queues, submit_task, workflow_pools};
 use tasker_orchestration::workflow::{
     DemoConfig, InMemoryTaskStore, TaskStore, WorkflowQueues, ORDER_FULFILLMENT,
@@ -63,6 +68,7 @@ pub struct WorkerArgs {
 struct AppState {
     coordinator: Arc<OrchestrationLoopCoordinator>,
     breakers: Arc<CircuitBreakerManager>,
+    resilient: Resilient,
     prometheus: PrometheusHandle,
 }
 
@@ -74,14 +80,18 @@ pub async fn run(global: &GlobalOpts, args: WorkerArgs) -> anyhow::Result<()> {
     let prometheus = PrometheusBuilder::new()
         .install_recorder()
         .context("installing the Prometheus recorder")?;
-    let (config, provider, store) = connect_with_store(global).await?;
-    let breakers = Arc::new(CircuitBreakerManager::new(config.circuit_breaker.clone()));
-    let breaker = breakers.get_or_create(provider.provider().as_str());
-    let protected: Arc<dyn MessagingService> =
-        Arc::new(breakers.protect(provider.provider().as_str(), provider.clone()));
-    let messaging: Arc<dyn MessagingService> = Arc::new(MetricsService::new(protected));
-    // The in-memory store sends through the service it is given: give it the wrapped one so
-    // its sends are counted. (The PostgreSQL store sends inside its own transactions.)
+    let connected = connect_with_store(global).await?;
+    let (config, store, resilient) = (
+        connected.config.clone(),
+        connected.store.clone(),
+        connected.resilient.clone(),
+    );
+    let breakers = resilient.breakers.clone();
+    let breaker = resilient.breaker.clone();
+    let messaging: Arc<dyn MessagingService> =
+        Arc::new(MetricsService::new(resilient.service.clone()));
+    // The in-memory store sends through the service it is given: give it the counted one.
+    // (The PostgreSQL store sends inside its own transactions, under the same breaker.)
     let store = if config.provider == tasker_messaging::ProviderKind::Pgmq {
         store
     } else {
@@ -96,9 +106,15 @@ pub async fn run(global: &GlobalOpts, args: WorkerArgs) -> anyhow::Result<()> {
         max_workers: args.max_workers,
         batch_size: args.batch_size,
         router: queues.router.clone(),
+        resilience: Some(resilient.clone()),
         ..DemoConfig::default()
     };
-    create_workflow_queues(&*messaging, &ORDER_FULFILLMENT, &queues, demo.max_attempts).await?;
+    resilient
+        .ride
+        .run("create queues", None, || {
+            create_workflow_queues(&*messaging, &ORDER_FULFILLMENT, &queues, demo.max_attempts)
+        })
+        .await?;
     let pools = workflow_pools(&messaging, &store, &ORDER_FULFILLMENT, &queues, &demo)?;
     let health =
         HealthMonitor::new(messaging.clone(), HealthPolicy::default()).with_breaker(breaker);
@@ -119,6 +135,7 @@ pub async fn run(global: &GlobalOpts, args: WorkerArgs) -> anyhow::Result<()> {
     let state = AppState {
         coordinator: coordinator.clone(),
         breakers,
+        resilient: resilient.clone(),
         prometheus,
     };
     let app = Router::new()
@@ -150,32 +167,60 @@ pub async fn run(global: &GlobalOpts, args: WorkerArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(demo.seed);
             let mut ticker = tokio::time::interval(every);
+            // After an outage, go on at the set rate rather than catching up in a burst.
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = ticker.tick() => {}
                 }
-                if let Err(error) =
-                    submit_task(&*store, &ORDER_FULFILLMENT, &queues, &mut rng, &demo).await
-                {
-                    tracing::warn!(%error, "could not submit a task");
-                }
+                // Rides through outages (retrying the same task); only a permanent error ends
+                // the submitter.
+                let submitted = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = submit_task(&*store, &ORDER_FULFILLMENT, &queues, &mut rng, &demo) => r,
+                };
+                submitted?;
             }
+            Ok::<(), tasker_orchestration::workflow::StoreError>(())
         })
     });
 
-    if args.run_for_secs > 0 {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(args.run_for_secs)) => {}
-            _ = tokio::signal::ctrl_c() => {}
+    // Runs until Ctrl-C, `--run-for-secs`, or a permanent error of a pool or the submitter.
+    let mut submitter = submitter;
+    let fatal = async {
+        let mut check = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            check.tick().await;
+            if let Some(why) = coordinator.fatal_error() {
+                return why;
+            }
+            if let Some(handle) = submitter.as_mut().filter(|h| h.is_finished()) {
+                return match handle.await {
+                    Ok(Err(error)) => format!("the submitter stopped: {error}"),
+                    Ok(Ok(())) => "the submitter stopped".to_owned(),
+                    Err(error) => format!("the submitter failed: {error}"),
+                };
+            }
         }
-    } else {
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-    }
+    };
+    let run_for = async {
+        if args.run_for_secs > 0 {
+            tokio::time::sleep(Duration::from_secs(args.run_for_secs)).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let stopped_by: Option<String> = tokio::select! {
+        _ = run_for => None,
+        r = tokio::signal::ctrl_c() => {
+            r.context("waiting for Ctrl-C")?;
+            None
+        }
+        why = fatal => Some(why),
+    };
     stop.cancel();
-    if let Some(submitter) = submitter {
+    if let Some(submitter) = submitter.filter(|h| !h.is_finished()) {
         let _ = submitter.await;
     }
     let reports = coordinator.shutdown().await;
@@ -189,6 +234,14 @@ pub async fn run(global: &GlobalOpts, args: WorkerArgs) -> anyhow::Result<()> {
         }
     }
     let _ = messaging.shutdown().await;
+    let faults = resilient.report();
+    eprintln!(
+        "faults: {} retried operations, {} breaker openings, {:.1} s degraded",
+        faults.retried_operations, faults.breaker_openings, faults.degraded_secs
+    );
+    if let Some(why) = stopped_by {
+        anyhow::bail!("worker stopped: {why}");
+    }
     eprintln!("worker stopped");
     Ok(())
 }
@@ -210,6 +263,7 @@ async fn health_endpoint(State(state): State<AppState>) -> impl IntoResponse {
         "in_flight": status.in_flight,
         "pools": status.pools,
         "circuit_breakers": state.breakers.snapshot(),
+        "faults": state.resilient.report(),
     });
     (code, Json(body))
 }
@@ -229,6 +283,10 @@ async fn metrics_endpoint(State(state): State<AppState>) -> impl IntoResponse {
         }
         metrics::gauge!("tasker_backpressure_level").set(status.pressure as u8 as f64);
     }
+    let faults = state.resilient.report();
+    metrics::counter!("tasker_retried_operations_total").absolute(faults.retried_operations);
+    metrics::counter!("tasker_outages_total").absolute(faults.outages);
+    metrics::gauge!("tasker_degraded_seconds").set(faults.degraded_secs);
     for breaker in state.breakers.snapshot().breakers {
         let value = match breaker.state {
             CircuitState::Closed => 0.0,

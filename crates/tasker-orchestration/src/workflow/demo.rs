@@ -1,4 +1,9 @@
 //! The main job: run N order-fulfilment tasks through the executors on any provider.
+//!
+//! The run rides through outages of the backend: every call it makes (queue creation, task
+//! submission, the executors' work, the summary's reads) retries retryable errors with backoff
+//! ([`RideThrough`]) and only a permanent error (a deleted queue, bad configuration) or the
+//! timeout ends it. The summary reports what it rode through ([`FaultReport`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,9 +22,16 @@ use super::model::{
     FailurePlan, StepStatus, TaskState, TaskStatus, WorkflowDef, WorkflowQueues, ORDER_FULFILLMENT,
 };
 use super::store::{StoreError, TaskStore};
-use crate::coordinator::{CoordinatorConfig, OrchestrationLoopCoordinator};
+use crate::coordinator::{CoordinatorConfig, OrchestrationLoopCoordinator, Resilience};
 use crate::executor::ExecutorConfig;
 use crate::pool::{ExecutorPool, Pool, PoolConfig};
+use crate::resilient::{FaultReport, Resilient, RideThrough};
+
+/// Deliveries a message may get beyond the executors' attempts before the provider
+/// dead-letters it on its own. Attempts are counted in the task state; redeliveries caused by
+/// outages (leases lost with a connection) raise the provider's receive count without being
+/// attempts, so the provider's limit is only a backstop for messages that crash workers.
+pub const REDELIVERY_ALLOWANCE: u32 = 20;
 
 /// Demo settings.
 #[derive(Clone, Debug)]
@@ -44,6 +56,22 @@ pub struct DemoConfig {
     /// The run fails if tasks are still open after this.
     pub timeout: Duration,
     pub router: NamespaceQueueRouter,
+    /// The resilience stack `messaging` was wrapped in (`resilient::wrap`), whose breaker and
+    /// counters the run reports; `None`: the loops still ride through outages, with their own
+    /// counters.
+    pub resilience: Option<Resilient>,
+    /// Counters of a run without `resilience`.
+    pub own_ride: RideThrough,
+}
+
+impl DemoConfig {
+    /// How the run's loops ride through outages.
+    pub fn ride(&self) -> RideThrough {
+        self.resilience
+            .as_ref()
+            .map(|r| r.ride.clone())
+            .unwrap_or_else(|| self.own_ride.clone())
+    }
 }
 
 impl Default for DemoConfig {
@@ -69,6 +97,8 @@ impl Default for DemoConfig {
             seed: 42,
             timeout: Duration::from_secs(600),
             router: NamespaceQueueRouter::default(),
+            resilience: None,
+            own_ride: RideThrough::default(),
         }
     }
 }
@@ -79,6 +109,9 @@ pub enum DemoError {
     Messaging(#[from] MessagingError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A permanent error stopped a pool (a deleted queue, bad configuration).
+    #[error("stopped: {0}")]
+    Stopped(String),
     #[error("{open} of {total} tasks still open after {after:?}")]
     Timeout {
         open: u64,
@@ -110,6 +143,8 @@ pub struct DemoSummary {
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
+    /// Outages the run rode through.
+    pub faults: FaultReport,
 }
 
 impl fmt::Display for DemoSummary {
@@ -136,6 +171,16 @@ impl fmt::Display for DemoSummary {
             ("retries", self.retries.to_string()),
             ("dead letters", self.dead_letters.to_string()),
             ("messages left", self.messages_left.to_string()),
+            (
+                "faults",
+                format!(
+                    "{} retried operations, {} breaker openings, {:.1} s degraded ({} outages)",
+                    self.faults.retried_operations,
+                    self.faults.breaker_openings,
+                    self.faults.degraded_secs,
+                    self.faults.outages
+                ),
+            ),
             ("elapsed", format!("{:.2} s", self.elapsed_secs)),
             (
                 "throughput",
@@ -194,17 +239,35 @@ pub async fn run_demo(
     let queues = WorkflowQueues {
         router: config.router.clone(),
     };
-    create_workflow_queues(&*messaging, &workflow, &queues, config.max_attempts).await?;
+    let ride = config.ride();
+    let started = Instant::now();
+    let deadline = started + config.timeout;
+    let until = Some(tokio::time::Instant::from_std(deadline));
+    ride.run("create queues", until, || {
+        create_workflow_queues(&*messaging, &workflow, &queues, config.max_attempts)
+    })
+    .await?;
 
     let pools = workflow_pools(&messaging, &store, &workflow, &queues, &config)?;
-    let coordinator =
-        OrchestrationLoopCoordinator::new(messaging.clone(), pools, CoordinatorConfig::default());
+    let health = config.resilience.as_ref().map(|r| {
+        Arc::new(
+            tasker_messaging::resilience::HealthMonitor::new(messaging.clone(), Default::default())
+                .with_breaker(r.breaker.clone()),
+        )
+    });
+    let coordinator = OrchestrationLoopCoordinator::with_resilience(
+        messaging.clone(),
+        pools,
+        CoordinatorConfig::default(),
+        Resilience {
+            health,
+            ..Resilience::default()
+        },
+    );
     coordinator.start().await;
 
     let total = config.tasks as u64;
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let started = Instant::now();
-    let deadline = started + config.timeout;
     let mut submitted = 0u64;
     let mut finished = 0u64;
     while finished < total {
@@ -214,8 +277,17 @@ pub async fn run_demo(
             config.concurrency as u64
         };
         while submitted < total && submitted - finished < window {
-            submit_task(&*store, &workflow, &queues, &mut rng, &config).await?;
+            if let Err(error) =
+                submit_task_until(&*store, &workflow, &queues, &mut rng, &config, until).await
+            {
+                coordinator.shutdown().await;
+                return Err(error.into());
+            }
             submitted += 1;
+        }
+        if let Some(why) = coordinator.fatal_error() {
+            coordinator.shutdown().await;
+            return Err(DemoError::Stopped(why));
         }
         let now = Instant::now();
         if now >= deadline {
@@ -238,25 +310,40 @@ pub async fn run_demo(
     let elapsed = started.elapsed();
     coordinator.shutdown().await;
 
-    summarize(&messaging, &*store, &workflow, &queues, total, elapsed).await
+    let mut summary = summarize(
+        &messaging, &*store, &workflow, &queues, total, elapsed, &ride, until,
+    )
+    .await?;
+    summary.faults = match &config.resilience {
+        Some(resilient) => resilient.report(),
+        None => FaultReport {
+            retried_operations: ride.faults.retried(),
+            outages: ride.faults.outages(),
+            degraded_secs: ride.faults.degraded().as_secs_f64(),
+            ..FaultReport::default()
+        },
+    };
+    Ok(summary)
 }
 
-/// Creates the workflow's queues (idempotent), with dead-lettering past the executors'
-/// attempts so executors always see the last attempt and record the failure.
+/// Creates the workflow's queues (idempotent). The executors count attempts and dead-letter
+/// failures themselves; the queues' own dead-lettering comes only after
+/// [`REDELIVERY_ALLOWANCE`] more deliveries, as a backstop.
 pub async fn create_workflow_queues(
     messaging: &dyn MessagingService,
     workflow: &WorkflowDef,
     queues: &WorkflowQueues,
     max_attempts: u32,
 ) -> Result<(), MessagingError> {
-    let options = QueueOptions::with_max_receive_count(max_attempts + 2);
+    let options = QueueOptions::with_max_receive_count(max_attempts + REDELIVERY_ALLOWANCE);
     for queue in queues.all(workflow)? {
         messaging.create_queue_with(&queue, &options).await?;
     }
     Ok(())
 }
 
-/// A new task of `workflow` with failures planned by `config`, stored and requested.
+/// A new task of `workflow` with failures planned by `config`, stored and requested; rides
+/// through outages (the same task is stored again until it is: a repeat is harmless).
 pub async fn submit_task(
     store: &dyn TaskStore,
     workflow: &WorkflowDef,
@@ -264,10 +351,26 @@ pub async fn submit_task(
     rng: &mut impl Rng,
     config: &DemoConfig,
 ) -> Result<(), StoreError> {
+    submit_task_until(store, workflow, queues, rng, config, None).await
+}
+
+async fn submit_task_until(
+    store: &dyn TaskStore,
+    workflow: &WorkflowDef,
+    queues: &WorkflowQueues,
+    rng: &mut impl Rng,
+    config: &DemoConfig,
+    until: Option<tokio::time::Instant>,
+) -> Result<(), StoreError> {
     let plans = plan_failures(rng, workflow.steps.len(), config);
     let task = TaskState::new(workflow, plans);
     let request = task.request(queues);
-    store.insert_task(task, request).await
+    config
+        .ride()
+        .run("submit task", until, || {
+            store.insert_task(task.clone(), request.clone())
+        })
+        .await
 }
 
 /// One pool per executor type and one per namespace, all pulling through `messaging`.
@@ -286,6 +389,7 @@ pub fn workflow_pools(
             visibility_timeout: config.visibility_timeout,
             max_attempts: config.max_attempts,
             retry: config.retry.clone(),
+            ride: config.ride(),
         },
         ..PoolConfig::default()
     };
@@ -310,6 +414,7 @@ pub fn workflow_pools(
             store.clone(),
             queues.clone(),
             config.step_work,
+            config.max_attempts,
         ));
         pools.push(Arc::new(ExecutorPool::<StepMessage>::new(
             format!("{namespace}_workers"),
@@ -322,6 +427,7 @@ pub fn workflow_pools(
     Ok(pools)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn summarize(
     messaging: &Arc<dyn MessagingService>,
     store: &dyn TaskStore,
@@ -329,8 +435,10 @@ async fn summarize(
     queues: &WorkflowQueues,
     total: u64,
     elapsed: Duration,
+    ride: &RideThrough,
+    until: Option<tokio::time::Instant>,
 ) -> Result<DemoSummary, DemoError> {
-    let tasks = store.all_tasks().await?;
+    let tasks = ride.run("read tasks", until, || store.all_tasks()).await?;
     let mut summary = DemoSummary {
         provider: messaging.provider().to_string(),
         tasks: total,
@@ -361,7 +469,9 @@ async fn summarize(
         }
     }
     for queue in queues.all(workflow)? {
-        let stats = messaging.get_queue_stats(&queue).await?;
+        let stats = ride
+            .run("queue stats", until, || messaging.get_queue_stats(&queue))
+            .await?;
         summary.messages_left += stats.total();
         summary.dead_letters += stats.dead_letter_count.unwrap_or(0);
     }

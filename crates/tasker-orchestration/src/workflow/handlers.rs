@@ -10,11 +10,13 @@ use super::model::{StepDecision, WorkflowDef, WorkflowQueues};
 use super::store::{Mutation, StoreError, TaskStore};
 use crate::executor::{Handled, HandlerError, MessageHandler};
 
+/// A store that cannot be reached is not a failure of the step: no attempt is counted and the
+/// executor waits it out. Anything else the store says is permanent.
 fn store_error(error: StoreError) -> HandlerError {
     match error {
         StoreError::NotFound(task) => HandlerError::Permanent(format!("unknown task {task}")),
-        StoreError::Messaging(e) if !e.is_retryable() => HandlerError::Permanent(e.to_string()),
-        other => HandlerError::Retryable(other.to_string()),
+        e if e.is_retryable() => HandlerError::Unavailable(e.to_string()),
+        e => HandlerError::Permanent(e.to_string()),
     }
 }
 
@@ -71,14 +73,22 @@ pub struct StepWorker {
     store: Arc<dyn TaskStore>,
     queues: WorkflowQueues,
     work: Duration,
+    max_attempts: u32,
 }
 
 impl StepWorker {
-    pub fn new(store: Arc<dyn TaskStore>, queues: WorkflowQueues, work: Duration) -> Self {
+    /// A worker giving a step `max_attempts` attempts (counted in the task state).
+    pub fn new(
+        store: Arc<dyn TaskStore>,
+        queues: WorkflowQueues,
+        work: Duration,
+        max_attempts: u32,
+    ) -> Self {
         StepWorker {
             store,
             queues,
             work,
+            max_attempts,
         }
     }
 
@@ -103,30 +113,36 @@ impl MessageHandler<StepMessage> for StepWorker {
         if !self.work.is_zero() {
             tokio::time::sleep(self.work).await;
         }
-        let attempt = message.metadata.receive_count;
-        let queues = self.queues.clone();
-        let decision = Arc::new(parking_lot::Mutex::new(StepDecision::AlreadyDone));
+        // The receipt names this delivery: the same delivery applied twice counts once.
+        let delivery = message.receipt().to_string();
+        let (queues, max_attempts) = (self.queues.clone(), self.max_attempts);
+        let decision = Arc::new(parking_lot::Mutex::new((StepDecision::AlreadyDone, 0)));
         let out = decision.clone();
         self.store
             .update_task(
                 step.task_uuid,
                 Box::new(move |t| {
-                    let (decision, effects) = t.attempt_step(step.step_uuid, attempt, &queues);
-                    *out.lock() = decision;
+                    let (decision, attempt, effects) =
+                        t.attempt_step(step.step_uuid, &delivery, max_attempts, &queues);
+                    *out.lock() = (decision, attempt);
                     Ok(effects)
                 }),
             )
             .await
             .map_err(store_error)?;
-        let decision = *decision.lock();
+        let (decision, attempt) = *decision.lock();
         match decision {
             StepDecision::AlreadyDone => Ok(Handled::Skipped),
-            StepDecision::FailTransiently => {
-                Err(HandlerError::Retryable("injected transient failure".into()))
-            }
+            StepDecision::FailTransiently => Err(HandlerError::RetryableAttempt {
+                attempt,
+                reason: "injected transient failure".into(),
+            }),
             StepDecision::FailPermanently => {
                 Err(HandlerError::Permanent("injected permanent failure".into()))
             }
+            StepDecision::GaveUp => Err(HandlerError::Permanent(format!(
+                "gave up after {attempt} attempts"
+            ))),
             StepDecision::Run => Ok(Handled::Done),
         }
     }

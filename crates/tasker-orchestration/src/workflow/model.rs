@@ -111,8 +111,14 @@ pub struct StepState {
     pub step_uuid: Uuid,
     pub index: usize,
     pub status: StepStatus,
+    /// Attempts made, counted here (one per delivery that ran the work), not by the provider's
+    /// receive count: redeliveries caused by outages do not use attempts up.
     pub attempts: u32,
     pub plan: FailurePlan,
+    /// The delivery (receipt) of the last attempt counted, so that the same delivery applied
+    /// twice (a transaction retried after a lost COMMIT) counts once.
+    #[serde(default)]
+    pub last_delivery: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,15 +132,17 @@ pub struct TaskState {
     pub steps: Vec<StepState>,
 }
 
-/// What a worker should do with a step delivery, decided from the state after `begin_step`.
+/// What a worker should do with a step delivery, decided by `attempt_step`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepDecision {
     /// Run it and complete it.
     Run,
     /// Fail this attempt with a retryable error (injected transient failure).
     FailTransiently,
-    /// Fail for good (injected permanent failure).
+    /// Fail for good (injected permanent failure): the step is recorded failed.
     FailPermanently,
+    /// Failed transiently with no attempt left: the step is recorded failed.
+    GaveUp,
     /// Already finished: acknowledge and do nothing.
     AlreadyDone,
 }
@@ -191,6 +199,7 @@ impl TaskState {
                     status: StepStatus::Pending,
                     attempts: 0,
                     plan: plans.next().unwrap_or_default(),
+                    last_delivery: None,
                 })
                 .collect(),
         }
@@ -274,39 +283,53 @@ impl TaskState {
         Ok(effects)
     }
 
-    /// Worker: records delivery `attempt` of a step whose work just ran, with the outcome its
-    /// failure plan says; a success completes the step and reports it, in the same change.
-    /// One transaction per attempt: the attempt number is the message's receive count.
+    /// Worker: records an attempt of a step whose work just ran, delivered as `delivery` (the
+    /// message's receipt), with the outcome its failure plan says. A success completes the step
+    /// and reports it; a permanent failure, or a transient one at `max_attempts`, records the
+    /// step failed and reports that; all in the same change. Returns the decision and the
+    /// attempt number. Applied again for the same delivery, it counts nothing new and returns
+    /// the same decision.
     pub fn attempt_step(
         &mut self,
         step_uuid: Uuid,
-        attempt: u32,
+        delivery: &str,
+        max_attempts: u32,
         queues: &WorkflowQueues,
-    ) -> (StepDecision, Effects) {
+    ) -> (StepDecision, u32, Effects) {
         let Some(step) = self.step_mut(step_uuid) else {
-            return (StepDecision::FailPermanently, Vec::new());
+            return (StepDecision::FailPermanently, 0, Vec::new());
         };
         let decision = match step.status {
             StepStatus::Completed => StepDecision::AlreadyDone,
             StepStatus::Failed | StepStatus::Pending => StepDecision::FailPermanently,
             StepStatus::Enqueued | StepStatus::Running => {
+                if step.last_delivery.as_deref() != Some(delivery) {
+                    step.attempts += 1;
+                    step.last_delivery = Some(delivery.to_owned());
+                }
                 step.status = StepStatus::Running;
-                step.attempts = step.attempts.max(attempt);
                 if step.plan.permanent {
                     StepDecision::FailPermanently
-                } else if attempt <= step.plan.transient {
-                    StepDecision::FailTransiently
+                } else if step.attempts <= step.plan.transient {
+                    if step.attempts >= max_attempts {
+                        StepDecision::GaveUp
+                    } else {
+                        StepDecision::FailTransiently
+                    }
                 } else {
                     StepDecision::Run
                 }
             }
         };
-        let effects = if decision == StepDecision::Run {
-            self.finish_step(step_uuid, true, queues)
-        } else {
-            Vec::new()
+        let attempt = step.attempts;
+        let effects = match decision {
+            StepDecision::Run => self.finish_step(step_uuid, true, queues),
+            StepDecision::FailPermanently | StepDecision::GaveUp => {
+                self.finish_step(step_uuid, false, queues)
+            }
+            _ => Vec::new(),
         };
-        (decision, effects)
+        (decision, attempt, effects)
     }
 
     /// Worker: the step finished (`completed`) or failed for good; report to the results queue.
@@ -414,11 +437,11 @@ mod tests {
         ];
         for (i, expected) in next_queues.iter().enumerate() {
             let step = t.steps[i].step_uuid;
-            let (decision, effects) = t.attempt_step(step, 1, &q);
-            assert_eq!(decision, StepDecision::Run);
+            let (decision, attempt, effects) = t.attempt_step(step, "d1", 3, &q);
+            assert_eq!((decision, attempt), (StepDecision::Run, 1));
             assert_eq!(effects[0].0.as_str(), "step_results_queue");
             assert!(t.finish_step(step, true, &q).is_empty());
-            let (again, none) = t.attempt_step(step, 2, &q);
+            let (again, _, none) = t.attempt_step(step, "d2", 3, &q);
             assert_eq!((again, none.len()), (StepDecision::AlreadyDone, 0));
             let next = t.process_result(w, &q).unwrap();
             assert_eq!(next[0].0.as_str(), *expected);
@@ -446,18 +469,106 @@ mod tests {
         t.claim(&q);
         t.enqueue_ready_steps(w, &q).unwrap();
         let s0 = t.steps[0].step_uuid;
-        assert_eq!(t.attempt_step(s0, 1, &q).0, StepDecision::FailTransiently);
-        assert_eq!(t.attempt_step(s0, 2, &q).0, StepDecision::FailTransiently);
-        assert_eq!(t.attempt_step(s0, 3, &q).0, StepDecision::Run);
+        assert_eq!(
+            t.attempt_step(s0, "a", 3, &q).0,
+            StepDecision::FailTransiently
+        );
+        // The same delivery again (a retried transaction): not a new attempt.
+        assert_eq!(
+            t.attempt_step(s0, "a", 3, &q).0,
+            StepDecision::FailTransiently
+        );
+        assert_eq!(t.steps[0].attempts, 1);
+        assert_eq!(
+            t.attempt_step(s0, "b", 3, &q).0,
+            StepDecision::FailTransiently
+        );
+        assert_eq!(t.attempt_step(s0, "c", 3, &q).0, StepDecision::Run);
         assert_eq!(t.steps[0].attempts, 3);
         t.process_result(w, &q).unwrap();
         let s1 = t.steps[1].step_uuid;
-        assert_eq!(t.attempt_step(s1, 1, &q).0, StepDecision::FailPermanently);
-        assert_eq!(t.finish_step(s1, false, &q).len(), 1);
+        let (decision, _, report) = t.attempt_step(s1, "a", 3, &q);
+        assert_eq!(decision, StepDecision::FailPermanently);
+        assert_eq!(
+            report.len(),
+            1,
+            "the failure is reported in the same change"
+        );
+        assert!(t.finish_step(s1, false, &q).is_empty());
         let fin = t.process_result(w, &q).unwrap();
         assert_eq!(fin[0].0.as_str(), "task_finalizations_queue");
         t.finalize();
         assert_eq!(t.status, TaskStatus::Failed);
         assert_eq!(t.steps[2].status, StepStatus::Pending, "never reached");
+    }
+
+    #[test]
+    fn transient_failures_past_max_attempts_give_up_once() {
+        let (w, q) = (&ORDER_FULFILLMENT, queues());
+        let plans = [FailurePlan {
+            transient: 5,
+            permanent: false,
+        }];
+        let mut t = TaskState::new(w, plans);
+        t.initialize(&q);
+        t.claim(&q);
+        t.enqueue_ready_steps(w, &q).unwrap();
+        let s0 = t.steps[0].step_uuid;
+        assert_eq!(
+            t.attempt_step(s0, "a", 2, &q).0,
+            StepDecision::FailTransiently
+        );
+        let (decision, attempt, report) = t.attempt_step(s0, "b", 2, &q);
+        assert_eq!(
+            (decision, attempt, report.len()),
+            (StepDecision::GaveUp, 2, 1)
+        );
+        assert_eq!(t.steps[0].status, StepStatus::Failed);
+    }
+
+    /// Every transition, applied a second time to the state it produced (what a retry after a
+    /// lost COMMIT does), changes nothing and sends nothing.
+    #[test]
+    fn every_transition_applied_twice_is_applied_once() {
+        let (w, q) = (&ORDER_FULFILLMENT, queues());
+        let plans = [FailurePlan {
+            transient: 1,
+            permanent: false,
+        }];
+        let mut t = TaskState::new(w, plans);
+        type Step<'a> = Box<dyn Fn(&mut TaskState) -> Effects + 'a>;
+        let mut transitions: Vec<(&str, Step)> = vec![
+            ("initialize", Box::new(|t| t.initialize(&q))),
+            ("claim", Box::new(|t| t.claim(&q))),
+            (
+                "enqueue",
+                Box::new(|t| t.enqueue_ready_steps(w, &q).unwrap()),
+            ),
+        ];
+        let q = &q;
+        for i in 0..w.steps.len() {
+            let step = t.steps[i].step_uuid;
+            let first = format!("first-{i}");
+            let second = format!("second-{i}");
+            transitions.push((
+                "attempt (transient failure on step 0)",
+                Box::new(move |t| t.attempt_step(step, &first, 3, q).2),
+            ));
+            transitions.push((
+                "attempt",
+                Box::new(move |t| t.attempt_step(step, &second, 3, q).2),
+            ));
+            transitions.push(("result", Box::new(|t| t.process_result(w, q).unwrap())));
+        }
+        transitions.push(("finalize", Box::new(|t| t.finalize())));
+        for (name, apply) in &transitions {
+            apply(&mut t);
+            let once = t.clone();
+            let effects = apply(&mut t);
+            assert_eq!(t, once, "{name} applied twice changed the state again");
+            assert!(effects.is_empty(), "{name} applied twice sent again");
+        }
+        assert_eq!(t.status, TaskStatus::Complete);
+        assert_eq!(t.steps[0].attempts, 2);
     }
 }

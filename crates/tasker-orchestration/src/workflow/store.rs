@@ -6,6 +6,12 @@
 //! database), so they commit or roll back together. The in-memory store applies the change
 //! under its lock and sends right after: nothing can crash in between that would not also lose
 //! the state.
+//!
+//! Both are safe to retry as a whole after any failure, including one whose outcome is unknown
+//! (a connection lost during COMMIT): a transition applied to the state it already produced
+//! changes nothing and sends nothing, and `insert_task` of a task already stored only sends
+//! its request again. So a repeat can at worst send a duplicate message, which the receiving
+//! transition ignores; it never applies a change twice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,9 +24,10 @@ use uuid::Uuid;
 
 use super::model::{Effects, TaskState};
 
-/// A transition: changes the state, returns the messages to send.
+/// A transition: changes the state, returns the messages to send. `Fn`, not `FnOnce`: a store
+/// runs it again when it retries a transaction that did not commit.
 pub type Mutation =
-    Box<dyn FnOnce(&mut TaskState) -> Result<Effects, MessagingError> + Send + 'static>;
+    Box<dyn Fn(&mut TaskState) -> Result<Effects, MessagingError> + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,8 +35,30 @@ pub enum StoreError {
     NotFound(Uuid),
     #[error(transparent)]
     Messaging(#[from] MessagingError),
+    /// The backend cannot be reached right now (connection lost, server restarting, pool
+    /// exhausted): the same call may work later.
+    #[error("store backend unavailable: {0}")]
+    Unavailable(String),
+    /// Any other backend error (a bad statement, a constraint, bad data): permanent.
     #[error("store backend: {0}")]
     Backend(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Messaging(e) => e.is_retryable(),
+            StoreError::NotFound(_) | StoreError::Backend(_) => false,
+        }
+    }
+}
+
+impl crate::resilient::Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        self.is_retryable()
+    }
 }
 
 /// Task state storage used by the workflow's executors.
@@ -79,9 +108,13 @@ pub async fn send_effects(
     }
 }
 
-/// Task state in process memory, for the embedded provider.
+/// Task state in process memory, next to any provider.
+///
+/// Each task has its own async lock, held across the sends of its transition: the new state is
+/// stored only once its messages are sent, so a send that fails (broker down) leaves the task
+/// as it was and the transition can simply run again.
 pub struct InMemoryTaskStore {
-    tasks: Mutex<HashMap<Uuid, TaskState>>,
+    tasks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<TaskState>>>>,
     finished: tokio::sync::watch::Sender<u64>,
     messaging: Arc<dyn MessagingService>,
 }
@@ -93,6 +126,14 @@ impl InMemoryTaskStore {
             finished: tokio::sync::watch::Sender::new(0),
             messaging,
         }
+    }
+
+    fn task(&self, task: Uuid) -> Result<Arc<tokio::sync::Mutex<TaskState>>, StoreError> {
+        self.tasks
+            .lock()
+            .get(&task)
+            .cloned()
+            .ok_or(StoreError::NotFound(task))
     }
 }
 
@@ -113,30 +154,37 @@ pub async fn wait_on_counter(
 #[async_trait]
 impl TaskStore for InMemoryTaskStore {
     async fn insert_task(&self, task: TaskState, effects: Effects) -> Result<(), StoreError> {
-        self.tasks.lock().insert(task.task_uuid, task);
+        // Stored before its request is sent (the request's handler looks it up); stored again
+        // on a retry is a no-op, so a half-done insert is finished by repeating it.
+        self.tasks
+            .lock()
+            .entry(task.task_uuid)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(task)));
         send_effects(&*self.messaging, effects).await?;
         Ok(())
     }
 
     async fn update_task(&self, task: Uuid, mutation: Mutation) -> Result<TaskState, StoreError> {
-        let (after, effects) = {
-            let mut tasks = self.tasks.lock();
-            let state = tasks.get_mut(&task).ok_or(StoreError::NotFound(task))?;
-            let was_final = state.status.is_final();
-            let mut next = state.clone();
-            let effects = mutation(&mut next)?;
-            if !was_final && next.status.is_final() {
-                self.finished.send_modify(|n| *n += 1);
-            }
-            *state = next.clone();
-            (next, effects)
-        };
+        let cell = self.task(task)?;
+        let mut state = cell.lock().await;
+        let was_final = state.status.is_final();
+        let mut next = state.clone();
+        let effects = mutation(&mut next)?;
         send_effects(&*self.messaging, effects).await?;
-        Ok(after)
+        if !was_final && next.status.is_final() {
+            self.finished.send_modify(|n| *n += 1);
+        }
+        *state = next.clone();
+        Ok(next)
     }
 
     async fn all_tasks(&self) -> Result<Vec<TaskState>, StoreError> {
-        Ok(self.tasks.lock().values().cloned().collect())
+        let cells: Vec<_> = self.tasks.lock().values().cloned().collect();
+        let mut out = Vec::with_capacity(cells.len());
+        for cell in cells {
+            out.push(cell.lock().await.clone());
+        }
+        Ok(out)
     }
 
     async fn finished_count(&self) -> Result<u64, StoreError> {
