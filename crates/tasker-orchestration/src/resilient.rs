@@ -21,7 +21,7 @@ use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tasker_messaging::resilience::{
-    CircuitBreaker, CircuitBreakerManager, CircuitBreakerService, RetryService,
+    CircuitBreaker, CircuitBreakerManager, RetryService, ServiceStack,
 };
 use tasker_messaging::{CircuitBreakerConfig, MessagingConfig, MessagingError, MessagingService};
 use tokio::time::Instant;
@@ -246,7 +246,7 @@ impl Resilient {
     pub fn report(&self) -> FaultReport {
         let breaker = self.breaker.snapshot();
         FaultReport {
-            retried_operations: self.ride.faults.retried() + self.retry.retries(),
+            retried_operations: self.ride.faults.retried() + self.retry.layer().retries(),
             outages: self.ride.faults.outages(),
             breaker_openings: breaker.times_opened,
             breaker_rejected_calls: breaker.total_rejected,
@@ -283,12 +283,13 @@ pub fn breaker_config(config: &MessagingConfig) -> CircuitBreakerConfig {
 /// policy and breaker (see [`breaker_config`]).
 pub fn wrap(provider: Arc<dyn MessagingService>, config: &MessagingConfig) -> Resilient {
     let breakers = Arc::new(CircuitBreakerManager::new(breaker_config(config)));
-    let breaker = breakers.get_or_create(provider.provider().as_str());
-    let protected: Arc<dyn MessagingService> =
-        Arc::new(CircuitBreakerService::new(provider, breaker.clone()));
-    let retry = Arc::new(
-        RetryService::new(protected, config.retry_policy.clone()).with_breaker(breaker.clone()),
-    );
+    let name = provider.provider().as_str();
+    let breaker = breakers.get_or_create(name);
+    // Retry outside the breaker: once it opens, retry sees it (`Next::ready`) and stops.
+    let protected = ServiceStack::new(provider)
+        .layer(breakers.layer(name))
+        .build();
+    let retry = Arc::new(RetryService::new(protected, config.retry_policy.clone()));
     Resilient {
         service: retry.clone(),
         breakers,

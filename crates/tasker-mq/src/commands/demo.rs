@@ -134,7 +134,12 @@ pub async fn connect_with_store(global: &GlobalOpts) -> anyhow::Result<Connected
             store: Arc::new(store),
         });
     }
-    let provider = tasker_messaging::build_service(&config)
+    // The bare provider: `wrap` below puts the orchestration's own retry and breaker on it
+    // (build_service would add the configured ones a second time).
+    let provider = tasker_messaging::create_service(&config)
+        .with_context(|| format!("building the {} provider", config.provider))?;
+    provider
+        .initialize()
         .await
         .with_context(|| format!("starting the {} provider", config.provider))?;
     let resilient = wrap(provider, &config);
