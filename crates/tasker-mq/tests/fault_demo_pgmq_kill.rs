@@ -25,10 +25,13 @@ fn demo_on_pgmq_rides_through_killed_connections() {
 
     let run = spawn_demo(&plan, "pgmq_kill");
     let mut killed = 0;
-    // Kill twice, a second apart, while the run is in full swing.
-    for _ in 0..2 {
-        std::thread::sleep(baseline.mul_f64(0.3).max(Duration::from_millis(500)));
+    // Kill five times, 300 ms apart, while the run is in full swing: an idle connection killed
+    // is replaced silently (sqlx checks it before use), so it takes a few rounds to catch
+    // queries in flight.
+    std::thread::sleep(baseline.mul_f64(0.3).max(Duration::from_millis(500)));
+    for _ in 0..5 {
         killed += pg_kill_connections().expect("terminate the demo's connections");
+        std::thread::sleep(Duration::from_millis(300));
     }
     let finished = run
         .finish(baseline + Duration::from_secs(60))

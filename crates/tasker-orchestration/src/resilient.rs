@@ -334,7 +334,8 @@ mod tests {
         assert!(report.breaker_openings >= 1, "{report:?}");
         assert!(report.retried_operations > 5, "{report:?}");
         assert_eq!(report.outages, 1);
-        assert!(report.degraded_secs >= 10.0, "{report:?}");
+        // From the loop's first failure (after the retry layer's own retries) to the success.
+        assert!(report.degraded_secs >= 8.0, "{report:?}");
         assert!(started.elapsed() < Duration::from_secs(10) + MAX_PROBE_INTERVAL * 2);
     }
 

@@ -399,10 +399,14 @@ pub fn check_accounted(plan: &DemoPlan, run: &Finished) {
         "failed exactly where permanent failures were injected: {s}"
     );
     assert_eq!(u(s, "steps_dead_lettered"), want.tasks_failed, "{s}");
-    assert_eq!(
-        u(s, "dead_letters"),
-        want.tasks_failed,
-        "dead-lettered exactly where failures were injected: {s}"
+    // Dead-lettering is at least once: on RabbitMQ a connection that dies between publishing
+    // to the dead-letter queue and acking brings the message back, and it is dead-lettered
+    // again (a duplicate with the same message id; the step itself is failed once, above).
+    let dead = u(s, "dead_letters");
+    assert!(
+        (want.tasks_failed..=want.tasks_failed + 3).contains(&dead),
+        "dead-lettered where failures were injected ({} steps): {s}",
+        want.tasks_failed
     );
     assert_eq!(
         u(s, "retries"),

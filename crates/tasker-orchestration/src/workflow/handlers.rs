@@ -133,6 +133,10 @@ impl MessageHandler<StepMessage> for StepWorker {
         let (decision, attempt) = *decision.lock();
         match decision {
             StepDecision::AlreadyDone => Ok(Handled::Skipped),
+            // The state has not caught up with the message yet: wait for it, as for an outage.
+            StepDecision::NotYet => Err(HandlerError::Unavailable(
+                "step not enqueued in the task state yet".into(),
+            )),
             StepDecision::FailTransiently => Err(HandlerError::RetryableAttempt {
                 attempt,
                 reason: "injected transient failure".into(),

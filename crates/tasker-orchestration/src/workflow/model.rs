@@ -145,6 +145,10 @@ pub enum StepDecision {
     GaveUp,
     /// Already finished: acknowledge and do nothing.
     AlreadyDone,
+    /// Not enqueued in the state yet: its message went out but the change that enqueued it is
+    /// still being written (a send whose answer was lost, retried). Try again shortly; not an
+    /// attempt.
+    NotYet,
 }
 
 /// The messages a transition causes: (queue, message).
@@ -301,7 +305,8 @@ impl TaskState {
         };
         let decision = match step.status {
             StepStatus::Completed => StepDecision::AlreadyDone,
-            StepStatus::Failed | StepStatus::Pending => StepDecision::FailPermanently,
+            StepStatus::Pending => StepDecision::NotYet,
+            StepStatus::Failed => StepDecision::FailPermanently,
             StepStatus::Enqueued | StepStatus::Running => {
                 if step.last_delivery.as_deref() != Some(delivery) {
                     step.attempts += 1;
@@ -500,6 +505,14 @@ mod tests {
         t.finalize();
         assert_eq!(t.status, TaskStatus::Failed);
         assert_eq!(t.steps[2].status, StepStatus::Pending, "never reached");
+        let s2 = t.steps[2].step_uuid;
+        let (decision, _, none) = t.attempt_step(s2, "early", 3, &q);
+        assert_eq!((decision, none.len()), (StepDecision::NotYet, 0));
+        assert_eq!(
+            t.steps[2].status,
+            StepStatus::Pending,
+            "an early delivery changes nothing"
+        );
     }
 
     #[test]
