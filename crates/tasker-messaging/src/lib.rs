@@ -33,20 +33,23 @@
 //! # Ok(()) }
 //! ```
 
-pub mod config;
-pub mod consumer;
-pub mod error;
-pub mod factory;
-pub mod message;
-pub mod observability;
-pub mod providers;
-pub mod queue_name;
+// Modules are private: the crate root re-exports what users need, so a path never names an
+// internal file. `resilience` stays a public namespace for the layers and their pieces (as
+// tower keeps `tower::layer`), and `conformance` is the suite, behind its feature.
+mod config;
+mod consumer;
+mod error;
+mod factory;
+mod message;
+mod observability;
+mod providers;
+mod queue_name;
 pub mod resilience;
-pub mod resources;
-pub mod routing;
-pub mod secret;
-pub mod service;
-pub mod typed;
+mod resources;
+mod routing;
+mod secret;
+mod service;
+mod typed;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -63,6 +66,7 @@ pub use message::{
     CorrelationId, DeadLetterInfo, DeadLetterReason, MessageId, OutgoingMessage, QueueMessage,
     QueuedMessage, QueuedMessageMetadata, ReceiptHandle, ReceivedMessage, StepMessage,
 };
+pub use observability::{MetricsLayer, MetricsService};
 pub use queue_name::QueueName;
 pub use resilience::{Layer, LayerFuture, Layered, Next, Request, Response, ServiceStack};
 pub use resources::{ResourceRequirements, SystemResourceLimits};

@@ -132,7 +132,9 @@ impl From<QueueName> for String {
 }
 
 /// Names that must always be rejected: injection attempts, path tricks, wrong alphabets,
-/// boundary lengths. Shared by unit tests, the conformance suite and provider tests.
+/// boundary lengths. Shared by unit tests and provider tests (through the `conformance`
+/// feature: nothing a user needs).
+#[cfg(any(test, feature = "conformance"))]
 pub fn hostile_queue_names() -> Vec<String> {
     vec![
         String::new(),

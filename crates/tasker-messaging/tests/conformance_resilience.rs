@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tasker_messaging::conformance::{run_suite, ProviderFactory};
-use tasker_messaging::observability::MetricsLayer;
 use tasker_messaging::resilience::{
     BackpressureLayer, CircuitBreaker, CircuitBreakerLayer, GlobalBackpressureController, Layer,
     LayerFuture, Next, Request, RetryLayer, ServiceStack, ShadowService,
 };
+use tasker_messaging::MetricsLayer;
 use tasker_messaging::{
     BackpressureConfig, CircuitBreakerConfig, InMemoryMessageService, MessagingService,
     MessagingServiceExt, OutgoingMessage, QueueName, RetryPolicy, StepMessage,

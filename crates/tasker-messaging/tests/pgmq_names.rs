@@ -3,7 +3,7 @@
 
 mod support;
 
-use tasker_messaging::queue_name::hostile_queue_names;
+use tasker_messaging::conformance::hostile_queue_names;
 use tasker_messaging::{
     MessagingError, MessagingService, OutgoingMessage, QueueName, QueueOptions,
 };

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tasker_messaging::config::BackpressureConfig;
 use tasker_messaging::resilience::{
     FaultInjectingService, GlobalBackpressureController, PressureLevel, ResourceBudget,
 };
+use tasker_messaging::BackpressureConfig;
 use tasker_messaging::{
     InMemoryMessageService, MessagingService, MessagingServiceExt, QueueName, QueuedMessage,
     ResourceRequirements, StepMessage,

@@ -45,6 +45,7 @@ use crate::message::{MessageId, OutgoingMessage};
 use crate::queue_name::QueueName;
 use crate::service::MessagingService;
 
+pub use crate::queue_name::hostile_queue_names;
 pub use counting::{CountingService, ReceiveCounter};
 pub(crate) use ctx::{ensure, Context, Ctx};
 pub use report::{CaseResult, Outcome, SuiteReport};

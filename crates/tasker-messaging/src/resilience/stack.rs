@@ -5,7 +5,7 @@
 //! ```
 //! # use std::sync::Arc;
 //! use tasker_messaging::resilience::{CircuitBreaker, CircuitBreakerLayer, RetryLayer, ServiceStack};
-//! use tasker_messaging::observability::MetricsLayer;
+//! use tasker_messaging::MetricsLayer;
 //! use tasker_messaging::{CircuitBreakerConfig, InMemoryMessageService, RetryPolicy};
 //!
 //! let breaker = Arc::new(CircuitBreaker::new("pgmq", CircuitBreakerConfig::default()));

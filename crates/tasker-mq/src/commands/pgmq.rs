@@ -4,7 +4,7 @@
 //! neither the pgmq extension nor its SQL; it never installs over the extension.
 
 use clap::Subcommand;
-use tasker_messaging::providers::pgmq::{InstallOutcome, PgmqInstallation};
+use tasker_messaging::{InstallOutcome, PgmqInstallation};
 use tasker_messaging::{MessagingError, PgmqMessageService, SecretUrl};
 
 use crate::provider::GlobalOpts;

@@ -24,12 +24,12 @@ use clap::Args;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tasker_messaging::observability::MetricsService;
 use tasker_messaging::resilience::{
     CircuitBreakerManager, CircuitState, GlobalBackpressureController, HealthMonitor, HealthPolicy,
     HealthState,
 };
 use tasker_messaging::MessagingService;
+use tasker_messaging::MetricsService;
 use tasker_orchestration::coordinator::Resilience;
 use tasker_orchestration::resilient::Resilient;
 use tasker_orchestration::workflow::demo::{create_workflow_queues, submit_task, workflow_pools};

@@ -21,8 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Row};
-use tasker_messaging::providers::pgmq::PgmqMessageService;
 use tasker_messaging::resilience::CircuitBreaker;
+use tasker_messaging::PgmqMessageService;
 use tasker_messaging::{MessagingError, QueueName};
 use uuid::Uuid;
 
