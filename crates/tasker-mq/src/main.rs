@@ -34,7 +34,7 @@ use crate::provider::GlobalOpts;
 /// health and benchmark a provider.
 ///
 /// The provider comes from `--provider`, else the configuration (`--config` file, then the
-/// environment: TASKER_MQ_PROVIDER, TASKER_MQ_<SECTION>__<KEY>, DATABASE_URL, AMQP_URL, ...),
+/// environment: `TASKER_MQ_PROVIDER`, `TASKER_MQ_<SECTION>__<KEY>`, `DATABASE_URL`, `AMQP_URL`, ...),
 /// else the embedded in-memory provider. The in-memory provider lives inside this process:
 /// its queues disappear when the command exits.
 #[derive(Debug, Parser)]

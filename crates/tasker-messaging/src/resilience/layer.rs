@@ -2,7 +2,7 @@
 //! [`Request`], and answers it, usually by passing it on with [`Next::run`].
 //!
 //! In the spirit of tower's `Layer` + `Service`: the trait object the rest of the crate uses
-//! stays [`MessagingService`]; a layer is wrapped around one by [`Layered`] (see
+//! stays [`MessagingService`]; a layer is wrapped around one by [`Layered`](super::Layered) (see
 //! `layered.rs`), which turns each trait method into a `Request`, runs the layer's
 //! [`Layer::call`], and turns the [`Response`] back. So a layer writes no per-operation
 //! delegation: it matches the requests it cares about and passes the rest on.

@@ -75,7 +75,7 @@ pub use stack::ServiceStack;
 #[allow(unused_imports)]
 use crate::error::MessagingError;
 
-/// The operations of [`MessagingService`] that reach the backend, as layers see them.
+/// The operations of [`MessagingService`](crate::MessagingService) that reach the backend, as layers see them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {

@@ -5,8 +5,8 @@
 //! `max_backoff_ms`, at most `max_retries` retries. With `jitter` (default on) each delay gets a
 //! random extra of 0-100% of itself, so clients that failed together do not retry together.
 //!
-//! Only errors with [`MessagingError::is_backend_failure`] are retried: permanent errors cannot
-//! succeed on repeat, and [`MessagingError::CircuitOpen`] / [`MessagingError::Backpressure`]
+//! Only errors with [`MessagingError::is_backend_failure`](crate::MessagingError::is_backend_failure) are retried: permanent errors cannot
+//! succeed on repeat, and [`MessagingError::CircuitOpen`](crate::MessagingError::CircuitOpen) / [`MessagingError::Backpressure`](crate::MessagingError::Backpressure)
 //! mean "stop calling". Placed outside a [`super::CircuitBreakerLayer`], the retry loop ends
 //! the moment the breaker opens (it asks [`Next::ready`] before each sleep), so retries never
 //! pile onto an open circuit.

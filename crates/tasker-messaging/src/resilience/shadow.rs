@@ -7,7 +7,7 @@
 //! so its queue drains alongside, and the two batches' message ids are compared. Acks, nacks
 //! and dead-lettering made with a primary receipt are mirrored with the shadow's receipt for
 //! the same message id. The shadow never fails the caller: its errors and timeouts are counted
-//! and reported by [`ShadowService::report`], and [`ShadowService::compare_queue`] compares the
+//! and reported by [`ShadowLayer::report`], and [`ShadowService::compare_queue`] compares the
 //! queues' depths.
 //!
 //! Cost: writes wait for the shadow too (at most `shadow_timeout`). The lease maps hold one

@@ -31,7 +31,7 @@ impl PgmqInstallation {
     }
 }
 
-/// What [`install_sql`] did.
+/// What [`PgmqMessageService::install_sql`](super::PgmqMessageService::install_sql) did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum InstallOutcome {
