@@ -81,6 +81,12 @@ pub(crate) fn all() -> Vec<Case> {
             receipts::c3_receipt_on_another_queue
         ),
         case!(
+            "C3.6",
+            "a receipt from before delete_queue + create_queue touches nothing",
+            [],
+            receipts::c3_receipt_of_an_earlier_queue
+        ),
+        case!(
             "C4.1",
             "visibility 0 releases the message at once",
             [],

@@ -268,3 +268,51 @@ pub(super) async fn c3_receipt_on_another_queue(ctx: Ctx) -> CaseResultInner {
     }
     Ok(())
 }
+
+pub(super) async fn c3_receipt_of_an_earlier_queue(ctx: Ctx) -> CaseResultInner {
+    let svc = &ctx.service;
+    let q = ctx.queue("reinc").await?;
+    svc.send(&q, OutgoingMessage::new("first life"))
+        .await
+        .ctx("send to the first queue")?;
+    let old = recv_one(&ctx, &q, Duration::from_secs(60)).await?;
+    svc.delete_queue(&q).await.ctx("delete_queue")?;
+    svc.create_queue(&q).await.ctx("create_queue again")?;
+    let id = svc
+        .send(&q, OutgoingMessage::new("second life"))
+        .await
+        .ctx("send to the new queue")?;
+    // Leased like the old one was (a backend numbering messages per queue gives it the same
+    // number and count): only the queue's new life tells the receipts apart.
+    let new = recv_one(&ctx, &q, Duration::from_secs(60)).await?;
+    ensure!(new.metadata.message_id == id, "received the wrong message");
+    // The old message is gone: a delete may be refused or count as already gone, but must
+    // not touch the new one; neither may a release.
+    let _ = svc.delete_message(&q, old.receipt()).await;
+    let _ = svc
+        .delete_messages(&q, std::slice::from_ref(old.receipt()))
+        .await;
+    let _ = svc
+        .change_message_visibility(&q, old.receipt(), Duration::ZERO)
+        .await;
+    let stats = svc.get_queue_stats(&q).await.ctx("stats")?;
+    ensure!(
+        stats.total() == 1,
+        "a receipt of the queue before delete_queue + create_queue deleted the new message: {stats:?}"
+    );
+    ensure!(
+        recv(&**svc, &q, 10, Duration::from_secs(60))
+            .await?
+            .is_empty(),
+        "a receipt of the queue before delete_queue + create_queue released the new message"
+    );
+    svc.delete_message(&q, new.receipt())
+        .await
+        .ctx("delete with the current receipt")?;
+    let stats = svc.get_queue_stats(&q).await.ctx("stats")?;
+    ensure!(
+        stats.total() == 0,
+        "the current receipt did not delete: {stats:?}"
+    );
+    Ok(())
+}

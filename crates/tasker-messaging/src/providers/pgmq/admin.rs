@@ -35,19 +35,21 @@ impl PgmqMessageService {
         }
         let pool = self.pool()?;
         let dlq = self.dead_letter_name(queue);
-        let (exists, registered, dlq_exists): (bool, Option<i32>, bool) = sqlx::query_as(
-            "SELECT to_regclass('pgmq.q_' || $1) IS NOT NULL,
+        // The table's OID is the queue's incarnation (see `queue_tag`).
+        let (incarnation, registered, dlq_exists): (Option<i64>, Option<i32>, bool) =
+            sqlx::query_as(
+                "SELECT to_regclass('pgmq.q_' || $1)::oid::int8,
                     (SELECT max_receive_count FROM tasker_messaging.queues WHERE queue_name = $1),
                     $2::text IS NOT NULL AND to_regclass('pgmq.q_' || $2) IS NOT NULL",
-        )
-        .bind(queue.as_str())
-        .bind(dlq.as_ref().map(|d| d.as_str()))
-        .fetch_one(pool)
-        .await
-        .map_err(|e| self.err(e, "queue lookup", Some(queue)))?;
-        if !exists {
+            )
+            .bind(queue.as_str())
+            .bind(dlq.as_ref().map(|d| d.as_str()))
+            .fetch_one(pool)
+            .await
+            .map_err(|e| self.err(e, "queue lookup", Some(queue)))?;
+        let Some(incarnation) = incarnation else {
             return Err(MessagingError::queue_not_found(queue.as_str()));
-        }
+        };
         // Our columns and wakeup trigger, on a queue another client created or an older
         // version of this provider did (a catalog check when they are there already).
         sqlx::query(
@@ -74,7 +76,7 @@ impl PgmqMessageService {
             sql: QueueSql::new(queue, dead_letter_queue.as_ref(), max_receive_count > 0),
             dead_letter_queue,
             max_receive_count,
-            tag: queue_tag(queue),
+            tag: queue_tag(queue, incarnation),
         });
         self.queues.write().insert(queue.clone(), meta.clone());
         Ok(meta)

@@ -15,6 +15,7 @@ pub(crate) fn map_sqlx(
     e: sqlx::Error,
     operation: &'static str,
     queue: Option<&QueueName>,
+    dlq: Option<&QueueName>,
     url: &SecretUrl,
 ) -> MessagingError {
     let provider = ProviderKind::Pgmq;
@@ -24,7 +25,7 @@ pub(crate) fn map_sqlx(
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
             if code == "42P01" {
                 if let Some(q) = queue {
-                    return MessagingError::queue_not_found(q.as_str());
+                    return MessagingError::queue_not_found(missing_queue(db.message(), q, dlq));
                 }
             }
             // Connection exceptions, operator intervention, resources, serialization and
@@ -65,6 +66,26 @@ pub(crate) fn map_sqlx(
     }
 }
 
+/// Which queue a "relation does not exist" names: statements that move messages touch the
+/// queue and its dead-letter queue, and the missing one is the one to report. The DLQ's table
+/// name has the queue's as a prefix, so only a message naming the DLQ's table matches it
+/// (PostgreSQL quotes the relation name in every language).
+fn missing_queue<'q>(message: &str, queue: &'q QueueName, dlq: Option<&'q QueueName>) -> &'q str {
+    match dlq {
+        Some(d) if names_table(message, d) => d.as_str(),
+        _ => queue.as_str(),
+    }
+}
+
+/// Whether `message` names the table `pgmq.q_<queue>` (whole name, not a prefix of another).
+fn names_table(message: &str, queue: &QueueName) -> bool {
+    let table = format!("q_{}", queue.as_str());
+    message.match_indices(&table).any(|(at, _)| {
+        let next = message[at + table.len()..].chars().next();
+        !matches!(next, Some(c) if c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
 impl PgmqMessageService {
     pub(super) fn err(
         &self,
@@ -72,7 +93,16 @@ impl PgmqMessageService {
         operation: &'static str,
         queue: Option<&QueueName>,
     ) -> MessagingError {
-        let mapped = map_sqlx(e, operation, queue, &self.settings.database_url);
+        let dlq = queue.and_then(|q| self.dead_letter_name(q));
+        let mapped = map_sqlx(
+            e,
+            operation,
+            queue,
+            dlq.as_ref(),
+            &self.settings.database_url,
+        );
+        // Either table missing: the cached statements are wrong; the next lookup sees what
+        // is there (and makes the dead-letter queue again for a queue with a limit).
         if let (MessagingError::QueueNotFound { .. }, Some(q)) = (&mapped, queue) {
             self.queues.write().remove(q);
         }
@@ -89,5 +119,30 @@ impl PgmqMessageService {
                 "the lease ended and the message was received again",
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_table_names_its_own_queue() {
+        let q = QueueName::new("orders").unwrap();
+        let d = QueueName::new("orders_dlq").unwrap();
+        let dlq_missing = r#"relation "pgmq.q_orders_dlq" does not exist"#;
+        let queue_missing = r#"relation "pgmq.q_orders" does not exist"#;
+        assert_eq!(missing_queue(dlq_missing, &q, Some(&d)), "orders_dlq");
+        assert_eq!(missing_queue(queue_missing, &q, Some(&d)), "orders");
+        assert_eq!(missing_queue(dlq_missing, &q, None), "orders");
+        // Another locale's quotes.
+        assert_eq!(
+            missing_queue(
+                "la relation « pgmq.q_orders_dlq » n'existe pas",
+                &q,
+                Some(&d)
+            ),
+            "orders_dlq"
+        );
     }
 }

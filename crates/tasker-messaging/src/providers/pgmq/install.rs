@@ -140,11 +140,11 @@ pub(super) async fn prepare(
     let url = &settings.database_url;
     let mut conn = PgConnection::connect_with(options)
         .await
-        .map_err(|e| map_sqlx(e, "connect", None, url))?;
+        .map_err(|e| map_sqlx(e, "connect", None, None, url))?;
 
     let limits = read_limits(&mut conn)
         .await
-        .map_err(|e| map_sqlx(e, "read limits", None, url))?;
+        .map_err(|e| map_sqlx(e, "read limits", None, None, url))?;
     limits.validate(
         &crate::resources::ResourceRequirements {
             db_connections: required,
@@ -168,7 +168,7 @@ async fn setup(
         .bind(SETUP_LOCK)
         .execute(&mut *conn)
         .await
-        .map_err(|e| map_sqlx(e, "lock", None, url))?;
+        .map_err(|e| map_sqlx(e, "lock", None, None, url))?;
     let result = setup_locked(conn, settings, options).await;
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(SETUP_LOCK)
@@ -185,7 +185,7 @@ async fn setup_locked(
     let url = &settings.database_url;
     let installation = detect(conn)
         .await
-        .map_err(|e| map_sqlx(e, "detect pgmq", None, url))?;
+        .map_err(|e| map_sqlx(e, "detect pgmq", None, None, url))?;
     if !installation.is_present() {
         if !settings.install_sql {
             return Err(MessagingError::config(
@@ -202,7 +202,7 @@ async fn setup_locked(
     let encoding: String = sqlx::query_scalar("SELECT current_setting('server_encoding')")
         .fetch_one(&mut *conn)
         .await
-        .map_err(|e| map_sqlx(e, "detect encoding", None, url))?;
+        .map_err(|e| map_sqlx(e, "detect encoding", None, None, url))?;
     if !encoding.eq_ignore_ascii_case("UTF8") {
         // Payload bytes round-trip through jsonb text: only UTF-8 keeps every character.
         return Err(MessagingError::config(
@@ -212,7 +212,7 @@ async fn setup_locked(
     }
     if !has_required_columns(conn)
         .await
-        .map_err(|e| map_sqlx(e, "detect pgmq", None, url))?
+        .map_err(|e| map_sqlx(e, "detect pgmq", None, None, url))?
     {
         return Err(MessagingError::config(
             "connection.pgmq.database_url",
@@ -224,12 +224,12 @@ async fn setup_locked(
         sqlx::query_scalar("SELECT to_regclass('tasker_messaging.schema_version') IS NOT NULL")
             .fetch_one(&mut *conn)
             .await
-            .map_err(|e| map_sqlx(e, "schema", None, url))?;
+            .map_err(|e| map_sqlx(e, "schema", None, None, url))?;
     let version: Option<i32> = if has_table {
         sqlx::query_scalar("SELECT max(version) FROM tasker_messaging.schema_version")
             .fetch_one(&mut *conn)
             .await
-            .map_err(|e| map_sqlx(e, "schema", None, url))?
+            .map_err(|e| map_sqlx(e, "schema", None, None, url))?
     } else {
         None
     };
@@ -237,30 +237,30 @@ async fn setup_locked(
         let mut tx = conn
             .begin()
             .await
-            .map_err(|e| map_sqlx(e, "schema", None, url))?;
+            .map_err(|e| map_sqlx(e, "schema", None, None, url))?;
         // Several statements: the simple query protocol (a &str executes as such).
         sqlx::Executor::execute(&mut *tx, SCHEMA_SQL)
             .await
-            .map_err(|e| map_sqlx(e, "schema", None, url))?;
+            .map_err(|e| map_sqlx(e, "schema", None, None, url))?;
         sqlx::query("DELETE FROM tasker_messaging.schema_version")
             .execute(&mut *tx)
             .await
-            .map_err(|e| map_sqlx(e, "schema", None, url))?;
+            .map_err(|e| map_sqlx(e, "schema", None, None, url))?;
         sqlx::query("INSERT INTO tasker_messaging.schema_version (version) VALUES ($1)")
             .bind(SCHEMA_VERSION)
             .execute(&mut *tx)
             .await
-            .map_err(|e| map_sqlx(e, "schema", None, url))?;
+            .map_err(|e| map_sqlx(e, "schema", None, None, url))?;
         tx.commit()
             .await
-            .map_err(|e| map_sqlx(e, "schema", None, url))?;
+            .map_err(|e| map_sqlx(e, "schema", None, None, url))?;
     }
     Ok(())
 }
 
 pub(super) fn install_error(e: InstallError, url: &crate::secret::SecretUrl) -> MessagingError {
     match e {
-        InstallError::Sql(e) => map_sqlx(e, "install pgmq", None, url),
+        InstallError::Sql(e) => map_sqlx(e, "install pgmq", None, None, url),
         InstallError::Pgmq(message) => MessagingError::Provider {
             provider: crate::service::ProviderKind::Pgmq,
             operation: "install pgmq",
@@ -277,12 +277,12 @@ pub(super) async fn install_with_lock(
 ) -> Result<InstallOutcome> {
     let mut conn = PgConnection::connect_with(options)
         .await
-        .map_err(|e| map_sqlx(e, "connect", None, url))?;
+        .map_err(|e| map_sqlx(e, "connect", None, None, url))?;
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(SETUP_LOCK)
         .execute(&mut conn)
         .await
-        .map_err(|e| map_sqlx(e, "lock", None, url))?;
+        .map_err(|e| map_sqlx(e, "lock", None, None, url))?;
     let result = install_locked(&mut conn, options)
         .await
         .map_err(|e| install_error(e, url));
@@ -317,10 +317,10 @@ impl PgmqMessageService {
         })?;
         let mut conn = sqlx::PgConnection::connect_with(&options)
             .await
-            .map_err(|e| map_sqlx(e, "connect", None, url))?;
+            .map_err(|e| map_sqlx(e, "connect", None, None, url))?;
         let result = detect(&mut conn)
             .await
-            .map_err(|e| map_sqlx(e, "detect pgmq", None, url));
+            .map_err(|e| map_sqlx(e, "detect pgmq", None, None, url));
         let _ = conn.close().await;
         result
     }
@@ -342,10 +342,10 @@ impl PgmqMessageService {
         })?;
         let mut conn = sqlx::PgConnection::connect_with(&options)
             .await
-            .map_err(|e| map_sqlx(e, "connect", None, url))?;
+            .map_err(|e| map_sqlx(e, "connect", None, None, url))?;
         let limits = read_limits(&mut conn)
             .await
-            .map_err(|e| map_sqlx(e, "read limits", None, url));
+            .map_err(|e| map_sqlx(e, "read limits", None, None, url));
         let _ = conn.close().await;
         limits
     }

@@ -36,7 +36,8 @@
 //!
 //! # Leases and receipts
 //!
-//! A receipt is `(msg_id, read_ct)` plus a tag of the queue name. pgmq increments `read_ct`
+//! A receipt is `(msg_id, read_ct)` plus a tag of the queue's name and incarnation (its
+//! table's OID: msg ids restart when a queue is created again). pgmq increments `read_ct`
 //! on every read, so a receipt from a lease that ended and was handed to another receiver no
 //! longer matches: delete, visibility changes and dead-lettering check it in the same SQL
 //! statement (receipt fencing). Timers use PostgreSQL's clock with millisecond precision (our
@@ -49,7 +50,10 @@
 //! message already received that many times does not lease it, counts it, and before
 //! returning moves such messages to `<queue><suffix>` with one statement (delete + insert in
 //! one transaction: never lost, never duplicated). The move is its own statement so that
-//! the common receive, which meets none, costs what pgmq's own `read` costs.
+//! the common receive, which meets none, costs what pgmq's own `read` costs. When it met some,
+//! a second lease that skips them fills their places (so they never empty a receive, even
+//! while their move fails; a failed move is logged with their count). The dead letter
+//! records its source msg id, so a delete by the receipt it was moved under is refused.
 //!
 //! # Wakeups
 //!
@@ -136,7 +140,8 @@ const MAX_TIMER_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
 struct QueueMeta {
     dead_letter_queue: Option<QueueName>,
     max_receive_count: u32,
-    /// Part of every receipt, so a receipt of another queue is refused, not misapplied.
+    /// Part of every receipt, so a receipt of another queue (or of an earlier queue of the
+    /// same name) is refused, not misapplied.
     tag: u32,
     sql: QueueSql,
 }

@@ -14,10 +14,17 @@ use crate::message::{DeadLetterReason, ReceiptHandle};
 use crate::queue_name::QueueName;
 use crate::service::DeleteOutcome;
 
-/// The tag of `queue` carried in its receipts.
-pub(super) fn queue_tag(queue: &QueueName) -> u32 {
-    // Stable across processes and versions (receipts cross process boundaries).
-    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, queue.as_str().as_bytes());
+/// The tag of `queue` carried in its receipts: its name and its incarnation (the queue
+/// table's OID, new each time the queue is created), so a receipt of another queue, or of
+/// the same name before `delete_queue` + `create_queue` (msg ids restart at 1), is refused.
+pub(super) fn queue_tag(queue: &QueueName, incarnation: i64) -> u32 {
+    // Stable across processes (receipts cross process boundaries): both parts come from the
+    // database.
+    let mut key = Vec::with_capacity(queue.as_str().len() + 9);
+    key.extend_from_slice(queue.as_str().as_bytes());
+    key.push(b'/');
+    key.extend_from_slice(&incarnation.to_be_bytes());
+    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, &key);
     (id.as_u128() >> 96) as u32
 }
 
@@ -83,23 +90,31 @@ impl PgmqMessageService {
             Some((i, c)) => (i.as_slice(), c.as_slice()),
             None => (ids.as_slice(), counts.as_slice()),
         };
-        let rows: Vec<(i64, i32, Option<i32>)> = sqlx::query_as(&meta.sql.delete)
+        let rows: Vec<(i64, i32, Option<i32>, bool)> = sqlx::query_as(&meta.sql.delete)
             .bind(bound_ids)
             .bind(bound_counts)
             .fetch_all(self.pool()?)
             .await
             .map_err(|e| self.err(e, "delete", Some(queue)))?;
-        // Receipts whose message is still there under another lease.
-        let stale: std::collections::HashSet<(i64, i32)> = rows
+        // Receipts whose message is still there under another lease, or lives on as a dead
+        // letter moved under this lease (never reported as deleted).
+        let refused: std::collections::HashMap<(i64, i32), MessagingError> = rows
             .into_iter()
-            .filter(|(_, _, current)| current.is_some())
-            .map(|(id, ct, _)| (id, ct))
+            .filter_map(|(id, ct, current, dead_lettered)| {
+                let error = match (current, dead_lettered) {
+                    (Some(_), _) => Self::lease_error(queue, Some(0)),
+                    (None, true) => MessagingError::invalid_receipt(
+                        queue.as_str(),
+                        "the message was moved to the dead-letter queue",
+                    ),
+                    (None, false) => return None,
+                };
+                Some(((id, ct), error))
+            })
             .collect();
         for ((receipt, id), ct) in valid.into_iter().zip(ids).zip(counts) {
-            if stale.contains(&(id, ct)) {
-                outcome
-                    .rejected
-                    .push((receipt.clone(), Self::lease_error(queue, Some(0))));
+            if let Some(error) = refused.get(&(id, ct)) {
+                outcome.rejected.push((receipt.clone(), error.clone()));
             } else {
                 // Deleted now, or already gone (idempotent).
                 outcome.deleted += 1;
@@ -194,7 +209,9 @@ mod tests {
     fn queue_tags_are_stable_and_distinct() {
         let a = QueueName::new("orders").unwrap();
         let b = QueueName::new("orders_dlq").unwrap();
-        assert_eq!(queue_tag(&a), queue_tag(&a));
-        assert_ne!(queue_tag(&a), queue_tag(&b));
+        assert_eq!(queue_tag(&a, 7), queue_tag(&a, 7));
+        assert_ne!(queue_tag(&a, 7), queue_tag(&b, 7));
+        // The same name created again is another queue for receipts.
+        assert_ne!(queue_tag(&a, 7), queue_tag(&a, 8));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use super::codec::{col, decode_row, duration_ms};
+use super::codec::{col, decode_row, duration_ms, Undecodable};
 use super::{PgmqMessageService, QueueMeta, MAX_BATCH};
 use crate::error::Result;
 use crate::message::{DeadLetterReason, ReceivedMessage};
@@ -58,7 +58,27 @@ impl PgmqMessageService {
                 .dead_letter_over(queue, &meta, max_receive_count, over)
                 .await
             {
-                tracing::warn!(queue = %queue, error = %e, "could not dead-letter messages over max_receive_count");
+                tracing::warn!(queue = %queue, over_limit = over, error = %e, "could not dead-letter messages over max_receive_count; they stay in the queue, unleased");
+            }
+            // They took places in the batch: fill those with messages that can be received
+            // (only on this rare path, so the common receive stays one statement).
+            let missing = limit - (out.len() + bad.len()) as i64;
+            if missing > 0 {
+                // Its error must not lose the messages leased above: they are returned.
+                if let Err(e) = self
+                    .receive_more(
+                        queue,
+                        &meta,
+                        missing,
+                        visibility_timeout,
+                        max_receive_count,
+                        &mut out,
+                        &mut bad,
+                    )
+                    .await
+                {
+                    tracing::warn!(queue = %queue, error = %e, "could not lease past messages over max_receive_count");
+                }
             }
         }
         for u in bad {
@@ -79,6 +99,40 @@ impl PgmqMessageService {
             }
         }
         Ok(out)
+    }
+
+    /// Leases up to `limit` more messages, skipping those over their receive limit.
+    #[allow(clippy::too_many_arguments)]
+    async fn receive_more(
+        &self,
+        queue: &QueueName,
+        meta: &QueueMeta,
+        limit: i64,
+        visibility_timeout: Duration,
+        max_receive_count: i32,
+        out: &mut Vec<ReceivedMessage>,
+        bad: &mut Vec<Undecodable>,
+    ) -> Result<()> {
+        let Some(statement) = meta.sql.receive_receivable.as_deref() else {
+            return Ok(());
+        };
+        let rows = sqlx::query(statement)
+            .bind(limit)
+            .bind(duration_ms(visibility_timeout))
+            .bind(max_receive_count)
+            .fetch_all(self.pool()?)
+            .await
+            .map_err(|e| self.err(e, "receive", Some(queue)))?;
+        for row in &rows {
+            let Ok(Some(msg_id)) = row.try_get::<Option<i64>, _>(col::MSG_ID) else {
+                continue;
+            };
+            match decode_row(queue, meta.tag, row, msg_id) {
+                Ok(m) => out.push(m),
+                Err(u) => bad.push(u),
+            }
+        }
+        Ok(())
     }
 
     /// Moves the messages a receive found over their receive limit to the dead-letter queue.

@@ -217,13 +217,16 @@ pub(super) struct QueueSql {
     /// limit and left unleased for [`QueueSql::dead_letter_over`]. Always at least one row: a
     /// row with a NULL msg_id carries `over` when nothing was leased.
     pub receive: String,
+    /// `receive` with the messages over their limit skipped by the scan (`over` is then 0).
+    /// `None` without a limit.
+    pub receive_receivable: Option<String>,
     /// $1 max_receive_count, $2 limit, $3 queue name, $4 dead-letter queue name: moves up to
     /// $2 receivable messages received $1 times or more to the dead-letter queue, in one
     /// statement (never lost, never duplicated). Returns (moved, woke). `None` without a
     /// dead-letter queue or limit.
     pub dead_letter_over: Option<String>,
-    /// $1 int8[] msg ids, $2 int4[] read counts. Returns (id, read_ct, current read_ct) of
-    /// the receipts that did not delete.
+    /// $1 int8[] msg ids, $2 int4[] read counts. Returns (id, read_ct, current read_ct,
+    /// dead-lettered) of the receipts that did not delete.
     pub delete: String,
     /// $1 msg id, $2 read_ct, $3 vt in ms, $4 queue name. Returns (updated, current read_ct).
     pub set_vt: String,
@@ -280,31 +283,12 @@ SELECT ins.msg_id, w.n FROM ins CROSS JOIN (SELECT count(*) AS n FROM wake) w"#
         // Messages over their receive limit are only counted here, not moved: the move (a
         // DELETE and an INSERT into the dead-letter queue) is a separate statement run when
         // the count is not zero, so the common receive pays for none of it.
-        let receive = format!(
-            r#"WITH cand AS (
-    SELECT msg_id, read_ct FROM {q}
-    WHERE vt <= clock_timestamp()
-    ORDER BY msg_id LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), r AS (
-    -- By primary key from an array, not a join: the plan is made once per connection
-    -- (generic), and a join planned from stale statistics becomes a hash join over a
-    -- sequential scan of the whole queue.
-    UPDATE {q} m
-    SET vt = clock_timestamp() + $2 * interval '1 millisecond',
-        read_ct = m.read_ct + 1,
-        last_read_at = clock_timestamp()
-    WHERE m.msg_id = ANY (ARRAY(
-        SELECT cand.msg_id FROM cand WHERE NOT ($3 > 0 AND cand.read_ct >= $3)))
-    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers,
-              m.tasker_message_id, m.tasker_correlation_id, m.tasker_key_order
-)
-SELECT r.msg_id, r.read_ct, r.enqueued_at, r.vt, r.message::text, r.headers::text,
-       r.tasker_message_id, r.tasker_correlation_id, r.tasker_key_order, o.over
-FROM (SELECT count(*) AS over FROM cand WHERE $3 > 0 AND cand.read_ct >= $3) o
-LEFT JOIN r ON true
-ORDER BY r.msg_id"#
-        );
+        let receive = receive_sql(&q, "");
+        // Only run after a receive found messages over their limit (rare): the same lease,
+        // with those skipped by the scan, so they cannot take the batch's places while
+        // their move to the dead-letter queue is pending or failing.
+        let receive_receivable =
+            dead_lettering.then(|| receive_sql(&q, "AND NOT ($3 > 0 AND read_ct >= $3)"));
 
         let dead_letter_over = match (&dlq_table, dead_lettering) {
             (Some(d), true) => Some(format!(
@@ -321,10 +305,11 @@ ORDER BY r.msg_id"#
 ), moved AS (
     INSERT INTO {d} (vt, enqueued_at, message, headers, {OUR_COLUMNS})
     SELECT clock_timestamp(), dead.enqueued_at, dead.message,
-           tasker_messaging.dead_letter_headers(dead.headers,
+           jsonb_set(tasker_messaging.dead_letter_headers(dead.headers,
                dead.tasker_message_id IS NOT NULL, $3, dead.msg_id, dead.read_ct,
                dead.enqueued_at,
                jsonb_build_object('kind', 'max_receive_count_exceeded', 'max_receive_count', $1)),
+               '{{tasker_dead_letter,source_msg_id}}', to_jsonb(dead.msg_id)),
            dead.tasker_message_id, dead.tasker_correlation_id, dead.tasker_key_order
     FROM dead ORDER BY dead.msg_id
     RETURNING 1
@@ -342,6 +327,22 @@ SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM wake)"#
         // the id array (see `receive` on joins in generic plans); each row's receipt count is
         // the one at the id's first position, so the caller puts a repeated id's newest
         // receipt first.
+        // A receipt that did not delete and whose message is gone: gone for good (deleted
+        // before: idempotent), or moved to the dead-letter queue under this very lease (a
+        // receive found it over its limit after the lease ended, or it was dead-lettered
+        // explicitly). The second must not be reported as deleted: the message lives on.
+        // The dead letter records its source msg id; the scan of the dead-letter queue runs
+        // only for such receipts, never on a delete that deleted.
+        let dead_lettered = match &dlq_table {
+            Some(d) => format!(
+                "EXISTS (SELECT 1 FROM {d} x \
+                 WHERE x.headers -> 'tasker_dead_letter' -> 'source_msg_id' = to_jsonb(rc.id) \
+                 AND x.headers -> 'tasker_dead_letter' -> 'receive_count' = to_jsonb(rc.ct) \
+                 AND x.headers -> 'tasker_dead_letter' ->> 'source_queue' = '{name}')",
+                name = queue.as_str()
+            ),
+            None => "false".to_owned(),
+        };
         let delete = format!(
             r#"WITH d AS (
     DELETE FROM {q} m
@@ -349,7 +350,8 @@ SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM wake)"#
       AND m.read_ct = ($2::int4[])[array_position($1::int8[], m.msg_id)]
     RETURNING m.msg_id
 )
-SELECT rc.id, rc.ct, (SELECT m.read_ct FROM {q} m WHERE m.msg_id = rc.id) AS current_ct
+SELECT rc.id, rc.ct, (SELECT m.read_ct FROM {q} m WHERE m.msg_id = rc.id) AS current_ct,
+       {dead_lettered} AS dead_lettered
 FROM unnest($1::int8[], $2::int4[]) AS rc(id, ct)
 WHERE NOT EXISTS (SELECT 1 FROM d WHERE d.msg_id = rc.id)"#
         );
@@ -376,8 +378,9 @@ SELECT (SELECT count(*) FROM u) AS updated,
 ), moved AS (
     INSERT INTO {d} (vt, enqueued_at, message, headers, {OUR_COLUMNS})
     SELECT clock_timestamp(), enqueued_at, message,
-           tasker_messaging.dead_letter_headers(headers, tasker_message_id IS NOT NULL, $3,
-               msg_id, read_ct, enqueued_at, $4),
+           jsonb_set(tasker_messaging.dead_letter_headers(headers, tasker_message_id IS NOT NULL,
+               $3, msg_id, read_ct, enqueued_at, $4),
+               '{{tasker_dead_letter,source_msg_id}}', to_jsonb(msg_id)),
            {OUR_COLUMNS}
     FROM dead
     RETURNING 1
@@ -445,6 +448,7 @@ SELECT count(*) FROM kept"#
         QueueSql {
             send,
             receive,
+            receive_receivable,
             dead_letter_over,
             delete,
             set_vt,
@@ -454,4 +458,34 @@ SELECT count(*) FROM kept"#
             archive,
         }
     }
+}
+
+/// The receive statement (see [`QueueSql::receive`]); `skip_over` is an extra condition on
+/// the candidates.
+fn receive_sql(q: &str, skip_over: &str) -> String {
+    format!(
+        r#"WITH cand AS (
+    SELECT msg_id, read_ct FROM {q}
+    WHERE vt <= clock_timestamp() {skip_over}
+    ORDER BY msg_id LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), r AS (
+    -- By primary key from an array, not a join: the plan is made once per connection
+    -- (generic), and a join planned from stale statistics becomes a hash join over a
+    -- sequential scan of the whole queue.
+    UPDATE {q} m
+    SET vt = clock_timestamp() + $2 * interval '1 millisecond',
+        read_ct = m.read_ct + 1,
+        last_read_at = clock_timestamp()
+    WHERE m.msg_id = ANY (ARRAY(
+        SELECT cand.msg_id FROM cand WHERE NOT ($3 > 0 AND cand.read_ct >= $3)))
+    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers,
+              m.tasker_message_id, m.tasker_correlation_id, m.tasker_key_order
+)
+SELECT r.msg_id, r.read_ct, r.enqueued_at, r.vt, r.message::text, r.headers::text,
+       r.tasker_message_id, r.tasker_correlation_id, r.tasker_key_order, o.over
+FROM (SELECT count(*) AS over FROM cand WHERE $3 > 0 AND cand.read_ct >= $3) o
+LEFT JOIN r ON true
+ORDER BY r.msg_id"#
+    )
 }
