@@ -260,12 +260,6 @@ impl MessagingService for PgmqMessageService {
         self.create_with(queue, options).await
     }
 
-    async fn send(&self, queue: &QueueName, message: OutgoingMessage) -> Result<MessageId> {
-        let id = message.message_id;
-        self.send_batch(queue, vec![message]).await?;
-        Ok(id)
-    }
-
     async fn send_batch(
         &self,
         queue: &QueueName,
@@ -282,16 +276,6 @@ impl MessagingService for PgmqMessageService {
     ) -> Result<Vec<ReceivedMessage>> {
         self.receive_many(queue, max_messages, visibility_timeout)
             .await
-    }
-
-    async fn delete_message(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Result<()> {
-        let mut outcome = self
-            .delete_messages(queue, std::slice::from_ref(receipt))
-            .await?;
-        match outcome.rejected.pop() {
-            Some((_, e)) => Err(e),
-            None => Ok(()),
-        }
     }
 
     async fn delete_messages(
