@@ -195,6 +195,12 @@ pub(crate) fn all() -> Vec<Case> {
             streams::c12_stream
         ),
         case!(
+            "C12.2",
+            "stream: a retryable error is yielded and it goes on; a permanent one ends it",
+            [],
+            streams::c12_stream_errors
+        ),
+        case!(
             "C13",
             "wait_for_messages wakes on a send from another connection",
             [WakeupNotifications],

@@ -272,3 +272,74 @@ pub(super) async fn c14_stream_lease_ends(ctx: Ctx) -> CaseResultInner {
         .ctx("delete")?;
     Ok(())
 }
+
+/// A consumer stream yields a retryable error and goes on (the next message still comes);
+/// a permanent one (the queue was deleted) is yielded and ends the stream. The retryable
+/// error comes from a fault-injecting wrapper around the provider.
+pub(super) async fn c12_stream_errors(ctx: Ctx) -> CaseResultInner {
+    use crate::resilience::{FaultInjectingService, Op};
+    let q = ctx.queue("streamerr").await?;
+    let faulty = Arc::new(FaultInjectingService::new(ctx.service.clone()));
+    let control = faulty.control();
+    control.only(&[Op::Receive]);
+    control.fail_next(1);
+    let options = ConsumerOptions {
+        batch_size: 1,
+        visibility_timeout: Duration::from_secs(60),
+        min_idle_backoff: Duration::from_millis(1),
+        max_idle_backoff: Duration::from_millis(50),
+    };
+    let id = ctx
+        .service
+        .send(&q, OutgoingMessage::new("after a retryable error"))
+        .await
+        .ctx("send")?;
+    let mut stream = faulty.consume(&q, options);
+    match next_item(&mut stream, ctx.slack()).await? {
+        Some(Err(e)) if e.is_retryable() => {}
+        Some(Err(e)) => return Err(format!("first item: not the injected retryable error: {e}")),
+        Some(Ok(m)) => {
+            return Err(format!(
+                "first item was message {} although the first receive failed: the stream \
+                 does not go through the service's layers, or hid the error",
+                m.metadata.message_id
+            ))
+        }
+        None => return Err("the stream ended on a retryable error".into()),
+    }
+    let m = match next_item(&mut stream, ctx.slack()).await? {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return Err(format!("after a retryable error: {e}")),
+        None => return Err("the stream ended after a retryable error".into()),
+    };
+    ensure!(
+        m.metadata.message_id == id,
+        "after a retryable error the stream yielded another message"
+    );
+    ctx.service
+        .delete_message(&q, m.receipt())
+        .await
+        .ctx("delete")?;
+    // Permanent: the queue goes away under the stream.
+    ctx.service.delete_queue(&q).await.ctx("delete_queue")?;
+    match next_item(&mut stream, ctx.slack()).await? {
+        Some(Err(e)) if !e.is_retryable() => {}
+        Some(Err(e)) => {
+            return Err(format!(
+                "after the queue was deleted the stream yielded a retryable error: {e}"
+            ))
+        }
+        Some(Ok(m)) => {
+            return Err(format!(
+                "after the queue was deleted the stream yielded {}",
+                m.metadata.message_id
+            ))
+        }
+        None => return Err("the stream ended without yielding the permanent error".into()),
+    }
+    ensure!(
+        next_item(&mut stream, ctx.slack()).await?.is_none(),
+        "the stream went on after a permanent error"
+    );
+    Ok(())
+}
