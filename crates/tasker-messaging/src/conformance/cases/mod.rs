@@ -219,6 +219,12 @@ pub(crate) fn all() -> Vec<Case> {
             secrets::c15_no_password_in_errors
         ),
         case!(
+            "C16",
+            "a message no handler saw does not count as a receive",
+            [],
+            streams::c16_unseen_not_counted
+        ),
+        case!(
             "C17",
             "a receiver that disconnects keeps its lease until it ends",
             [DurableLeases],
