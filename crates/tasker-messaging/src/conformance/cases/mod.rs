@@ -69,6 +69,12 @@ pub(crate) fn all() -> Vec<Case> {
             receipts::c3_stale_receipt
         ),
         case!(
+            "C3.3",
+            "an old receipt works until the message is received again",
+            [],
+            receipts::c3_old_receipt_until_received_again
+        ),
+        case!(
             "C3.4",
             "a stale receipt cannot extend nor dead-letter the newer delivery",
             [ReceiptFencing],
