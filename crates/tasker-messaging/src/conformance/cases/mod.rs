@@ -159,6 +159,12 @@ pub(crate) fn all() -> Vec<Case> {
             stats::c9_stats_admin
         ),
         case!(
+            "C9.2",
+            "every operation on a missing queue is QueueNotFound",
+            [],
+            stats::c9_missing_queue_everywhere
+        ),
+        case!(
             "C9.3",
             "initialize is idempotent",
             [],
