@@ -396,6 +396,9 @@ impl Inner {
     }
 }
 
+/// How long `shutdown` waits for unseen messages to be given back.
+const GIVE_BACK_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl RabbitMqMessageService {
     pub(super) async fn health(&self) -> Result<MessagingHealth> {
         match self.inner.link().await {
@@ -410,6 +413,17 @@ impl RabbitMqMessageService {
     }
 
     pub(super) async fn stop(&self) -> Result<()> {
+        // What nobody saw goes back uncounted before the connection closes (closing would
+        // requeue it, and a quorum queue would count it).
+        let give_backs = std::mem::take(&mut *self.inner.give_backs.lock());
+        let kept = self.inner.leases.take_unseen();
+        let settle = async {
+            futures::future::join_all(give_backs).await;
+            self.inner.release_leases(kept).await;
+        };
+        if tokio::time::timeout(GIVE_BACK_LIMIT, settle).await.is_err() {
+            tracing::warn!("giving back unseen messages took too long; closing anyway");
+        }
         self.inner.connector.close().await;
         if let Some(reaper) = self.inner.reaper.lock().take() {
             reaper.abort();

@@ -53,8 +53,10 @@
 //!   the delay queues this service declared, not messages under lease.
 //! * RabbitMQ closes a channel whose delivery stays unacked past `consumer_timeout` (30
 //!   minutes by default), so longer leases need that raised (a warning is logged).
-//! * Messages a push stream prefetched but never yielded are handed back when it is dropped;
-//!   on a quorum queue that counts as a delivery.
+//! * Messages a push stream prefetched but never yielded, and messages a wait kept that no
+//!   receive claimed, are given back without counting: published again with their count
+//!   (the broker's folded into `x-tasker-receive-count`), then acked. A process that dies
+//!   holding them still has the broker requeue them, and a quorum queue counts that.
 //!
 //! # Files
 //!
@@ -134,6 +136,9 @@ pub(crate) struct Inner {
     /// Messages `wait_for_messages` took and keeps for the next receive.
     waiters: wait::Waiters,
     reaper: Mutex<Option<JoinHandle<()>>>,
+    /// Dropped push streams giving back what they prefetched; `shutdown` waits for them, so
+    /// closing the connection does not requeue (and count) messages nobody saw.
+    give_backs: Mutex<Vec<JoinHandle<()>>>,
     me: std::sync::Weak<Inner>,
 }
 
@@ -201,6 +206,7 @@ impl RabbitMqMessageService {
                 max_receive: Mutex::new(HashMap::new()),
                 waiters: wait::Waiters::default(),
                 reaper: Mutex::new(None),
+                give_backs: Mutex::new(Vec::new()),
                 me: me.clone(),
             }),
             capabilities,
