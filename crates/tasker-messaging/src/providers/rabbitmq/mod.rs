@@ -45,8 +45,10 @@
 //!   `(service nonce, lease id)` and only that service can settle them (not another process).
 //!   A dropped service keeps its leases for their full visibility timeout; a closed
 //!   connection ends them early (the broker requeues: still at least once).
-//! * A receipt whose lease ended is refused (`InvalidReceipt`) even before the message is
-//!   received again: AMQP cannot delete a message that was handed back to the queue.
+//! * AMQP cannot delete a message that was handed back to the queue, so a message whose lease
+//!   ended stays held for `leases::EXPIRED_HOLD` (or until this service receives from the
+//!   queue) and its old receipt still deletes it meanwhile; after that the receipt is
+//!   refused (`InvalidReceipt`) even before the message is received again.
 //! * Stats: the visible count is the broker's; `in_flight_count` is the leases this service
 //!   holds (AMQP does not report unacked counts); delayed count and oldest age are unknown
 //!   (`detailed_stats` is false). `purge_queue` removes ready messages and those waiting in
