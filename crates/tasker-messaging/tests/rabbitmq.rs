@@ -577,7 +577,7 @@ async fn classic_queue_dead_letters_at_max_receive_count() {
 
 /// A wait takes the first message that arrives and keeps it, leased, for this service's next
 /// receive; other receivers do not get it meanwhile, and when no receive claims it, it comes
-/// back after the default visibility timeout like any lease (counted on a quorum queue).
+/// back after the default visibility timeout, not counted (nobody saw it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_keeps_the_message_for_the_next_receive_and_releases_it_unclaimed() {
     let mut settings = rabbitmq_support::settings();
