@@ -772,3 +772,26 @@ async fn a_cancelled_wait_leaves_no_subscription_holding_messages() {
     other.delete_message(&q, got[0].receipt()).await.unwrap();
     svc.delete_queue(&q).await.unwrap();
 }
+
+/// `health_check` reports the ready messages of the queues this service declared (it said 0
+/// whatever the queues held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_the_depth_of_declared_queues() {
+    let Some(svc) = rabbitmq_support::service().await else {
+        return;
+    };
+    let q = unique("depth");
+    svc.create_queue(&q).await.unwrap();
+    for i in 0..3 {
+        svc.send(&q, OutgoingMessage::new(format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    match svc.health_check().await.unwrap() {
+        tasker_messaging::MessagingHealth::Healthy { queue_depth, .. } => {
+            assert_eq!(queue_depth, 3, "three ready messages in the one declared queue")
+        }
+        other => panic!("not healthy: {other:?}"),
+    }
+    svc.delete_queue(&q).await.unwrap();
+}
