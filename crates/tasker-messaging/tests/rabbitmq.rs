@@ -789,7 +789,10 @@ async fn health_reports_the_depth_of_declared_queues() {
     }
     match svc.health_check().await.unwrap() {
         tasker_messaging::MessagingHealth::Healthy { queue_depth, .. } => {
-            assert_eq!(queue_depth, 3, "three ready messages in the one declared queue")
+            assert_eq!(
+                queue_depth, 3,
+                "three ready messages in the one declared queue"
+            )
         }
         other => panic!("not healthy: {other:?}"),
     }

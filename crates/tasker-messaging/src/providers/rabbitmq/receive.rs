@@ -155,6 +155,8 @@ impl Inner {
     }
 
     /// Registers a lease for a delivery on `channel`; returns the received message.
+    // Called per message on the receive path: plain arguments, no struct to build.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn lease_delivery(
         &self,
         queue: &QueueName,

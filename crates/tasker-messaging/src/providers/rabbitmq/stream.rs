@@ -71,11 +71,8 @@ impl Drop for Subscription {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (inner, channel, queue) = (
-            self.inner.clone(),
-            self.channel.clone(),
-            self.queue.clone(),
-        );
+        let (inner, channel, queue) =
+            (self.inner.clone(), self.channel.clone(), self.queue.clone());
         let tag = std::mem::take(&mut self.tag);
         // Cancel first (no more deliveries), then give back what was prefetched but never
         // yielded without counting it: nobody saw it (a nack would count on a quorum queue).
