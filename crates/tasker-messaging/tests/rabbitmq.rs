@@ -577,7 +577,7 @@ async fn classic_queue_dead_letters_at_max_receive_count() {
 
 /// A wait takes the first message that arrives and keeps it, leased, for this service's next
 /// receive; other receivers do not get it meanwhile, and when no receive claims it, it comes
-/// back after the default visibility timeout like any lease (counted on a quorum queue).
+/// back after the default visibility timeout, not counted (nobody saw it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_keeps_the_message_for_the_next_receive_and_releases_it_unclaimed() {
     let mut settings = rabbitmq_support::settings();
@@ -620,7 +620,8 @@ async fn a_wait_keeps_the_message_for_the_next_receive_and_releases_it_unclaimed
     assert!(got[0].metadata.visibility_timeout_expires.is_some());
     waiting.delete_message(&q, got[0].receipt()).await.unwrap();
 
-    // Unclaimed: back after the default visibility timeout (1 s here), counted.
+    // Unclaimed: back after the default visibility timeout (1 s here), not counted (nobody
+    // saw it: conformance C16).
     let second = other
         .send(&q, OutgoingMessage::new("second"))
         .await
@@ -651,7 +652,7 @@ async fn a_wait_keeps_the_message_for_the_next_receive_and_releases_it_unclaimed
         started.elapsed()
     );
     assert_eq!(back[0].metadata.message_id, second);
-    assert_eq!(back[0].metadata.receive_count, 2);
+    assert_eq!(back[0].metadata.receive_count, 1);
     other.delete_message(&q, back[0].receipt()).await.unwrap();
     waiting.delete_queue(&q).await.unwrap();
 }
@@ -769,5 +770,31 @@ async fn a_cancelled_wait_leaves_no_subscription_holding_messages() {
     );
     assert_eq!(got[0].metadata.message_id, second);
     other.delete_message(&q, got[0].receipt()).await.unwrap();
+    svc.delete_queue(&q).await.unwrap();
+}
+
+/// `health_check` reports the ready messages of the queues this service declared (it said 0
+/// whatever the queues held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_the_depth_of_declared_queues() {
+    let Some(svc) = rabbitmq_support::service().await else {
+        return;
+    };
+    let q = unique("depth");
+    svc.create_queue(&q).await.unwrap();
+    for i in 0..3 {
+        svc.send(&q, OutgoingMessage::new(format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    match svc.health_check().await.unwrap() {
+        tasker_messaging::MessagingHealth::Healthy { queue_depth, .. } => {
+            assert_eq!(
+                queue_depth, 3,
+                "three ready messages in the one declared queue"
+            )
+        }
+        other => panic!("not healthy: {other:?}"),
+    }
     svc.delete_queue(&q).await.unwrap();
 }

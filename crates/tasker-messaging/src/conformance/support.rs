@@ -7,8 +7,9 @@ use super::{ensure, Context, Ctx};
 use crate::error::MessagingError;
 use crate::message::{MessageId, QueueMessage, QueuedMessage, ReceivedMessage};
 use crate::queue_name::QueueName;
-use crate::service::MessagingService;
+use crate::service::{MessageStream, MessagingService};
 use crate::typed::MessagingServiceExt;
+use futures::StreamExt;
 
 /// What the case files import.
 pub(crate) mod prelude {
@@ -107,6 +108,16 @@ pub(crate) async fn recv_timed(
         Ok(Some((before, got.remove(0))))
     })
     .await
+}
+
+/// The stream's next item, or a failure when it yields nothing `within`.
+pub(crate) async fn next_item(
+    stream: &mut MessageStream,
+    within: Duration,
+) -> R<Option<crate::error::Result<ReceivedMessage>>> {
+    tokio::time::timeout(within, stream.next())
+        .await
+        .map_err(|_| format!("the stream yielded nothing within {within:?}"))
 }
 
 /// The typed receive (`receive_messages::<T>`, which dead-letters what does not decode)

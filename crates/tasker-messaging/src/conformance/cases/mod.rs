@@ -69,6 +69,12 @@ pub(crate) fn all() -> Vec<Case> {
             receipts::c3_stale_receipt
         ),
         case!(
+            "C3.3",
+            "an old receipt works until the message is received again",
+            [],
+            receipts::c3_old_receipt_until_received_again
+        ),
+        case!(
             "C3.4",
             "a stale receipt cannot extend nor dead-letter the newer delivery",
             [ReceiptFencing],
@@ -159,6 +165,12 @@ pub(crate) fn all() -> Vec<Case> {
             stats::c9_stats_admin
         ),
         case!(
+            "C9.2",
+            "every operation on a missing queue is QueueNotFound",
+            [],
+            stats::c9_missing_queue_everywhere
+        ),
+        case!(
             "C9.3",
             "initialize is idempotent",
             [],
@@ -201,6 +213,12 @@ pub(crate) fn all() -> Vec<Case> {
             streams::c12_stream
         ),
         case!(
+            "C12.2",
+            "stream: a retryable error is yielded and it goes on; a permanent one ends it",
+            [],
+            streams::c12_stream_errors
+        ),
+        case!(
             "C13",
             "wait_for_messages wakes on a send from another connection",
             [WakeupNotifications],
@@ -217,6 +235,12 @@ pub(crate) fn all() -> Vec<Case> {
             "no error shows the password of a wrong-password connection",
             [],
             secrets::c15_no_password_in_errors
+        ),
+        case!(
+            "C16",
+            "a message no handler saw does not count as a receive",
+            [],
+            streams::c16_unseen_not_counted
         ),
         case!(
             "C17",

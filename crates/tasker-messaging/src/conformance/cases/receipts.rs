@@ -138,6 +138,37 @@ pub(super) async fn c10_bad_receipts(ctx: Ctx) -> CaseResultInner {
     Ok(())
 }
 
+/// A receipt whose lease ended still works while nobody received the message again: the
+/// work was done and nobody else holds it.
+pub(super) async fn c3_old_receipt_until_received_again(ctx: Ctx) -> CaseResultInner {
+    let svc = &ctx.service;
+    let q = ctx.queue("oldrcpt").await?;
+    let id = svc
+        .send(&q, OutgoingMessage::new("late ack"))
+        .await
+        .ctx("send")?;
+    let lease = ctx.unit;
+    let m = recv_one(&ctx, &q, lease).await?;
+    ensure!(
+        m.metadata.message_id == id,
+        "a different message was received"
+    );
+    // Past the end of the lease, received by nobody since.
+    tokio::time::sleep(lease * 2 + svc.capabilities().timer_resolution).await;
+    svc.delete_message(&q, m.receipt())
+        .await
+        .ctx("delete with a receipt whose lease ended (message not received again)")?;
+    tokio::time::sleep(ctx.unit).await;
+    let got = recv(&**svc, &q, 10, Duration::from_secs(60)).await?;
+    ensure!(
+        got.is_empty(),
+        "the old receipt's delete did not remove the message: it came back"
+    );
+    let stats = svc.get_queue_stats(&q).await.ctx("stats")?;
+    ensure!(stats.total() == 0, "stats after a late delete: {stats:?}");
+    Ok(())
+}
+
 /// A stale receipt cannot extend the newer delivery's lease (d > 0) nor dead-letter it.
 pub(super) async fn c3_stale_receipt_cannot_extend(ctx: Ctx) -> CaseResultInner {
     let svc = &ctx.service;

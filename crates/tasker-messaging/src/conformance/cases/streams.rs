@@ -272,3 +272,142 @@ pub(super) async fn c14_stream_lease_ends(ctx: Ctx) -> CaseResultInner {
         .ctx("delete")?;
     Ok(())
 }
+
+/// A consumer stream yields a retryable error and goes on (the next message still comes);
+/// a permanent one (the queue was deleted) is yielded and ends the stream. The retryable
+/// error comes from a fault-injecting wrapper around the provider.
+pub(super) async fn c12_stream_errors(ctx: Ctx) -> CaseResultInner {
+    use crate::resilience::{FaultInjectingService, Op};
+    let q = ctx.queue("streamerr").await?;
+    let faulty = Arc::new(FaultInjectingService::new(ctx.service.clone()));
+    let control = faulty.control();
+    control.only(&[Op::Receive]);
+    control.fail_next(1);
+    let options = ConsumerOptions {
+        batch_size: 1,
+        visibility_timeout: Duration::from_secs(60),
+        min_idle_backoff: Duration::from_millis(1),
+        max_idle_backoff: Duration::from_millis(50),
+    };
+    let id = ctx
+        .service
+        .send(&q, OutgoingMessage::new("after a retryable error"))
+        .await
+        .ctx("send")?;
+    let mut stream = faulty.consume(&q, options);
+    match next_item(&mut stream, ctx.slack()).await? {
+        Some(Err(e)) if e.is_retryable() => {}
+        Some(Err(e)) => return Err(format!("first item: not the injected retryable error: {e}")),
+        Some(Ok(m)) => {
+            return Err(format!(
+                "first item was message {} although the first receive failed: the stream \
+                 does not go through the service's layers, or hid the error",
+                m.metadata.message_id
+            ))
+        }
+        None => return Err("the stream ended on a retryable error".into()),
+    }
+    let m = match next_item(&mut stream, ctx.slack()).await? {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return Err(format!("after a retryable error: {e}")),
+        None => return Err("the stream ended after a retryable error".into()),
+    };
+    ensure!(
+        m.metadata.message_id == id,
+        "after a retryable error the stream yielded another message"
+    );
+    ctx.service
+        .delete_message(&q, m.receipt())
+        .await
+        .ctx("delete")?;
+    // Permanent: the queue goes away under the stream.
+    ctx.service.delete_queue(&q).await.ctx("delete_queue")?;
+    match next_item(&mut stream, ctx.slack()).await? {
+        Some(Err(e)) if !e.is_retryable() => {}
+        Some(Err(e)) => {
+            return Err(format!(
+                "after the queue was deleted the stream yielded a retryable error: {e}"
+            ))
+        }
+        Some(Ok(m)) => {
+            return Err(format!(
+                "after the queue was deleted the stream yielded {}",
+                m.metadata.message_id
+            ))
+        }
+        None => return Err("the stream ended without yielding the permanent error".into()),
+    }
+    ensure!(
+        next_item(&mut stream, ctx.slack()).await?.is_none(),
+        "the stream went on after a permanent error"
+    );
+    Ok(())
+}
+
+/// A message no handler saw does not count as a receive: five consumers that each handle one
+/// message of a backlog and are dropped (whatever they prefetched), and five waits on fresh
+/// connections that end without a receive, leave the rest of the backlog at receive_count 0:
+/// the next receive sees 1, and nothing is dead-lettered.
+pub(super) async fn c16_unseen_not_counted(ctx: Ctx) -> CaseResultInner {
+    const RESTARTS: usize = 5;
+    const LEFT: usize = 5;
+    let svc = &ctx.service;
+    let caps = svc.capabilities().clone();
+    let q = ctx.queue_name("unseen");
+    // A low limit, so counted restarts would dead-letter messages nobody processed.
+    svc.create_queue_with(&q, &QueueOptions::with_max_receive_count(3))
+        .await
+        .ctx("create_queue_with(max_receive_count 3)")?;
+    let backlog: Vec<_> = (0..RESTARTS + LEFT)
+        .map(|i| OutgoingMessage::new(format!("backlog {i}")))
+        .collect();
+    svc.send_batch(&q, backlog).await.ctx("send_batch")?;
+    let options = ConsumerOptions {
+        batch_size: 1,
+        visibility_timeout: Duration::from_secs(60),
+        ..ConsumerOptions::default()
+    };
+    for restart in 0..RESTARTS {
+        let worker = ctx.connect().await?;
+        let mut stream = worker.consume(&q, options.clone());
+        let m = tokio::time::timeout(ctx.slack(), stream.next())
+            .await
+            .map_err(|_| format!("consumer {restart}: no message"))?
+            .ok_or(format!("consumer {restart}: the stream ended"))?
+            .ctx("stream item")?;
+        worker
+            .delete_message(&q, m.receipt())
+            .await
+            .ctx("ack the handled message")?;
+        // Long enough for a push subscription to fill its prefetch window.
+        tokio::time::sleep(ctx.unit / 2).await;
+        drop(stream);
+        ctx.disconnect(worker).await;
+    }
+    for _ in 0..RESTARTS {
+        let waiter = ctx.connect().await?;
+        waiter.wait_for_messages(&q, ctx.unit).await;
+        ctx.disconnect(waiter).await;
+    }
+    let rest = collect_n(&ctx, &**svc, &q, LEFT, 10, Duration::from_secs(60)).await?;
+    for m in &rest {
+        ensure!(
+            m.metadata.receive_count == 1,
+            "a message nobody handled has receive_count {} after {RESTARTS} consumer restarts \
+             and {RESTARTS} waits",
+            m.metadata.receive_count
+        );
+    }
+    if caps.dead_letter_queues {
+        let dlq = svc
+            .dead_letter_queue_name(&q)
+            .ctx("dead_letter_queue_name")?;
+        let dead = recv(&**svc, &dlq, 10, Duration::from_secs(60)).await?;
+        ensure!(
+            dead.is_empty(),
+            "{} message(s) nobody handled were dead-lettered",
+            dead.len()
+        );
+    }
+    Ok(())
+}

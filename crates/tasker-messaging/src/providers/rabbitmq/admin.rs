@@ -37,6 +37,19 @@ pub(super) fn passive() -> QueueDeclareOptions {
 }
 
 impl Inner {
+    /// `QueueNotFound` when `queue` is missing. Only asked once a receipt was refused (or a
+    /// delete repeated), so the hot path never pays the round trip; other errors say nothing
+    /// about the queue and are not reported here.
+    pub(super) async fn exists(&self, queue: &QueueName) -> Result<()> {
+        let Ok(link) = self.link().await else {
+            return Ok(());
+        };
+        match self.ready_count(&link, queue).await {
+            Err(e @ MessagingError::QueueNotFound { .. }) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// The number of ready messages, or `QueueNotFound`.
     pub(super) async fn ready_count(&self, link: &Link, queue: &QueueName) -> Result<u32> {
         let ch = link.admin(self.errors()).await?;
@@ -317,6 +330,8 @@ impl RabbitMqMessageService {
             .connector
             .forget_queues(&[queue.as_str(), dlq.as_str()]);
         inner.waiters.forget(queue);
+        // Its leases end with it: a receipt of the deleted queue must not report success.
+        let ended = inner.leases.take_queue(queue);
         let ch = link.admin(inner.errors()).await?;
         let mut result = ch
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -334,6 +349,8 @@ impl RabbitMqMessageService {
             }
         }
         link.give_back(ch);
+        // The broker forgot those deliveries with the queue; clear their tags on the channel.
+        super::leases::ack_all(ended).await;
         result
     }
 }

@@ -81,13 +81,6 @@ pub(super) fn moved_properties(
     props.clone().with_headers(headers).with_delivery_mode(2)
 }
 
-/// The same properties with one header set.
-pub(super) fn with_header(props: &BasicProperties, key: &str, value: AMQPValue) -> BasicProperties {
-    let mut headers = props.headers().clone().unwrap_or_default();
-    headers.insert(key.into(), value);
-    props.clone().with_headers(headers)
-}
-
 /// Whether the delivery came from a quorum queue (which counts deliveries itself).
 pub(super) fn counted_by_broker(props: &BasicProperties) -> bool {
     header(props, H_DELIVERY_COUNT).is_some()
@@ -127,20 +120,47 @@ fn millis_to_utc(ms: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
 }
 
-/// Receive count of this delivery: earlier deliveries, counted by the quorum queue
-/// (`x-delivery-count`) or by the provider's own header (classic queues, and a copy
-/// republished on release), whichever is higher, plus this one.
+/// Receive count of this delivery: the receives the provider counted before the message was
+/// last republished (`x-tasker-receive-count`, classic queues and copies given back
+/// uncounted), plus the deliveries the quorum queue counted since (`x-delivery-count`), plus
+/// this one.
 pub(super) fn receive_count(props: &BasicProperties, redelivered: bool) -> u32 {
     let earlier = |key| {
         header(props, key)
             .and_then(as_i64)
-            .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX - 1))
+            .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX / 4))
     };
     match (earlier(H_DELIVERY_COUNT), earlier(H_RECEIVE_COUNT)) {
         (None, None) if redelivered => 2,
         (None, None) => 1,
-        (broker, ours) => broker.max(ours).unwrap_or(0) + 1,
+        (broker, ours) => broker
+            .unwrap_or(0)
+            .saturating_add(ours.unwrap_or(0))
+            .saturating_add(1),
     }
+}
+
+/// Whether the provider's own count rides on the message (it was republished).
+pub(super) fn carries_own_count(props: &BasicProperties) -> bool {
+    header(props, H_RECEIVE_COUNT).is_some()
+}
+
+/// The properties of a copy republished to its queue with `counted` receives so far: the
+/// broker's count is folded into ours (a quorum queue counts the copy from zero).
+pub(super) fn requeue_properties(props: &BasicProperties, counted: u32) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    let mut clean = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if k.as_str() != H_DELIVERY_COUNT && k.as_str() != H_RECEIVE_COUNT {
+            clean.insert(k.clone(), v.clone());
+        }
+    }
+    headers = clean;
+    headers.insert(
+        H_RECEIVE_COUNT.into(),
+        AMQPValue::LongLongInt(i64::from(counted)),
+    );
+    props.clone().with_headers(headers)
 }
 
 /// The enqueue time the sender wrote, or `now` for a message from a client that wrote none.
@@ -334,6 +354,12 @@ mod tests {
         headers.insert(H_RECEIVE_COUNT.into(), AMQPValue::LongLongInt(2));
         let props = BasicProperties::default().with_headers(headers);
         assert_eq!(receive_count(&props, false), 3);
+        // Deliveries the queue counted since the copy add to the copy's count.
+        let props = requeue_properties(&props, 2);
+        let mut headers = props.headers().clone().unwrap_or_default();
+        headers.insert(H_DELIVERY_COUNT.into(), AMQPValue::LongLongInt(1));
+        let props = props.with_headers(headers);
+        assert_eq!(receive_count(&props, true), 4);
         // Without any count: redelivered says "at least the second".
         assert_eq!(receive_count(&BasicProperties::default(), false), 1);
         assert_eq!(receive_count(&BasicProperties::default(), true), 2);

@@ -280,6 +280,18 @@ impl Connector {
         }
     }
 
+    /// The queues this service declared (and has not deleted).
+    pub fn declared_queues(&self) -> Vec<String> {
+        self.topology
+            .lock()
+            .iter()
+            .filter_map(|d| match d {
+                Declaration::Queue { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Forgets the declarations of deleted queues (and their bindings).
     pub fn forget_queues(&self, names: &[&str]) {
         self.topology.lock().retain(|d| match d {
@@ -396,11 +408,14 @@ impl Inner {
     }
 }
 
+/// How long `shutdown` waits for unseen messages to be given back.
+const GIVE_BACK_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl RabbitMqMessageService {
     pub(super) async fn health(&self) -> Result<MessagingHealth> {
         match self.inner.link().await {
-            Ok(_) => Ok(MessagingHealth::Healthy {
-                queue_depth: 0,
+            Ok(link) => Ok(MessagingHealth::Healthy {
+                queue_depth: self.declared_depth(&link).await,
                 in_flight: self.inner.leases.live_count(),
             }),
             Err(e) => Ok(MessagingHealth::Unhealthy {
@@ -409,7 +424,33 @@ impl RabbitMqMessageService {
         }
     }
 
+    /// Ready messages in the queues this service declared (the broker's count; one passive
+    /// declare each). Queues it only uses, never declared, are not known to it.
+    async fn declared_depth(&self, link: &Link) -> u64 {
+        let mut depth = 0u64;
+        for name in self.inner.connector.declared_queues() {
+            let Ok(queue) = QueueName::new(&name) else {
+                continue;
+            };
+            if let Ok(n) = self.inner.ready_count(link, &queue).await {
+                depth += u64::from(n);
+            }
+        }
+        depth
+    }
+
     pub(super) async fn stop(&self) -> Result<()> {
+        // What nobody saw goes back uncounted before the connection closes (closing would
+        // requeue it, and a quorum queue would count it).
+        let give_backs = std::mem::take(&mut *self.inner.give_backs.lock());
+        let kept = self.inner.leases.take_unseen();
+        let settle = async {
+            futures::future::join_all(give_backs).await;
+            self.inner.release_leases(kept).await;
+        };
+        if tokio::time::timeout(GIVE_BACK_LIMIT, settle).await.is_err() {
+            tracing::warn!("giving back unseen messages took too long; closing anyway");
+        }
         self.inner.connector.close().await;
         if let Some(reaper) = self.inner.reaper.lock().take() {
             reaper.abort();

@@ -82,6 +82,7 @@ pub(super) fn invalid(queue: &QueueName, problem: ReceiptProblem) -> MessagingEr
         }
         ReceiptProblem::Ended(Ended::Deleted) => "the message was deleted",
         ReceiptProblem::Ended(Ended::DeadLettered) => "the message was dead-lettered",
+        ReceiptProblem::Ended(Ended::QueueDeleted) => "the queue was deleted with the message",
     };
     MessagingError::InvalidReceipt {
         queue: queue.as_str().to_owned(),

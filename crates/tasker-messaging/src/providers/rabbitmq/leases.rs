@@ -45,6 +45,25 @@ pub(super) async fn nack_all(leases: Vec<Lease>) {
     }
 }
 
+/// Acks the leases, grouped by channel (best effort).
+pub(super) async fn ack_all(leases: Vec<Lease>) {
+    let mut by_channel: HashMap<u64, (Arc<LeaseChannel>, Vec<u64>)> = HashMap::new();
+    for lease in leases {
+        by_channel
+            .entry(lease.channel.id)
+            .or_insert_with(|| (lease.channel.clone(), Vec::new()))
+            .1
+            .push(lease.tag);
+    }
+    for (channel, tags) in by_channel.into_values() {
+        if channel.connected() {
+            if let Err(e) = channel.ack(tags).await {
+                tracing::debug!(error = %e, "ack of a deleted queue's leases failed");
+            }
+        }
+    }
+}
+
 /// One held message.
 pub(super) struct Lease {
     pub queue: QueueName,
@@ -55,7 +74,18 @@ pub(super) struct Lease {
     pub payload: Bytes,
     pub properties: BasicProperties,
     pub receive_count: u32,
+    /// False while no caller has the message (a wait keeps it for the next receive): such a
+    /// lease that ends gives the message back without counting the delivery.
+    pub seen: bool,
+    /// Its visibility timeout ended, but the message is still held (see [`EXPIRED_HOLD`]):
+    /// invisible to nobody in this service, settleable by its receipt until it is released.
+    pub expired: bool,
 }
+
+/// How long a message whose lease ended stays held on its channel before it goes back to
+/// the broker, unless this service receives from its queue first (then at once). Meanwhile
+/// the old receipt still deletes it: AMQP cannot delete a message once it was handed back.
+pub(super) const EXPIRED_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How a lease that is no longer held ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +95,8 @@ pub(super) enum Ended {
     DeadLettered,
     /// Its channel or connection closed: the broker requeued the message.
     Lost,
+    /// Its queue was deleted (with the message).
+    QueueDeleted,
 }
 
 /// Why a receipt could not be used.
@@ -185,6 +217,8 @@ pub(super) struct Leases {
     nonce: u64,
     next_id: AtomicU64,
     table: Mutex<Table>,
+    /// Live leases whose time is up, held until released (`Lease::expired`).
+    expired_held: std::sync::atomic::AtomicUsize,
     pub wake: Notify,
     /// The service was dropped: the reaper runs until the last lease ends, then stops (its
     /// channels, and with them the connection, close then).
@@ -197,6 +231,7 @@ impl Leases {
             nonce: rand::random::<u64>() | 1,
             next_id: AtomicU64::new(1),
             table: Mutex::new(Table::default()),
+            expired_held: std::sync::atomic::AtomicUsize::new(0),
             wake: Notify::new(),
             orphaned: std::sync::atomic::AtomicBool::new(false),
         }
@@ -244,7 +279,17 @@ impl Leases {
         receipt: &ReceiptHandle,
     ) -> Result<(u64, Lease), ReceiptProblem> {
         let id = self.id_of(receipt)?;
-        self.table.lock().take(queue, id).map(|l| (id, l))
+        let taken = self.table.lock().take(queue, id);
+        taken.map(|l| (id, self.settled(l)))
+    }
+
+    /// Keeps the count of held expired leases right when `lease` leaves the table.
+    #[inline]
+    fn settled(&self, lease: Lease) -> Lease {
+        if lease.expired {
+            self.expired_held.fetch_sub(1, Ordering::Relaxed);
+        }
+        lease
     }
 
     /// [`Leases::take`] for many receipts under one lock, in order.
@@ -259,7 +304,7 @@ impl Leases {
         ids.into_iter()
             .map(|id| {
                 let id = id?;
-                t.take(queue, id).map(|l| (id, l))
+                t.take(queue, id).map(|l| (id, self.settled(l)))
             })
             .collect()
     }
@@ -287,6 +332,8 @@ impl Leases {
         let mut t = self.table.lock();
         match t.live.get_mut(&id) {
             Some(l) if &l.queue != queue => Err(ReceiptProblem::OtherQueue),
+            // Ended already (held only until it goes back): it cannot be extended.
+            Some(l) if l.expired => Err(ReceiptProblem::Ended(Ended::Released)),
             Some(l) if l.channel.connected() => {
                 l.deadline = deadline;
                 t.timers.push(Reverse((deadline, id)));
@@ -306,6 +353,83 @@ impl Leases {
         }
     }
 
+    /// Gives a kept (unseen) lease to a receiver: it is seen from now and runs to `deadline`.
+    pub fn claim(
+        &self,
+        queue: &QueueName,
+        receipt: &ReceiptHandle,
+        deadline: Instant,
+    ) -> Result<(), ReceiptProblem> {
+        self.extend(queue, receipt, deadline)?;
+        let id = self.id_of(receipt)?;
+        if let Some(l) = self.table.lock().live.get_mut(&id) {
+            l.seen = true;
+        }
+        Ok(())
+    }
+
+    /// Ends every live lease of a deleted queue; returns them (to clear their tags).
+    pub fn take_queue(&self, queue: &QueueName) -> Vec<Lease> {
+        let mut t = self.table.lock();
+        let ids: Vec<u64> = t
+            .live
+            .iter()
+            .filter(|(_, l)| &l.queue == queue)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(l) = t.live.remove(&id) {
+                t.record(id, Ended::QueueDeleted);
+                out.push(self.settled(l));
+            }
+        }
+        out
+    }
+
+    /// Removes the held leases of `queue` whose time is up, to release them now: this
+    /// service is about to receive from the queue. Free when none is held.
+    pub fn take_expired(&self, queue: &QueueName) -> Vec<Lease> {
+        if self.expired_held.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        let mut t = self.table.lock();
+        let ids: Vec<u64> = t
+            .live
+            .iter()
+            .filter(|(_, l)| l.expired && &l.queue == queue)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(l) = t.live.remove(&id) {
+                t.record(id, Ended::Released);
+                self.expired_held.fetch_sub(1, Ordering::Relaxed);
+                out.push(l);
+            }
+        }
+        out
+    }
+
+    /// Removes every live lease nobody has seen (kept by waits), to give them back.
+    pub fn take_unseen(&self) -> Vec<Lease> {
+        let mut t = self.table.lock();
+        let ids: Vec<u64> = t
+            .live
+            .iter()
+            .filter(|(_, l)| !l.seen)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(l) = t.live.remove(&id) {
+                t.record(id, Ended::Released);
+                out.push(l);
+            }
+        }
+        out
+    }
+
     /// Removes the leases whose time is up; returns them and the next deadline.
     fn take_due(&self, now: Instant) -> (Vec<Lease>, Option<Instant>) {
         let mut t = self.table.lock();
@@ -317,7 +441,20 @@ impl Leases {
             t.timers.pop();
             // A stale timer entry (the lease was settled or extended) is skipped.
             if t.live.get(&id).is_some_and(|l| l.deadline == deadline) {
+                // A lease a caller holds ends first by being held a little longer (its
+                // receipt still deletes), unless nobody saw it.
+                if let Some(l) = t.live.get_mut(&id).filter(|l| l.seen && !l.expired) {
+                    l.expired = true;
+                    l.deadline = now + EXPIRED_HOLD;
+                    let at = l.deadline;
+                    t.timers.push(Reverse((at, id)));
+                    self.expired_held.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 if let Some(lease) = t.live.remove(&id) {
+                    if lease.expired {
+                        self.expired_held.fetch_sub(1, Ordering::Relaxed);
+                    }
                     t.record(id, Ended::Released);
                     due.push(lease);
                 }
@@ -333,7 +470,7 @@ impl Leases {
             .lock()
             .live
             .values()
-            .filter(|l| l.channel.connected())
+            .filter(|l| !l.expired && l.channel.connected())
             .count() as u64
     }
 
@@ -342,7 +479,7 @@ impl Leases {
             .lock()
             .live
             .values()
-            .filter(|l| &l.queue == queue && l.channel.connected())
+            .filter(|l| &l.queue == queue && !l.expired && l.channel.connected())
             .count() as u64
     }
 

@@ -45,16 +45,20 @@
 //!   `(service nonce, lease id)` and only that service can settle them (not another process).
 //!   A dropped service keeps its leases for their full visibility timeout; a closed
 //!   connection ends them early (the broker requeues: still at least once).
-//! * A receipt whose lease ended is refused (`InvalidReceipt`) even before the message is
-//!   received again: AMQP cannot delete a message that was handed back to the queue.
+//! * AMQP cannot delete a message that was handed back to the queue, so a message whose lease
+//!   ended stays held for `leases::EXPIRED_HOLD` (or until this service receives from the
+//!   queue) and its old receipt still deletes it meanwhile; after that the receipt is
+//!   refused (`InvalidReceipt`) even before the message is received again.
 //! * Stats: the visible count is the broker's; `in_flight_count` is the leases this service
 //!   holds (AMQP does not report unacked counts); delayed count and oldest age are unknown
 //!   (`detailed_stats` is false). `purge_queue` removes ready messages and those waiting in
 //!   the delay queues this service declared, not messages under lease.
 //! * RabbitMQ closes a channel whose delivery stays unacked past `consumer_timeout` (30
 //!   minutes by default), so longer leases need that raised (a warning is logged).
-//! * Messages a push stream prefetched but never yielded are handed back when it is dropped;
-//!   on a quorum queue that counts as a delivery.
+//! * Messages a push stream prefetched but never yielded, and messages a wait kept that no
+//!   receive claimed, are given back without counting: published again with their count
+//!   (the broker's folded into `x-tasker-receive-count`), then acked. A process that dies
+//!   holding them still has the broker requeue them, and a quorum queue counts that.
 //!
 //! # Files
 //!
@@ -134,6 +138,9 @@ pub(crate) struct Inner {
     /// Messages `wait_for_messages` took and keeps for the next receive.
     waiters: wait::Waiters,
     reaper: Mutex<Option<JoinHandle<()>>>,
+    /// Dropped push streams giving back what they prefetched; `shutdown` waits for them, so
+    /// closing the connection does not requeue (and count) messages nobody saw.
+    give_backs: Mutex<Vec<JoinHandle<()>>>,
     me: std::sync::Weak<Inner>,
 }
 
@@ -201,6 +208,7 @@ impl RabbitMqMessageService {
                 max_receive: Mutex::new(HashMap::new()),
                 waiters: wait::Waiters::default(),
                 reaper: Mutex::new(None),
+                give_backs: Mutex::new(Vec::new()),
                 me: me.clone(),
             }),
             capabilities,

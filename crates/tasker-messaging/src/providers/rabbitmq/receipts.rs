@@ -37,6 +37,14 @@ pub(super) fn warn_if_past_consumer_timeout(visibility_timeout: Duration) {
 }
 
 impl RabbitMqMessageService {
+    /// The error for a refused receipt: `QueueNotFound` when the queue is missing.
+    async fn refused(&self, queue: &QueueName, problem: ReceiptProblem) -> MessagingError {
+        match self.inner.exists(queue).await {
+            Err(e) => e,
+            Ok(()) => invalid(queue, problem),
+        }
+    }
+
     pub(super) async fn delete_leased(
         &self,
         queue: &QueueName,
@@ -82,6 +90,9 @@ impl RabbitMqMessageService {
                     .push((receipts[i].clone(), invalid(queue, problem))),
             }
         }
+        // A refused receipt, or a repeated delete, on a missing queue is QueueNotFound (asked
+        // only then: a plain delete costs no round trip).
+        let check_queue = outcome.deleted > 0 || !outcome.rejected.is_empty();
         for g in groups {
             match g.channel.ack(g.tags).await {
                 Ok(()) => {
@@ -97,6 +108,9 @@ impl RabbitMqMessageService {
                 }
             }
         }
+        if check_queue {
+            self.inner.exists(queue).await?;
+        }
         Ok(outcome)
     }
 
@@ -109,11 +123,15 @@ impl RabbitMqMessageService {
         let leases = &self.inner.leases;
         if !visibility_timeout.is_zero() {
             warn_if_past_consumer_timeout(visibility_timeout);
-            return leases
-                .extend(queue, receipt, Instant::now() + visibility_timeout)
-                .map_err(|p| invalid(queue, p));
+            return match leases.extend(queue, receipt, Instant::now() + visibility_timeout) {
+                Ok(()) => Ok(()),
+                Err(p) => Err(self.refused(queue, p).await),
+            };
         }
-        let (id, lease) = leases.take(queue, receipt).map_err(|p| invalid(queue, p))?;
+        let (id, lease) = match leases.take(queue, receipt) {
+            Ok(taken) => taken,
+            Err(p) => return Err(self.refused(queue, p).await),
+        };
         leases.ended(id, Ended::Released);
         self.inner.release_leases(vec![lease]).await;
         Ok(())
@@ -126,10 +144,10 @@ impl RabbitMqMessageService {
         reason: &str,
     ) -> Result<()> {
         let inner = &self.inner;
-        let (id, lease) = inner
-            .leases
-            .take(queue, receipt)
-            .map_err(|p| invalid(queue, p))?;
+        let (id, lease) = match inner.leases.take(queue, receipt) {
+            Ok(taken) => taken,
+            Err(p) => return Err(self.refused(queue, p).await),
+        };
         let reason = DeadLetterReason::Rejected {
             reason: reason.to_owned(),
         };
@@ -147,26 +165,39 @@ impl RabbitMqMessageService {
 }
 
 impl Inner {
-    /// Hands leased messages back to their queues. Quorum queues count the delivery and
-    /// dead-letter at the limit themselves, so a nack is enough. A classic queue counts
-    /// nothing: the message is published again with its receive count in a header (or
-    /// dead-lettered at `max_receive_count`), then the delivery is acked.
+    /// Releases at once the messages of `queue` whose lease ended but which are still held
+    /// ([`leases::EXPIRED_HOLD`]): this service is about to receive from the queue.
+    #[inline]
+    pub(super) async fn release_expired(&self, queue: &QueueName) {
+        let due = self.leases.take_expired(queue);
+        if !due.is_empty() {
+            self.release_leases(due).await;
+        }
+    }
+
+    /// Hands leased messages back to their queues. A quorum queue counts the delivery and
+    /// dead-letters at the limit itself, so a nack is enough for a message it alone counts.
+    /// Otherwise (a classic queue counts nothing; a copy we republished carries our count;
+    /// a delivery nobody saw must not count) the message is published again with its receive
+    /// count in a header (or dead-lettered at `max_receive_count`), then the delivery is acked.
     pub(super) async fn release_leases(&self, leases: Vec<Lease>) {
         // The queues this service declares are all of the configured type. The header alone
         // cannot tell: RabbitMQ 3.10 leaves `x-delivery-count` off a quorum queue's first
         // delivery to a consumer (it is on `basic.get`'s), and republishing such a message
         // would start its count, and the broker's delivery limit, from zero again.
         let quorum_queues = self.settings.queue_type == RabbitMqQueueType::Quorum;
-        let (quorum, classic): (Vec<_>, Vec<_>) = leases
-            .into_iter()
-            .partition(|l| quorum_queues || codec::counted_by_broker(&l.properties));
-        leases::nack_all(quorum).await;
-        for lease in classic {
+        let (nacked, republished): (Vec<_>, Vec<_>) = leases.into_iter().partition(|l| {
+            l.seen
+                && (quorum_queues || codec::counted_by_broker(&l.properties))
+                && !codec::carries_own_count(&l.properties)
+        });
+        leases::nack_all(nacked).await;
+        for lease in republished {
             if !lease.channel.connected() {
                 continue;
             }
             let max = self.max_receive_count(&lease.queue);
-            let moved = if max > 0 && lease.receive_count >= max {
+            let moved = if lease.seen && max > 0 && lease.receive_count >= max {
                 self.copy_to_dead_letter_queue(
                     &lease,
                     DeadLetterReason::MaxReceiveCountExceeded {
@@ -175,11 +206,9 @@ impl Inner {
                 )
                 .await
             } else {
-                let props = codec::with_header(
-                    &lease.properties,
-                    codec::H_RECEIVE_COUNT,
-                    AMQPValue::LongLongInt(i64::from(lease.receive_count)),
-                );
+                // A delivery nobody saw is not a receive.
+                let counted = lease.receive_count.saturating_sub(u32::from(!lease.seen));
+                let props = codec::requeue_properties(&lease.properties, counted);
                 let item = vec![(lease.payload.clone(), props)];
                 self.publish_confirmed("", lease.queue.as_str(), true, item, Some(&lease.queue))
                     .await

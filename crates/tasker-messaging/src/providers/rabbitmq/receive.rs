@@ -94,6 +94,7 @@ impl Inner {
         max: usize,
         visibility_timeout: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
+        self.release_expired(queue).await;
         let deadline = Instant::now() + visibility_timeout;
         let now = Utc::now();
         let expires = chrono::Duration::from_std(visibility_timeout)
@@ -104,7 +105,7 @@ impl Inner {
             // A kept lease that ran out (or whose channel closed) was released: skip it.
             if self
                 .leases
-                .extend(queue, &kept.metadata.receipt_handle, deadline)
+                .claim(queue, &kept.metadata.receipt_handle, deadline)
                 .is_ok()
             {
                 kept.metadata.visibility_timeout_expires = expires;
@@ -148,12 +149,14 @@ impl Inner {
         out.extend(
             deliveries
                 .into_iter()
-                .map(|d| self.lease_delivery(queue, &lc, d, deadline, now, expires)),
+                .map(|d| self.lease_delivery(queue, &lc, d, deadline, now, expires, true)),
         );
         Ok(out)
     }
 
     /// Registers a lease for a delivery on `channel`; returns the received message.
+    // Called per message on the receive path: plain arguments, no struct to build.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn lease_delivery(
         &self,
         queue: &QueueName,
@@ -162,6 +165,7 @@ impl Inner {
         deadline: Instant,
         now: chrono::DateTime<Utc>,
         expires: Option<chrono::DateTime<Utc>>,
+        seen: bool,
     ) -> ReceivedMessage {
         let payload = Bytes::from(d.data);
         let decoded = codec::decode(
@@ -180,6 +184,8 @@ impl Inner {
             payload,
             properties: d.properties,
             receive_count: decoded.receive_count,
+            seen,
+            expired: false,
         });
         decoded.into_received(receipt, expires)
     }

@@ -3,8 +3,9 @@
 //!
 //! When the connection or channel breaks, the stream reconnects and subscribes again by
 //! itself; what it held unacked is requeued by the broker and delivered again. A missing queue
-//! ends the stream with `QueueNotFound`. Dropping the stream cancels the consumer and hands
-//! back what was prefetched but never yielded; nothing keeps running.
+//! ends the stream with `QueueNotFound`. Dropping the stream cancels the consumer and gives
+//! back what was prefetched but never yielded without counting it (nobody saw it; see
+//! `Inner::release_leases`); `shutdown` waits for that; nothing keeps running.
 //!
 //! The stream is a hand-written state machine rather than `futures::stream::unfold`: unfold
 //! moves its whole state in and out of a fresh future for every item, which callgrind showed
@@ -55,6 +56,8 @@ pub(super) async fn basic_consume(
 }
 
 struct Subscription {
+    inner: Arc<Inner>,
+    queue: QueueName,
     channel: Arc<LeaseChannel>,
     consumer: Option<lapin::Consumer>,
     tag: String,
@@ -68,11 +71,12 @@ impl Drop for Subscription {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let channel = self.channel.clone();
+        let (inner, channel, queue) =
+            (self.inner.clone(), self.channel.clone(), self.queue.clone());
         let tag = std::mem::take(&mut self.tag);
-        // Cancel, then requeue what was prefetched but never yielded (it would otherwise
-        // stay unacked until the channel closes).
-        runtime.spawn(async move {
+        // Cancel first (no more deliveries), then give back what was prefetched but never
+        // yielded without counting it: nobody saw it (a nack would count on a quorum queue).
+        let task = runtime.spawn(async move {
             if !channel.connected() {
                 return;
             }
@@ -84,10 +88,24 @@ impl Drop for Subscription {
             while let Ok(Some(Ok(d))) =
                 tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
             {
-                unyielded.push(d.delivery_tag);
+                let decoded_count = codec::receive_count(&d.properties, d.redelivered);
+                unyielded.push(Lease {
+                    queue: queue.clone(),
+                    channel: channel.clone(),
+                    tag: d.delivery_tag,
+                    deadline: Instant::now(),
+                    payload: Bytes::from(d.data),
+                    properties: d.properties,
+                    receive_count: decoded_count,
+                    seen: false,
+                    expired: false,
+                });
             }
-            let _ = channel.release(unyielded).await;
+            inner.release_leases(unyielded).await;
         });
+        let mut tasks = self.inner.give_backs.lock();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 }
 
@@ -136,6 +154,7 @@ async fn subscribe(
     if let Some(pause) = pause {
         tokio::time::sleep(pause).await;
     }
+    inner.release_expired(&queue).await;
     let link = inner.link().await?;
     let channel = link
         .conn
@@ -154,6 +173,8 @@ async fn subscribe(
         .await
         .map_err(|e| inner.map("basic.consume", Some(&queue), e))?;
     Ok(Subscription {
+        inner: inner.clone(),
+        queue,
         channel: LeaseChannel::new(channel),
         consumer: Some(consumer),
         tag,
@@ -199,6 +220,8 @@ impl PushStream {
             payload,
             properties: d.properties,
             receive_count: decoded.receive_count,
+            seen: true,
+            expired: false,
         });
         decoded.into_received(receipt, expires)
     }

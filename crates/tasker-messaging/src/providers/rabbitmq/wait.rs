@@ -75,6 +75,7 @@ impl Inner {
     /// the queue stays watched while anyone waits, and one arrival wakes one waiter, not every
     /// waiter into an empty receive.
     pub(super) async fn wait_for_messages(&self, queue: &QueueName, max_wait: Duration) {
+        self.release_expired(queue).await;
         let deadline = Instant::now() + max_wait;
         let waiter = self.waiters.of(queue);
         let mut first = true;
@@ -155,7 +156,7 @@ impl Inner {
         // The expiry shown is set when a receive claims the message.
         let leased: Vec<_> = arrived
             .into_iter()
-            .map(|d| self.lease_delivery(queue, &channel, d, hold_until, now, None))
+            .map(|d| self.lease_delivery(queue, &channel, d, hold_until, now, None, false))
             .collect();
         waiter.kept.lock().extend(leased);
         Ok(())
