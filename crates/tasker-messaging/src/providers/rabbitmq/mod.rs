@@ -262,13 +262,6 @@ impl MessagingService for RabbitMqMessageService {
         Ok(())
     }
 
-    async fn send(&self, queue: &QueueName, message: OutgoingMessage) -> Result<MessageId> {
-        self.inner.check_payload(message.payload.len())?;
-        let id = message.message_id;
-        self.inner.send_many(queue, vec![message]).await?;
-        Ok(id)
-    }
-
     async fn send_batch(
         &self,
         queue: &QueueName,
@@ -298,16 +291,6 @@ impl MessagingService for RabbitMqMessageService {
         self.inner
             .receive_many(queue, max_messages.min(MAX_BATCH), visibility_timeout)
             .await
-    }
-
-    async fn delete_message(&self, queue: &QueueName, receipt: &ReceiptHandle) -> Result<()> {
-        let outcome = self
-            .delete_messages(queue, std::slice::from_ref(receipt))
-            .await?;
-        match outcome.rejected.into_iter().next() {
-            Some((_, e)) => Err(e),
-            None => Ok(()),
-        }
     }
 
     async fn delete_messages(
