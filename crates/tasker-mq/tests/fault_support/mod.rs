@@ -448,6 +448,60 @@ pub fn baseline(plan: &DemoPlan, tag: &str) -> Duration {
     run.wall
 }
 
+/// What a demo run under a fault must show beyond "every task accounted for" and "the summary
+/// counts retries".
+pub struct FaultExpectation {
+    /// The outage was long enough that the breaker must have opened.
+    pub breaker_opens: bool,
+    /// Least time degraded the summary must report, in seconds.
+    pub min_degraded_secs: f64,
+}
+
+/// The shape of every demo fault test: a fault-free reference run of `plan`, then the same run
+/// with `inject` called 30% into it (it returns the outage it caused, zero for a kill); the run
+/// must account for every task, show the fault in its summary, and take no longer than the
+/// reference plus the outage plus 10 s.
+pub fn demo_through_fault(
+    plan: &DemoPlan,
+    tag: &str,
+    label: &str,
+    inject: impl FnOnce() -> Duration,
+    expect: FaultExpectation,
+) -> Finished {
+    fresh_queues(plan.provider);
+    let baseline = baseline(plan, tag);
+    let run = spawn_demo(plan, tag);
+    std::thread::sleep(baseline.mul_f64(0.3).max(Duration::from_millis(500)));
+    let outage = inject();
+    let finished = run
+        .finish(baseline + outage + Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    report(label, outage, baseline, &finished);
+    check_accounted(plan, &finished);
+    let faults = faults(&finished);
+    assert!(
+        faults["retried_operations"].as_u64().unwrap() > 0,
+        "the summary shows the fault: {faults}"
+    );
+    if expect.breaker_opens {
+        assert!(
+            faults["breaker_openings"].as_u64().unwrap() >= 1,
+            "{faults}"
+        );
+    }
+    let degraded = faults["degraded_secs"].as_f64().unwrap();
+    assert!(
+        degraded >= expect.min_degraded_secs && degraded <= outage.as_secs_f64() + 10.0,
+        "time degraded {degraded:.1} s for an outage of {outage:?}"
+    );
+    assert!(
+        finished.wall <= baseline + outage + Duration::from_secs(10),
+        "{:?} against {baseline:?} without faults and an outage of {outage:?}",
+        finished.wall
+    );
+    finished
+}
+
 // ---------- HTTP ----------
 
 /// `GET path` on `addr`: the status code and body, or why not.
