@@ -25,18 +25,23 @@ use super::channel::LeaseChannel;
 use crate::message::ReceiptHandle;
 use crate::queue_name::QueueName;
 
-/// Nacks the leases with requeue, grouped by channel. A broken channel needs nothing: the
-/// broker requeued what it held.
-pub(super) async fn nack_all(leases: Vec<Lease>) {
-    let mut by_channel: HashMap<u64, (Arc<LeaseChannel>, Vec<u64>)> = HashMap::new();
+/// The leases' delivery tags, grouped by the channel that holds them.
+fn by_channel(leases: Vec<Lease>) -> impl Iterator<Item = (Arc<LeaseChannel>, Vec<u64>)> {
+    let mut groups: HashMap<u64, (Arc<LeaseChannel>, Vec<u64>)> = HashMap::new();
     for lease in leases {
-        by_channel
+        groups
             .entry(lease.channel.id)
             .or_insert_with(|| (lease.channel.clone(), Vec::new()))
             .1
             .push(lease.tag);
     }
-    for (channel, tags) in by_channel.into_values() {
+    groups.into_values()
+}
+
+/// Nacks the leases with requeue, grouped by channel. A broken channel needs nothing: the
+/// broker requeued what it held.
+pub(super) async fn nack_all(leases: Vec<Lease>) {
+    for (channel, tags) in by_channel(leases) {
         if channel.connected() {
             if let Err(e) = channel.release(tags).await {
                 tracing::debug!(error = %e, "lease release nack failed");
@@ -47,15 +52,7 @@ pub(super) async fn nack_all(leases: Vec<Lease>) {
 
 /// Acks the leases, grouped by channel (best effort).
 pub(super) async fn ack_all(leases: Vec<Lease>) {
-    let mut by_channel: HashMap<u64, (Arc<LeaseChannel>, Vec<u64>)> = HashMap::new();
-    for lease in leases {
-        by_channel
-            .entry(lease.channel.id)
-            .or_insert_with(|| (lease.channel.clone(), Vec::new()))
-            .1
-            .push(lease.tag);
-    }
-    for (channel, tags) in by_channel.into_values() {
+    for (channel, tags) in by_channel(leases) {
         if channel.connected() {
             if let Err(e) = channel.ack(tags).await {
                 tracing::debug!(error = %e, "ack of a deleted queue's leases failed");
