@@ -309,44 +309,48 @@ pub(super) async fn read_limits(
     })
 }
 
+/// The connect options of `url`; a URL PostgreSQL cannot parse is a configuration error
+/// (scrubbed of its password).
+fn connect_options(url: &SecretUrl) -> Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url.expose()).map_err(|e| {
+        MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url))
+    })
+}
+
+/// Runs `query` on one short-lived connection to `url`, closing it afterwards.
+async fn on_one_connection<T>(
+    url: &SecretUrl,
+    what: &'static str,
+    query: impl for<'c> FnOnce(
+        &'c mut sqlx::PgConnection,
+    )
+        -> futures::future::BoxFuture<'c, std::result::Result<T, sqlx::Error>>,
+) -> Result<T> {
+    let mut conn = sqlx::PgConnection::connect_with(&connect_options(url)?)
+        .await
+        .map_err(|e| map_sqlx(e, "connect", None, None, url))?;
+    let result = query(&mut conn)
+        .await
+        .map_err(|e| map_sqlx(e, what, None, None, url));
+    let _ = conn.close().await;
+    result
+}
+
 impl PgmqMessageService {
     /// What the database at `url` has of pgmq.
     pub async fn detect_installation(url: &SecretUrl) -> Result<PgmqInstallation> {
-        let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
-            MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url))
-        })?;
-        let mut conn = sqlx::PgConnection::connect_with(&options)
-            .await
-            .map_err(|e| map_sqlx(e, "connect", None, None, url))?;
-        let result = detect(&mut conn)
-            .await
-            .map_err(|e| map_sqlx(e, "detect pgmq", None, None, url));
-        let _ = conn.close().await;
-        result
+        on_one_connection(url, "detect pgmq", |conn| Box::pin(detect(conn))).await
     }
 
     /// Installs pgmq's embedded SQL into the database at `url` unless the extension or the SQL
     /// is already there (`tasker-mq pgmq install`). Offline; safe to run concurrently.
     pub async fn install_sql(url: &SecretUrl) -> Result<InstallOutcome> {
-        let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
-            MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url))
-        })?;
-        install_with_lock(&options, url).await
+        install_with_lock(&connect_options(url)?, url).await
     }
 
     /// The server's connection limits (`max_connections`, reserved connections), for
     /// [`crate::build_service_with_limits`].
     pub async fn system_limits(url: &SecretUrl) -> Result<SystemResourceLimits> {
-        let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
-            MessagingError::config("connection.pgmq.database_url", scrub(&e.to_string(), url))
-        })?;
-        let mut conn = sqlx::PgConnection::connect_with(&options)
-            .await
-            .map_err(|e| map_sqlx(e, "connect", None, None, url))?;
-        let limits = read_limits(&mut conn)
-            .await
-            .map_err(|e| map_sqlx(e, "read limits", None, None, url));
-        let _ = conn.close().await;
-        limits
+        on_one_connection(url, "read limits", |conn| Box::pin(read_limits(conn))).await
     }
 }
