@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tasker_messaging::conformance::{run_suite, ProviderFactory};
+#[cfg(feature = "rabbitmq")]
+use tasker_messaging::conformance::{url_with_password, Credentials, Suite};
 use tasker_messaging::resilience::{
     BackpressureLayer, CircuitBreaker, CircuitBreakerLayer, GlobalBackpressureController, Layer,
     LayerFuture, Next, Request, RetryLayer, ServiceStack, ShadowService,
@@ -65,14 +67,29 @@ async fn conformance_resilience_stack_rabbitmq() {
     if rabbitmq_support::service().await.is_none() {
         return;
     }
-    let factory: ProviderFactory = Arc::new(|| {
-        Box::pin(async {
-            let svc = tasker_messaging::RabbitMqMessageService::new(rabbitmq_support::settings())?;
-            svc.initialize().await?;
-            Ok(stack(Arc::new(svc)))
+    const WRONG_PASSWORD: &str = "Wr0ng-pw/so%secret";
+    let stacked = |settings: tasker_messaging::RabbitMqSettings| -> ProviderFactory {
+        Arc::new(move || {
+            let settings = settings.clone();
+            Box::pin(async move {
+                let svc = tasker_messaging::RabbitMqMessageService::new(settings)?;
+                svc.initialize().await?;
+                Ok(stack(Arc::new(svc)))
+            })
         })
-    });
-    run_suite("rabbitmq_resilience_stack", factory)
+    };
+    let settings = rabbitmq_support::settings();
+    let mut wrong = settings.clone();
+    wrong.url = tasker_messaging::SecretUrl::new(
+        url_with_password(settings.url.expose(), WRONG_PASSWORD).expect("the AMQP URL is a URL"),
+    );
+    // Errors pass the layers too: none may show the password.
+    Suite::new("rabbitmq_resilience_stack", stacked(settings))
+        .credentials(Credentials::WrongPassword {
+            factory: stacked(wrong),
+            password: WRONG_PASSWORD.into(),
+        })
+        .run()
         .await
         .assert_passed();
 }

@@ -373,7 +373,12 @@ impl Connector {
         self.closed.store(true, Ordering::Release);
         let link = self.current.lock().take();
         if let Some(link) = link {
-            let _ = link.conn.close(200, "shutdown".into()).await;
+            // Bounded: a connection the broker no longer answers (a protocol error, a broker
+            // gone away) must not hang the caller; dropping it closes the socket.
+            let closing = link.conn.close(200, "shutdown".into());
+            if tokio::time::timeout(CLOSE_LIMIT, closing).await.is_err() {
+                tracing::warn!("the broker did not confirm the connection close; dropping it");
+            }
         }
     }
 }
@@ -407,6 +412,9 @@ impl Inner {
         }
     }
 }
+
+/// How long closing the connection may wait for the broker's close-ok.
+const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long `shutdown` waits for unseen messages to be given back.
 const GIVE_BACK_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);

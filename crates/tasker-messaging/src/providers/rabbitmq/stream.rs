@@ -63,6 +63,9 @@ struct Subscription {
     tag: String,
 }
 
+/// How long a dropped stream waits for the broker to confirm its consumer's cancel.
+const CANCEL_LIMIT: Duration = Duration::from_secs(2);
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         let Some(mut consumer) = self.consumer.take() else {
@@ -80,10 +83,14 @@ impl Drop for Subscription {
             if !channel.connected() {
                 return;
             }
-            let _ = channel
+            // Bounded: a cancel the broker never confirms must not keep the give-back (and so
+            // `shutdown`, which waits for it) waiting; the deliveries below still drain.
+            let cancel = channel
                 .channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+            if tokio::time::timeout(CANCEL_LIMIT, cancel).await.is_err() {
+                tracing::warn!(queue = %queue, "the broker did not confirm a consumer cancel");
+            }
             let mut unyielded = Vec::new();
             while let Ok(Some(Ok(d))) =
                 tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
