@@ -48,9 +48,11 @@ async fn conformance_pgmq() {
             Ok(Arc::new(svc) as Arc<dyn MessagingService>)
         })
     });
-    // The transactional path: one transaction per call, committed.
+    // The transactional path: one transaction per call, committed. Shared by the copies of a
+    // stress run, each holding a connection for its transaction while the send looks the
+    // queue up on another: enough connections for four copies at once.
     let sender = Arc::new(
-        PgmqMessageService::new(support::settings().with_pool_size(2)).expect("valid settings"),
+        PgmqMessageService::new(support::settings().with_pool_size(10)).expect("valid settings"),
     );
     sender.initialize().await.unwrap();
     let transactional: TransactionalSend = Arc::new(move |queue, messages| {
