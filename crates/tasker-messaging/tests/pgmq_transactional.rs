@@ -136,3 +136,36 @@ async fn a_transactional_send_to_a_missing_queue_is_a_typed_error() {
         "{err:?}"
     );
 }
+
+/// A caller that holds the pool's every connection in transactions still sends: the queue is
+/// looked up on the transaction's own connection, never on a second pooled one (with one
+/// connection, a lookup on the pool would wait out the pool's acquire timeout).
+#[tokio::test]
+async fn a_send_in_a_transaction_needs_no_second_connection() {
+    let Some(creator) = support::service().await else {
+        return;
+    };
+    let queue = support::queue("tx_one_conn");
+    creator.create_queue(&queue).await.unwrap();
+    // A fresh service (nothing cached) whose pool has one connection.
+    let Some(svc) = support::service_with(support::settings().with_pool_size(1)).await else {
+        return;
+    };
+    let pool = svc.pool().unwrap().clone();
+    let mut tx = pool.begin().await.unwrap();
+    let sent = tokio::time::timeout(
+        Duration::from_secs(5),
+        svc.send_in_transaction(&mut tx, &queue, OutgoingMessage::new("one connection")),
+    )
+    .await
+    .expect("the send waited for a second connection")
+    .unwrap();
+    tx.commit().await.unwrap();
+    let got = creator
+        .receive(&queue, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].metadata.message_id, sent);
+    creator.delete_queue(&queue).await.unwrap();
+}

@@ -406,3 +406,107 @@ pub(super) async fn c6_first_options_stay(ctx: Ctx) -> CaseResultInner {
     );
     Ok(())
 }
+
+/// A receipt whose message went to the dead-letter queue does not delete it: the dead letter
+/// lives on (a redrive would run the work again), so "already deleted" would be a lie. Both
+/// ways a message gets there under a receipt: a later receive found it over its limit after
+/// the lease ended, and an explicit dead-letter with that very receipt.
+pub(super) async fn c6_dead_lettered_receipt_refused(ctx: Ctx) -> CaseResultInner {
+    let svc = &ctx.service;
+    let q = ctx.queue_name("dlrcpt");
+    svc.create_queue_with(&q, &QueueOptions::with_max_receive_count(1))
+        .await
+        .ctx("create_queue_with(max_receive_count 1)")?;
+    let dlq = svc
+        .dead_letter_queue_name(&q)
+        .ctx("dead_letter_queue_name")?;
+    let over = svc
+        .send(&q, OutgoingMessage::new("over its limit"))
+        .await
+        .ctx("send")?;
+    let first = recv_one(&ctx, &q, ctx.unit).await?;
+    ensure!(first.metadata.message_id == over, "another message came");
+    // Past the lease; the next receives find it over its limit and dead-letter it.
+    tokio::time::sleep(ctx.unit * 2 + svc.capabilities().timer_resolution).await;
+    ctx.eventually(
+        "the message over its limit in the dead-letter queue",
+        ctx.unit * 2 + ctx.slack(),
+        || async {
+            let again = recv(&**svc, &q, 10, Duration::from_secs(60)).await?;
+            ensure!(again.is_empty(), "delivered again past max_receive_count 1");
+            let stats = svc.get_queue_stats(&dlq).await.ctx("stats of the DLQ")?;
+            Ok((stats.total() == 1).then_some(()))
+        },
+    )
+    .await?;
+    expect_err(
+        "delete_message with the receipt of a message since dead-lettered",
+        svc.delete_message(&q, first.receipt()).await,
+        is_invalid_receipt,
+    )?;
+    let outcome = svc
+        .delete_messages(&q, std::slice::from_ref(first.receipt()))
+        .await
+        .ctx("delete_messages")?;
+    ensure!(
+        outcome.deleted == 0 && outcome.rejected.len() == 1,
+        "batch delete with that receipt: {outcome:?}"
+    );
+
+    // Dead-lettered explicitly with its own receipt, then deleted with the same receipt.
+    let explicit = svc
+        .send(&q, OutgoingMessage::new("rejected"))
+        .await
+        .ctx("send")?;
+    let m = recv_one(&ctx, &q, Duration::from_secs(60)).await?;
+    ensure!(m.metadata.message_id == explicit, "another message came");
+    svc.dead_letter_message(&q, m.receipt(), "rejected by the handler")
+        .await
+        .ctx("dead_letter_message")?;
+    expect_err(
+        "delete_message with the receipt that dead-lettered it",
+        svc.delete_message(&q, m.receipt()).await,
+        is_invalid_receipt,
+    )?;
+
+    // Both dead letters live on, once each, and redrive brings them back.
+    let dead = ctx
+        .eventually("both dead letters receivable", ctx.slack(), || async {
+            let got = recv(&**svc, &dlq, 10, Duration::from_secs(60)).await?;
+            if got.len() == 2 {
+                return Ok(Some(got));
+            }
+            for d in &got {
+                svc.change_message_visibility(&dlq, d.receipt(), Duration::ZERO)
+                    .await
+                    .ctx("release a dead letter")?;
+            }
+            Ok(None)
+        })
+        .await?;
+    let mut ids: Vec<_> = dead.iter().map(|d| d.metadata.message_id).collect();
+    ids.sort();
+    let mut want = vec![over, explicit];
+    want.sort();
+    ensure!(ids == want, "dead letters {ids:?}, expected {want:?}");
+    for d in &dead {
+        svc.change_message_visibility(&dlq, d.receipt(), Duration::ZERO)
+            .await
+            .ctx("release a dead letter")?;
+    }
+    let moved = std::sync::atomic::AtomicU64::new(0);
+    ctx.eventually("redrive to bring both back", ctx.slack(), || async {
+        let n = svc.redrive_dead_letters(&q, 10).await.ctx("redrive")?;
+        let total = moved.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        ensure!(total <= 2, "redrive moved {total} of 2 dead letters");
+        Ok((total == 2).then_some(()))
+    })
+    .await?;
+    let again = collect_n(&ctx, &**svc, &q, 2, 10, Duration::from_secs(60)).await?;
+    for m in &again {
+        svc.delete_message(&q, m.receipt())
+            .await
+            .ctx("delete after redrive")?;
+    }
+    Ok(())
+}

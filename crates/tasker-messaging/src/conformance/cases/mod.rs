@@ -141,6 +141,12 @@ pub(crate) fn all() -> Vec<Case> {
             dead_letters::c6_first_options_stay
         ),
         case!(
+            "C6.6",
+            "a receipt whose message was dead-lettered does not delete it",
+            [DeadLetterQueues, ReceiptFencing],
+            dead_letters::c6_dead_lettered_receipt_refused
+        ),
+        case!(
             "C7",
             "batches: ids in order, receive <= max, no shared leases",
             [],

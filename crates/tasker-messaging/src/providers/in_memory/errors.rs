@@ -17,6 +17,10 @@ impl InMemoryMessageService {
             ReceiptError::Gone => {
                 MessagingError::invalid_receipt(queue.as_str(), "the message no longer exists")
             }
+            ReceiptError::DeadLettered => MessagingError::invalid_receipt(
+                queue.as_str(),
+                "the message was moved to the dead-letter queue",
+            ),
         }
     }
 }

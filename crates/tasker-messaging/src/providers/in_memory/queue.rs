@@ -59,8 +59,11 @@ pub(super) struct NewMessage {
 pub(super) enum ReceiptError {
     /// The message was received again since: the receipt's lease is over.
     Stale,
-    /// The message is gone (deleted, dead-lettered, purged).
+    /// The message is gone (deleted or purged).
     Gone,
+    /// The message was moved to the dead-letter queue: it lives on there, so a delete must
+    /// not report it done (a redrive would run the work again).
+    DeadLettered,
 }
 
 #[derive(Default)]
@@ -73,6 +76,10 @@ pub(super) struct QueueState {
     visible: u64,
     in_flight: u64,
     delayed: u64,
+    /// Sequence numbers of messages moved to the dead-letter queue, so their receipts are
+    /// refused rather than taken as "already deleted". One entry per dead letter ever made
+    /// by this queue (kept across purge, which keeps dead letters too).
+    dead_lettered: rustc_hash::FxHashSet<u64>,
 }
 
 impl QueueState {
@@ -223,6 +230,7 @@ impl QueueState {
             };
             if max_receive_count > 0 && message.receive_count >= max_receive_count {
                 if let Some(message) = self.messages.remove(&seq) {
+                    self.dead_lettered.insert(seq);
                     dead_letters.push(message);
                 }
                 continue;
@@ -249,6 +257,7 @@ impl QueueState {
 
     fn check_receipt(&self, seq: u64, generation: u64) -> Result<(), ReceiptError> {
         match self.messages.get(&seq) {
+            None if self.dead_lettered.contains(&seq) => Err(ReceiptError::DeadLettered),
             None => Err(ReceiptError::Gone),
             Some(m) if m.generation != generation || generation == 0 => Err(ReceiptError::Stale),
             Some(_) => Ok(()),
@@ -265,7 +274,8 @@ impl QueueState {
         Some(message)
     }
 
-    /// Deletes the message of this lease. A message already gone counts as deleted.
+    /// Deletes the message of this lease. A message already gone counts as deleted, unless it
+    /// went to the dead-letter queue.
     pub fn delete(&mut self, seq: u64, generation: u64) -> Result<(), ReceiptError> {
         match self.check_receipt(seq, generation) {
             Ok(()) => {
@@ -284,7 +294,9 @@ impl QueueState {
         generation: u64,
     ) -> Result<StoredMessage, ReceiptError> {
         self.check_receipt(seq, generation)?;
-        self.take(seq).ok_or(ReceiptError::Gone)
+        let message = self.take(seq).ok_or(ReceiptError::Gone)?;
+        self.dead_lettered.insert(seq);
+        Ok(message)
     }
 
     /// Moves the end of this lease to `now + timeout` (zero: ready at once).
@@ -335,6 +347,7 @@ impl QueueState {
         let n = self.messages.len() as u64;
         *self = QueueState {
             next_seq: self.next_seq,
+            dead_lettered: std::mem::take(&mut self.dead_lettered),
             ..QueueState::default()
         };
         n

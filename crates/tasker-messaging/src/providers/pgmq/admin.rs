@@ -23,6 +23,15 @@ async fn lock_queue_ddl(
         .map(|_| ())
 }
 
+/// A queue as the catalog has it (see [`PgmqMessageService::lookup`]).
+struct Lookup {
+    incarnation: i64,
+    registered: bool,
+    max_receive_count: u32,
+    dead_letter_queue: Option<QueueName>,
+    dlq_exists: bool,
+}
+
 impl PgmqMessageService {
     pub(super) fn dead_letter_name(&self, queue: &QueueName) -> Option<QueueName> {
         queue.dead_letter(&self.settings.dead_letter_suffix).ok()
@@ -34,6 +43,59 @@ impl PgmqMessageService {
             return Ok(meta.clone());
         }
         let pool = self.pool()?;
+        let found = self.lookup(pool, queue).await?;
+        // Our columns and wakeup trigger, on a queue another client created or an older
+        // version of this provider did (a catalog check when they are there already).
+        sqlx::query(
+            "SELECT tasker_messaging.adopt_queue(n) FROM unnest(ARRAY[$1, $2]::text[]) n
+             WHERE to_regclass('pgmq.q_' || n) IS NOT NULL",
+        )
+        .bind(queue.as_str())
+        .bind(found.dead_letter_queue.as_ref().map(|d| d.as_str()))
+        .execute(pool)
+        .await
+        .map_err(|e| self.err(e, "queue lookup", Some(queue)))?;
+        let dead_letter_queue = match found.dead_letter_queue.clone() {
+            Some(d) if found.dlq_exists => Some(d),
+            Some(d) if found.max_receive_count > 0 => {
+                // Ours, with its dead-letter queue dropped behind our back: recreate it.
+                self.create_tables(&d, None).await?;
+                Some(d)
+            }
+            _ => None,
+        };
+        Ok(self.cache(queue, found, dead_letter_queue))
+    }
+
+    /// [`meta`](Self::meta) for a send inside the caller's transaction: the lookup runs on
+    /// the transaction's own connection, so a caller holding every pooled connection in
+    /// transactions never waits for another one. Only a queue our `create_queue` made (it
+    /// adopts the tables in the creating transaction) with its dead-letter queue in place is
+    /// resolved there; anything that needs DDL (another client's queue, a dropped DLQ) takes
+    /// the pool path, outside the caller's transaction, so a rollback cannot undo it.
+    pub(super) async fn meta_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        queue: &QueueName,
+    ) -> Result<Arc<QueueMeta>> {
+        if let Some(meta) = self.queues.read().get(queue) {
+            return Ok(meta.clone());
+        }
+        let found = self.lookup(&mut *conn, queue).await?;
+        let needs_dlq = found.max_receive_count > 0;
+        if !found.registered || (needs_dlq && !found.dlq_exists) {
+            return self.meta(queue).await;
+        }
+        let dead_letter_queue = found.dead_letter_queue.clone().filter(|_| found.dlq_exists);
+        Ok(self.cache(queue, found, dead_letter_queue))
+    }
+
+    /// What the catalog says of a queue: its table's OID (incarnation), our registration and
+    /// whether its dead-letter table exists. One read-only statement.
+    async fn lookup<'e, E>(&self, executor: E, queue: &QueueName) -> Result<Lookup>
+    where
+        E: sqlx::PgExecutor<'e>,
+    {
         let dlq = self.dead_letter_name(queue);
         // The table's OID is the queue's incarnation (see `queue_tag`).
         let (incarnation, registered, dlq_exists): (Option<i64>, Option<i32>, bool) =
@@ -44,42 +106,40 @@ impl PgmqMessageService {
             )
             .bind(queue.as_str())
             .bind(dlq.as_ref().map(|d| d.as_str()))
-            .fetch_one(pool)
+            .fetch_one(executor)
             .await
             .map_err(|e| self.err(e, "queue lookup", Some(queue)))?;
         let Some(incarnation) = incarnation else {
             return Err(MessagingError::queue_not_found(queue.as_str()));
         };
-        // Our columns and wakeup trigger, on a queue another client created or an older
-        // version of this provider did (a catalog check when they are there already).
-        sqlx::query(
-            "SELECT tasker_messaging.adopt_queue(n) FROM unnest(ARRAY[$1, $2]::text[]) n
-             WHERE to_regclass('pgmq.q_' || n) IS NOT NULL",
-        )
-        .bind(queue.as_str())
-        .bind(dlq.as_ref().map(|d| d.as_str()))
-        .execute(pool)
-        .await
-        .map_err(|e| self.err(e, "queue lookup", Some(queue)))?;
-        // A queue created by another client (plain pgmq.create) has no limit of ours.
-        let max_receive_count = registered.map_or(0, |n| n.max(0) as u32);
-        let dead_letter_queue = match dlq {
-            Some(d) if dlq_exists => Some(d),
-            Some(d) if max_receive_count > 0 => {
-                // Ours, with its dead-letter queue dropped behind our back: recreate it.
-                self.create_tables(&d, None).await?;
-                Some(d)
-            }
-            _ => None,
-        };
+        Ok(Lookup {
+            incarnation,
+            registered: registered.is_some(),
+            // A queue created by another client (plain pgmq.create) has no limit of ours.
+            max_receive_count: registered.map_or(0, |n| n.max(0) as u32),
+            dead_letter_queue: dlq,
+            dlq_exists,
+        })
+    }
+
+    fn cache(
+        &self,
+        queue: &QueueName,
+        found: Lookup,
+        dead_letter_queue: Option<QueueName>,
+    ) -> Arc<QueueMeta> {
         let meta = Arc::new(QueueMeta {
-            sql: QueueSql::new(queue, dead_letter_queue.as_ref(), max_receive_count > 0),
+            sql: QueueSql::new(
+                queue,
+                dead_letter_queue.as_ref(),
+                found.max_receive_count > 0,
+            ),
             dead_letter_queue,
-            max_receive_count,
-            tag: queue_tag(queue, incarnation),
+            max_receive_count: found.max_receive_count,
+            tag: queue_tag(queue, found.incarnation),
         });
         self.queues.write().insert(queue.clone(), meta.clone());
-        Ok(meta)
+        meta
     }
 
     /// Creates the pgmq queue (and registers it) in one transaction, with its trigger.

@@ -79,13 +79,14 @@ impl PgmqMessageService {
         messages: Vec<OutgoingMessage>,
     ) -> Result<Vec<MessageId>> {
         let batch = self.encode(&messages)?;
-        let meta = self.meta(queue).await?;
         let ids = messages.iter().map(|m| m.message_id).collect();
+        let conn = tx
+            .acquire()
+            .await
+            .map_err(|e| self.err(e, "send", Some(queue)))?;
+        // The queue is looked up on the transaction's connection (see `meta_in`).
+        let meta = self.meta_in(&mut *conn, queue).await?;
         if !messages.is_empty() {
-            let conn = tx
-                .acquire()
-                .await
-                .map_err(|e| self.err(e, "send", Some(queue)))?;
             self.send_on(conn, queue, &meta, batch).await?;
         }
         Ok(ids)

@@ -81,10 +81,9 @@ impl RabbitMqMessageService {
                     g.tags.push(lease.tag);
                     g.at.push(i);
                 }
-                // Idempotent: the message is already gone.
-                Err(ReceiptProblem::Ended(Ended::Deleted | Ended::DeadLettered)) => {
-                    outcome.deleted += 1
-                }
+                // Idempotent: the message is already gone. A dead-lettered one lives on in
+                // the dead-letter queue, so its receipt is refused (below).
+                Err(ReceiptProblem::Ended(Ended::Deleted)) => outcome.deleted += 1,
                 Err(problem) => outcome
                     .rejected
                     .push((receipts[i].clone(), invalid(queue, problem))),
