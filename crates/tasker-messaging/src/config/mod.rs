@@ -92,6 +92,15 @@ pub struct PgmqConnectionConfig {
     /// Install pgmq's SQL API when the database has neither the extension nor the SQL.
     #[serde(default)]
     pub install_sql: bool,
+    /// How long a call waits for a pooled connection (connecting one included) before it
+    /// fails with a retryable `Connection` error. Short, so a PostgreSQL outage fails calls
+    /// fast and the circuit breaker opens, instead of every call hanging.
+    #[serde(default = "default_pgmq_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
+}
+
+fn default_pgmq_acquire_timeout_ms() -> u64 {
+    5_000
 }
 
 fn default_pool_size() -> u32 {

@@ -60,7 +60,7 @@ impl PgmqMessageService {
         .await?;
         let pool = PgPoolOptions::new()
             .max_connections(self.settings.pool_size)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(self.settings.acquire_timeout)
             // Our statements are prepared once per connection and their generic plans are
             // the right ones (index scans bounded by the LIMIT). Left to itself PostgreSQL
             // compares them with custom plans that know the LIMIT, finds those cheaper on a
