@@ -85,17 +85,21 @@
 //! (`wait_for_messages`).
 
 mod admin;
+#[cfg(test)]
+mod broker_tests;
 mod channel;
 mod codec;
 mod connection;
 mod errors;
 mod extensions;
 mod leases;
+mod limits;
 mod receipts;
 mod receive;
 mod send;
 mod settings;
 mod stream;
+mod version;
 mod wait;
 
 use std::collections::HashMap;
@@ -133,7 +137,7 @@ pub(crate) struct Inner {
     /// Delay queues declared, when, and on which connection (re-declared before their
     /// `x-expires` could pass, and on a new connection, since the broker may have lost them).
     delay_queues: Mutex<HashMap<String, (std::time::Instant, u64)>>,
-    /// `max_receive_count` of queues this service created (classic queues enforce it here).
+    /// `max_receive_count` of queues this service created or read back (see `limits.rs`).
     max_receive: Mutex<HashMap<QueueName, u32>>,
     /// Messages `wait_for_messages` took and keeps for the next receive.
     waiters: wait::Waiters,
