@@ -100,3 +100,52 @@ async fn a_release_broken_before_its_commit_leaves_one_copy() {
     other.shutdown().await.unwrap();
     svc.shutdown().await.unwrap();
 }
+
+/// The limit probe of another process reads a queue's stored limit, says "disabled" for a
+/// queue without one, and never creates a queue that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_probe_reads_and_never_creates() {
+    use super::limits::StoredLimit;
+    use crate::service::QueueOptions;
+    let Some(creator) = service(RabbitMqQueueType::Quorum).await else {
+        return;
+    };
+    let Some(reader) = service(RabbitMqQueueType::Quorum).await else {
+        return;
+    };
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let limited = QueueName::new(format!("rt_probe_l_{suffix}")).unwrap();
+    let open = QueueName::new(format!("rt_probe_o_{suffix}")).unwrap();
+    let missing = QueueName::new(format!("rt_probe_m_{suffix}")).unwrap();
+    creator
+        .create_queue_with(&limited, &QueueOptions::with_max_receive_count(4))
+        .await
+        .unwrap();
+    creator
+        .create_queue_with(&open, &QueueOptions::with_max_receive_count(0))
+        .await
+        .unwrap();
+    let inner = &reader.inner;
+    assert_eq!(
+        inner.read_stored_limit(&limited).await,
+        Some(StoredLimit::Max(4))
+    );
+    assert_eq!(inner.max_receive_count(&limited).await, 4);
+    assert_eq!(
+        inner.read_stored_limit(&open).await,
+        Some(StoredLimit::Disabled)
+    );
+    assert_eq!(
+        inner.read_stored_limit(&missing).await,
+        Some(StoredLimit::Missing)
+    );
+    let link = inner.link().await.unwrap();
+    assert!(matches!(
+        inner.ready_count(&link, &missing).await,
+        Err(crate::error::MessagingError::QueueNotFound { .. })
+    ));
+    creator.delete_queue(&limited).await.unwrap();
+    creator.delete_queue(&open).await.unwrap();
+    reader.shutdown().await.unwrap();
+    creator.shutdown().await.unwrap();
+}

@@ -100,7 +100,7 @@ impl Inner {
         }
     }
 
-    async fn read_stored_limit(&self, queue: &QueueName) -> Option<StoredLimit> {
+    pub(super) async fn read_stored_limit(&self, queue: &QueueName) -> Option<StoredLimit> {
         let link = self.link().await.ok()?;
         // Its own channel: the refusal closes it.
         let ch = link.conn.create_channel().await.ok()?;
