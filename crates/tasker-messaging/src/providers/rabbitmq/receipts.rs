@@ -193,7 +193,8 @@ impl Inner {
     /// dead-letters at the limit itself, so a nack is enough for a message it alone counts.
     /// Otherwise (a classic queue counts nothing; a copy we republished carries our count;
     /// a delivery nobody saw must not count) the message is published again with its receive
-    /// count in a header (or dead-lettered at `max_receive_count`), then the delivery is acked.
+    /// count in a header (or dead-lettered at `max_receive_count`, read from the queue when
+    /// another process created it) and the delivery acked, in one transaction.
     pub(super) async fn release_leases(&self, leases: Vec<Lease>) {
         // The queues this service declares are all of the configured type. The header alone
         // cannot tell: RabbitMQ 3.10 leaves `x-delivery-count` off a quorum queue's first
