@@ -67,7 +67,10 @@ async fn another_process_enforces_the_limit_stored_with_a_classic_queue() {
     let out = OutgoingMessage::new("poison");
     worker.send(&q, out.clone()).await.unwrap();
     for n in 1..=2 {
-        let got = worker.receive(&q, 1, Duration::from_secs(30)).await.unwrap();
+        let got = worker
+            .receive(&q, 1, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1, "receive {n}");
         assert_eq!(got[0].metadata.receive_count, n);
         worker
@@ -76,18 +79,27 @@ async fn another_process_enforces_the_limit_stored_with_a_classic_queue() {
             .unwrap();
     }
     // The worker released it the second time: at the creator's limit it went to the DLQ.
-    let again = worker.receive(&q, 1, Duration::from_secs(30)).await.unwrap();
+    let again = worker
+        .receive(&q, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(
         again.is_empty(),
         "delivered a third time: the worker used its own default limit"
     );
     let dlq = worker.dead_letter_queue_name(&q).unwrap();
-    let dead = worker.receive(&dlq, 1, Duration::from_secs(30)).await.unwrap();
+    let dead = worker
+        .receive(&dlq, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].metadata.message_id, out.message_id);
     let info = dead[0].metadata.dead_letter.as_deref().unwrap();
     assert_eq!(info.receive_count, 2);
-    worker.delete_message(&dlq, dead[0].receipt()).await.unwrap();
+    worker
+        .delete_message(&dlq, dead[0].receipt())
+        .await
+        .unwrap();
 
     // A queue created with the limit disabled: another process never dead-letters it.
     let open = unique("limit_off");
@@ -97,7 +109,10 @@ async fn another_process_enforces_the_limit_stored_with_a_classic_queue() {
         .unwrap();
     worker.send(&open, OutgoingMessage::new("x")).await.unwrap();
     for n in 1..=6 {
-        let got = worker.receive(&open, 1, Duration::from_secs(30)).await.unwrap();
+        let got = worker
+            .receive(&open, 1, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1, "receive {n} of a queue without a limit");
         worker
             .change_message_visibility(&open, got[0].receipt(), Duration::ZERO)

@@ -42,8 +42,7 @@ async fn service(queue_type: RabbitMqQueueType) -> Option<RabbitMqMessageService
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_reads_the_brokers_product_and_version() {
     let uri = url().parse().expect("AMQP URL");
-    let Some(server) = probe(&uri, &OwnedTLSConfig::default(), Duration::from_secs(5)).await
-    else {
+    let Some(server) = probe(&uri, &OwnedTLSConfig::default(), Duration::from_secs(5)).await else {
         return unreachable("the version probe got no connection.start");
     };
     assert_eq!(server.product.as_deref(), Some("RabbitMQ"));
@@ -88,7 +87,10 @@ async fn a_release_broken_before_its_commit_leaves_one_copy() {
     let mut copies = Vec::new();
     let mut empty = 0;
     while empty < 3 {
-        let got = other.receive(&q, 10, Duration::from_secs(30)).await.unwrap();
+        let got = other
+            .receive(&q, 10, Duration::from_secs(30))
+            .await
+            .unwrap();
         if got.is_empty() {
             empty += 1;
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -260,8 +260,8 @@ impl HeldTags {
 pub(super) mod tests {
     /// Makes the next [`super::LeaseChannel::move_then_ack`] close its channel after the
     /// publish and the ack, before the commit, as a broken connection would.
-    pub(in crate::providers::rabbitmq) static FAIL_BEFORE_COMMIT:
-        std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    pub(in crate::providers::rabbitmq) static FAIL_BEFORE_COMMIT: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
 
     use super::*;
 

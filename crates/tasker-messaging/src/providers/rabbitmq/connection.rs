@@ -366,7 +366,9 @@ impl Connector {
             tokio::join!(tokio::time::timeout(self.connect_timeout, attempt), probe);
         let broker = server.as_ref().and_then(|s| s.version);
         match &server {
-            Some(s) => tracing::debug!(product = ?s.product, version = ?s.version, "RabbitMQ broker"),
+            Some(s) => {
+                tracing::debug!(product = ?s.product, version = ?s.version, "RabbitMQ broker")
+            }
             None => tracing::warn!(
                 "could not read the broker's version; queues are declared as for RabbitMQ 3.x \
                  (on 4.x a quorum queue without max_receive_count keeps the broker's default \

@@ -114,7 +114,10 @@ impl Inner {
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongLongInt(0),
         );
-        let refusal = match ch.queue_declare(queue.as_str().into(), durable(), args).await {
+        let refusal = match ch
+            .queue_declare(queue.as_str().into(), durable(), args)
+            .await
+        {
             // Equivalent: impossible with a number as routing key; nothing learned.
             Ok(_) => return None,
             Err(e) => e,
@@ -152,6 +155,9 @@ mod tests {
         assert_eq!(stored_limit(q, limit_3_10), Some(StoredLimit::Max(7)));
         let other_key = limit.replace("'orders_x1.5'", "'billing.5'");
         assert_eq!(stored_limit(q, &other_key), None);
-        assert_eq!(stored_limit(q, "PRECONDITION_FAILED - something else"), None);
+        assert_eq!(
+            stored_limit(q, "PRECONDITION_FAILED - something else"),
+            None
+        );
     }
 }

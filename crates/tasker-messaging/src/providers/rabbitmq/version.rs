@@ -73,7 +73,10 @@ pub(crate) fn quorum_limit_args(
             AMQPValue::LongLongInt(i64::from(max_receive_count) - 1),
         );
         if broker.is_some_and(BrokerVersion::has_at_least_once_dead_lettering) {
-            args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
             args.insert("x-overflow".into(), long_string("reject-publish"));
         }
     } else if broker.is_some_and(BrokerVersion::has_default_delivery_limit) {
