@@ -34,6 +34,20 @@ fn run(program: &str, args: &[&str]) -> std::io::Result<Output> {
     Command::new(program).args(args).output()
 }
 
+/// Starts a server with every inherited descriptor above stderr closed: the broker outlives
+/// the test and must not keep the `flock -x /tmp/tasker-services.lock` descriptor the test
+/// was started under (it would hold the shared services' lock for as long as it runs).
+fn run_server_start(program: &str, args: &[&str]) -> std::io::Result<Output> {
+    let close_and_exec = r#"for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null; exec "$@""#;
+    Command::new("bash")
+        .arg("-c")
+        .arg(close_and_exec)
+        .arg("bash")
+        .arg(program)
+        .args(args)
+        .output()
+}
+
 fn describe(out: &Output) -> String {
     format!(
         "{} {}",
@@ -72,7 +86,7 @@ fn await_node(within: Duration) -> Result<(), String> {
 }
 
 fn start_node() -> Result<(), String> {
-    let out = run("rabbitmq-server", &["-detached"])
+    let out = run_server_start("rabbitmq-server", &["-detached"])
         .map_err(|e| format!("rabbitmq-server cannot run: {e}"))?;
     if !out.status.success() {
         // Already running is fine; await_node tells.

@@ -13,6 +13,7 @@ use lapin::Channel;
 use super::codec::{self, long_string};
 use super::connection::{Declaration, Link};
 use super::errors::is_soft;
+use super::version::{quorum_limit_args, BrokerVersion};
 use super::{Inner, RabbitMqMessageService};
 use crate::config::RabbitMqQueueType;
 use crate::error::{MessagingError, Result};
@@ -20,7 +21,7 @@ use crate::queue_name::QueueName;
 use crate::service::QueueStats;
 
 /// The exchange quorum queues dead-letter through; the DLQ is bound with `<queue>.<max>`.
-const DEAD_LETTER_EXCHANGE: &str = "tasker.dead_letter";
+pub(super) const DEAD_LETTER_EXCHANGE: &str = "tasker.dead_letter";
 
 pub(super) fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -72,18 +73,15 @@ impl Inner {
         })
     }
 
-    pub(super) fn max_receive_count(&self, queue: &QueueName) -> u32 {
-        if let Some(max) = self.max_receive.lock().get(queue) {
-            return *max;
+    /// A DLQ's arguments: of the configured type, and without a delivery limit (on a quorum
+    /// queue of RabbitMQ 4.0+, whose default limit would drop a dead letter received 20 times).
+    pub(super) fn dead_letter_queue_args(&self, broker: Option<BrokerVersion>) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), self.queue_type_arg());
+        if self.settings.queue_type == RabbitMqQueueType::Quorum {
+            quorum_limit_args(&mut args, 0, broker);
         }
-        if queue
-            .as_str()
-            .ends_with(self.settings.dead_letter_suffix.as_str())
-        {
-            0
-        } else {
-            self.settings.default_max_receive_count
-        }
+        args
     }
 
     /// Declares the dead-letter exchange, the DLQ and its binding, then the queue. Returns
@@ -116,8 +114,7 @@ impl Inner {
                 kind: lapin::ExchangeKind::Direct,
                 durable: true,
             });
-            let mut dlq_args = FieldTable::default();
-            dlq_args.insert("x-queue-type".into(), self.queue_type_arg());
+            let dlq_args = self.dead_letter_queue_args(link.broker);
             ch.queue_declare(dlq.as_str().into(), durable(), dlq_args.clone())
                 .await?;
             declared.push(Declaration::Queue {
@@ -146,12 +143,9 @@ impl Inner {
                     long_string(DEAD_LETTER_EXCHANGE),
                 );
                 args.insert("x-dead-letter-routing-key".into(), long_string(&key));
-                if self.settings.queue_type == RabbitMqQueueType::Quorum {
-                    args.insert(
-                        "x-delivery-limit".into(),
-                        AMQPValue::LongLongInt(i64::from(max_receive_count) - 1),
-                    );
-                }
+            }
+            if self.settings.queue_type == RabbitMqQueueType::Quorum {
+                quorum_limit_args(&mut args, max_receive_count, link.broker);
             }
             ch.queue_declare(queue.as_str().into(), durable(), args.clone())
                 .await?;
@@ -330,6 +324,7 @@ impl RabbitMqMessageService {
             .connector
             .forget_queues(&[queue.as_str(), dlq.as_str()]);
         inner.waiters.forget(queue);
+        inner.max_receive.lock().remove(queue);
         // Its leases end with it: a receipt of the deleted queue must not report success.
         let ended = inner.leases.take_queue(queue);
         let ch = link.admin(inner.errors()).await?;

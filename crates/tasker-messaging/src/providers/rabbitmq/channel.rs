@@ -24,6 +24,9 @@ pub(super) struct LeaseChannel {
     pub receive: tokio::sync::Mutex<()>,
     /// The consumer prefetch last set on the channel (0: never).
     pub prefetch: std::sync::atomic::AtomicU16,
+    /// In AMQP transaction mode (`tx.select`), since it first moved a message (see
+    /// [`LeaseChannel::move_then_ack`]): from then on every settle is committed.
+    transactional: std::sync::atomic::AtomicBool,
 }
 
 impl LeaseChannel {
@@ -35,6 +38,7 @@ impl LeaseChannel {
             settle: tokio::sync::Mutex::new(()),
             receive: tokio::sync::Mutex::new(()),
             prefetch: std::sync::atomic::AtomicU16::new(0),
+            transactional: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -80,7 +84,84 @@ impl LeaseChannel {
         for r in futures::future::join_all(singles).await {
             r?;
         }
+        self.commit_if_transactional().await
+    }
+
+    /// Commits what was just settled, on a channel in transaction mode (the settle lock is
+    /// held, so the commit covers exactly this settle).
+    async fn commit_if_transactional(&self) -> lapin::Result<()> {
+        if self.transactional.load(Ordering::Acquire) {
+            self.channel.tx_commit().await?;
+        }
         Ok(())
+    }
+
+    /// Publishes `payload` to `routing_key` (default exchange) and acks `tag`, in one AMQP
+    /// transaction on this channel: the broker applies both at the commit or neither (the
+    /// channel closing before the commit rolls both back, and the delivery is requeued), so a
+    /// moved message never exists twice, and the commit returns once the copy is on disk.
+    /// Switches the channel to transaction mode the first time (a channel cannot switch
+    /// back): its later acks each wait for a commit.
+    pub async fn move_then_ack(
+        &self,
+        routing_key: &str,
+        payload: &[u8],
+        properties: lapin::BasicProperties,
+        tag: u64,
+    ) -> lapin::Result<()> {
+        let _settle = self.settle.lock().await;
+        if !self.transactional.load(Ordering::Acquire) {
+            self.channel.tx_select().await?;
+            self.transactional.store(true, Ordering::Release);
+        }
+        self.outstanding.lock().remove(tag);
+        #[cfg(test)]
+        let fault = tests::FAIL_BEFORE_COMMIT.swap(false, Ordering::AcqRel);
+        let published = async {
+            // Not awaited as a confirm: a channel in transaction mode has none; the commit
+            // below is the broker's answer.
+            self.channel
+                .basic_publish(
+                    "".into(),
+                    routing_key.into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    payload,
+                    properties,
+                )
+                .await?;
+            self.channel
+                .basic_ack(tag, BasicAckOptions::default())
+                .await
+        }
+        .await;
+        #[cfg(test)]
+        if fault {
+            // The connection breaks between the ack and the commit (tests only).
+            let _ = self
+                .channel
+                .close(200, "test: broken before commit".into())
+                .await;
+        }
+        let result = match published {
+            Ok(_) => self.channel.tx_commit().await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() && self.connected() {
+            // Nothing was committed and the channel lives: hand the original back.
+            let _ = self.channel.tx_rollback().await;
+            let requeue = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            let _ = self.channel.basic_nack(tag, requeue).await;
+            let _ = self.channel.tx_commit().await;
+        }
+        result
+    }
+
+    /// Whether the channel is in transaction mode (it moved a message).
+    pub fn is_transactional(&self) -> bool {
+        self.transactional.load(Ordering::Acquire)
     }
 
     /// Nacks `tags` with requeue: the messages are receivable again at once.
@@ -107,7 +188,7 @@ impl LeaseChannel {
         for r in futures::future::join_all(nacks).await {
             r?;
         }
-        Ok(())
+        self.commit_if_transactional().await
     }
 }
 
@@ -176,7 +257,12 @@ impl HeldTags {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    /// Makes the next [`super::LeaseChannel::move_then_ack`] close its channel after the
+    /// publish and the ack, before the commit, as a broken connection would.
+    pub(in crate::providers::rabbitmq) static FAIL_BEFORE_COMMIT: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
     use super::*;
 
     #[test]

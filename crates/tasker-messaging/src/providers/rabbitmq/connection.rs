@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use super::channel::LeaseChannel;
 use super::errors::ErrorMapper;
 use super::leases::{self, Lease};
+use super::version::{self, BrokerVersion};
 use super::{Inner, RabbitMqMessageService};
 use crate::error::{MessagingError, Result};
 use crate::queue_name::QueueName;
@@ -42,6 +43,9 @@ use crate::service::MessagingHealth;
 pub(super) struct Link {
     pub conn: Connection,
     pub epoch: u64,
+    /// The broker's version, read when this connection was made (see `version.rs`); `None`
+    /// when the probe failed.
+    pub broker: Option<BrokerVersion>,
     publishers: Vec<Mutex<Channel>>,
     next_publisher: AtomicUsize,
     idle_admin: Mutex<Vec<Channel>>,
@@ -92,14 +96,20 @@ impl Link {
         }
     }
 
-    /// The lease channel receives on `queue` use.
+    /// The lease channel receives on `queue` use. With `keep_transactional` false, a channel
+    /// that switched to transaction mode (it moved a message; every ack then waits for a
+    /// commit) is retired: it keeps its leases and closes when they end, and new receives
+    /// get a fresh channel.
     pub async fn queue_channel(
         &self,
         queue: &QueueName,
         errors: &ErrorMapper,
+        keep_transactional: bool,
     ) -> Result<Arc<LeaseChannel>> {
+        let usable =
+            |ch: &LeaseChannel| ch.connected() && (keep_transactional || !ch.is_transactional());
         if let Some(ch) = self.queue_channels.lock().get(queue) {
-            if ch.connected() {
+            if usable(ch) {
                 return Ok(ch.clone());
             }
         }
@@ -112,7 +122,7 @@ impl Link {
         let mut map = self.queue_channels.lock();
         match map.get(queue) {
             // Another caller opened one meanwhile: use theirs, ours closes on drop.
-            Some(existing) if existing.connected() => Ok(existing.clone()),
+            Some(existing) if usable(existing) => Ok(existing.clone()),
             _ => {
                 map.insert(queue.clone(), lc.clone());
                 Ok(lc)
@@ -348,7 +358,24 @@ impl Connector {
             }
             Ok::<_, lapin::Error>((conn, publishers))
         };
-        let (conn, publishers) = match tokio::time::timeout(self.connect_timeout, attempt).await {
+        // The version comes from a probe beside the connection (lapin keeps the server
+        // properties to itself); read again on every connection, as a broker can be upgraded
+        // while the service is disconnected.
+        let probe = version::probe(&self.uri, &self.tls, self.connect_timeout);
+        let (connected, server) =
+            tokio::join!(tokio::time::timeout(self.connect_timeout, attempt), probe);
+        let broker = server.as_ref().and_then(|s| s.version);
+        match &server {
+            Some(s) => {
+                tracing::debug!(product = ?s.product, version = ?s.version, "RabbitMQ broker")
+            }
+            None => tracing::warn!(
+                "could not read the broker's version; queues are declared as for RabbitMQ 3.x \
+                 (on 4.x a quorum queue without max_receive_count keeps the broker's default \
+                 delivery limit of 20)"
+            ),
+        }
+        let (conn, publishers) = match connected {
             Ok(Ok(parts)) => parts,
             Ok(Err(e)) => return Err(self.errors.map("connect", None, e)),
             Err(_) => {
@@ -361,6 +388,7 @@ impl Connector {
         Ok(Link {
             conn,
             epoch: self.epoch.fetch_add(1, Ordering::Relaxed) + 1,
+            broker,
             publishers,
             next_publisher: AtomicUsize::new(0),
             idle_admin: Mutex::new(Vec::new()),

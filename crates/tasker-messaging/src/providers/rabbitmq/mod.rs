@@ -9,17 +9,21 @@
 //!   moves the end of the lease. A lease also ends when its connection breaks (the broker
 //!   requeues), which is still at least once.
 //! * **Receive count**: quorum queues (the default) count deliveries (`x-delivery-count`);
-//!   on classic queues a released message is published again with its count in a header
-//!   (then the delivery is acked), so the count is real there too.
+//!   on classic queues a released message is published again with its count in a header,
+//!   and the delivery acked, in one AMQP transaction (`channel.rs`: never two live copies),
+//!   so the count is real there too.
 //! * **Dead letters**: quorum queues are declared with `x-delivery-limit = max - 1` and a
 //!   dead-letter exchange, so the broker itself moves a message to `<queue>_dlq` when it
-//!   comes back the `max`-th time, intact; the dead-letter routing key `<queue>.<max>` records
-//!   the limit. On classic queues the provider does the same when it releases the message.
-//!   An explicit `dead_letter_message` publishes a copy with the reason (confirmed) and then
-//!   acks the original.
+//!   comes back the `max`-th time, intact, at least once (3.10+); the dead-letter routing key
+//!   `<queue>.<max>` stores the limit with the queue, where other processes read it
+//!   (`limits.rs`). On classic queues the provider does the same when it releases the
+//!   message. An explicit `dead_letter_message` publishes a copy with the reason and acks the
+//!   original in one transaction. With the limit disabled, RabbitMQ 4.0+ quorum queues get
+//!   `x-delivery-limit: -1` (their default of 20 would drop messages; `version.rs`).
 //! * **Delays**: a delayed send goes to a delay queue whose queue-wide TTL is the delay
 //!   (rounded up to a bucket), which dead-letters back into the queue when it expires. One
-//!   TTL per delay queue means no head-of-line blocking; unused delay queues expire.
+//!   TTL per delay queue means no head-of-line blocking; unused delay queues expire. They
+//!   are classic queues, so that way back is the broker's at-most-once dead-lettering.
 //! * **Publishing**: persistent, `mandatory` (a missing queue is `QueueNotFound`), with
 //!   publisher confirms; a batch is published in full before its confirms are awaited.
 //! * **Receiving**: one `basic.get` (which also says how many are ready), then the rest of
@@ -57,8 +61,9 @@
 //!   minutes by default), so longer leases need that raised (a warning is logged).
 //! * Messages a push stream prefetched but never yielded, and messages a wait kept that no
 //!   receive claimed, are given back without counting: published again with their count
-//!   (the broker's folded into `x-tasker-receive-count`), then acked. A process that dies
-//!   holding them still has the broker requeue them, and a quorum queue counts that.
+//!   (the broker's folded into `x-tasker-receive-count`) and acked, in one transaction. A
+//!   process that dies holding them still has the broker requeue them, and a quorum queue
+//!   counts that.
 //!
 //! # Files
 //!
@@ -78,6 +83,9 @@
 //! * `receive.rs`: `basic.get` plus a consumer window, leasing what arrives.
 //! * `admin.rs`: declaring queues with their dead-letter topology, purge / stats / delete /
 //!   redrive.
+//! * `version.rs`: the broker's version (a probe of `connection.start`) and the quorum
+//!   arguments that depend on it; `limits.rs`: a queue's `max_receive_count` read back from
+//!   its arguments.
 //! * `extensions.rs`: [`AmqpExtensions`].
 //!
 //! RabbitMQ's own files: `leases.rs` (the lease table and its reaper), `channel.rs` (a
@@ -85,17 +93,21 @@
 //! (`wait_for_messages`).
 
 mod admin;
+#[cfg(test)]
+mod broker_tests;
 mod channel;
 mod codec;
 mod connection;
 mod errors;
 mod extensions;
 mod leases;
+mod limits;
 mod receipts;
 mod receive;
 mod send;
 mod settings;
 mod stream;
+mod version;
 mod wait;
 
 use std::collections::HashMap;
@@ -133,7 +145,7 @@ pub(crate) struct Inner {
     /// Delay queues declared, when, and on which connection (re-declared before their
     /// `x-expires` could pass, and on a new connection, since the broker may have lost them).
     delay_queues: Mutex<HashMap<String, (std::time::Instant, u64)>>,
-    /// `max_receive_count` of queues this service created (classic queues enforce it here).
+    /// `max_receive_count` of queues this service created or read back (see `limits.rs`).
     max_receive: Mutex<HashMap<QueueName, u32>>,
     /// Messages `wait_for_messages` took and keeps for the next receive.
     waiters: wait::Waiters,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use tokio::time::Instant;
 
 use super::admin::durable;
@@ -150,16 +150,30 @@ impl RabbitMqMessageService {
         let reason = DeadLetterReason::Rejected {
             reason: reason.to_owned(),
         };
-        // Copy first (confirmed), then ack: a crash in between duplicates, never loses.
-        let published = inner.copy_to_dead_letter_queue(&lease, reason).await;
-        if let Err(e) = published {
-            let _ = lease.channel.release(vec![lease.tag]).await;
-            inner.leases.ended(id, Ended::Released);
-            return Err(e);
+        let (dlq, props) = match inner.dead_letter_target(&lease, reason).await {
+            Ok(target) => target,
+            Err(e) => {
+                let _ = lease.channel.release(vec![lease.tag]).await;
+                inner.leases.ended(id, Ended::Released);
+                return Err(e);
+            }
+        };
+        // The copy and the ack in one transaction: the message is in the DLQ or still
+        // here (requeued by the broker if the channel broke), never both.
+        match lease
+            .channel
+            .move_then_ack(&dlq, &lease.payload, props, lease.tag)
+            .await
+        {
+            Ok(()) => {
+                inner.leases.ended(id, Ended::DeadLettered);
+                Ok(())
+            }
+            Err(e) => {
+                inner.leases.ended(id, Ended::Lost);
+                Err(inner.map("dead-letter (tx.commit)", Some(queue), e))
+            }
         }
-        let acked = lease.channel.ack(vec![lease.tag]).await;
-        inner.leases.ended(id, Ended::DeadLettered);
-        acked.map_err(|e| inner.map("basic.ack", Some(queue), e))
     }
 }
 
@@ -178,7 +192,8 @@ impl Inner {
     /// dead-letters at the limit itself, so a nack is enough for a message it alone counts.
     /// Otherwise (a classic queue counts nothing; a copy we republished carries our count;
     /// a delivery nobody saw must not count) the message is published again with its receive
-    /// count in a header (or dead-lettered at `max_receive_count`), then the delivery is acked.
+    /// count in a header (or dead-lettered at `max_receive_count`, read from the queue when
+    /// another process created it) and the delivery acked, in one transaction.
     pub(super) async fn release_leases(&self, leases: Vec<Lease>) {
         // The queues this service declares are all of the configured type. The header alone
         // cannot tell: RabbitMQ 3.10 leaves `x-delivery-count` off a quorum queue's first
@@ -195,43 +210,49 @@ impl Inner {
             if !lease.channel.connected() {
                 continue;
             }
-            let max = self.max_receive_count(&lease.queue);
-            let moved = if lease.seen && max > 0 && lease.receive_count >= max {
-                self.copy_to_dead_letter_queue(
-                    &lease,
-                    DeadLetterReason::MaxReceiveCountExceeded {
-                        max_receive_count: max,
-                    },
-                )
-                .await
+            let max = self.max_receive_count(&lease.queue).await;
+            let target = if lease.seen && max > 0 && lease.receive_count >= max {
+                let reason = DeadLetterReason::MaxReceiveCountExceeded {
+                    max_receive_count: max,
+                };
+                match self.dead_letter_target(&lease, reason).await {
+                    Ok(target) => target,
+                    Err(e) => {
+                        tracing::warn!(queue = %lease.queue, error = %e, "dead-lettering at the limit failed; nacking");
+                        if let Err(e) = lease.channel.release(vec![lease.tag]).await {
+                            tracing::debug!(error = %e, "settling a released lease failed");
+                        }
+                        continue;
+                    }
+                }
             } else {
                 // A delivery nobody saw is not a receive.
                 let counted = lease.receive_count.saturating_sub(u32::from(!lease.seen));
-                let props = codec::requeue_properties(&lease.properties, counted);
-                let item = vec![(lease.payload.clone(), props)];
-                self.publish_confirmed("", lease.queue.as_str(), true, item, Some(&lease.queue))
-                    .await
+                (
+                    lease.queue.as_str().to_owned(),
+                    codec::requeue_properties(&lease.properties, counted),
+                )
             };
-            let settled = match moved {
-                Ok(()) => lease.channel.ack(vec![lease.tag]).await,
-                Err(e) => {
-                    tracing::warn!(queue = %lease.queue, error = %e, "requeue by publish failed; nacking");
-                    lease.channel.release(vec![lease.tag]).await
-                }
-            };
-            if let Err(e) = settled {
-                tracing::debug!(error = %e, "settling a released lease failed");
+            // The copy and the ack of the original in one transaction: never two live copies.
+            let (routing_key, props) = target;
+            if let Err(e) = lease
+                .channel
+                .move_then_ack(&routing_key, &lease.payload, props, lease.tag)
+                .await
+            {
+                tracing::debug!(error = %e, "moving a released lease failed; the broker keeps the original");
             }
         }
     }
 
-    /// Publishes a copy of the leased message to the queue's DLQ with its dead-letter record
-    /// (confirmed), recreating the DLQ if it was deleted meanwhile.
-    async fn copy_to_dead_letter_queue(
+    /// Where a leased message goes to be dead-lettered: the queue's DLQ (declared again if it
+    /// was deleted meanwhile: a transaction's publish cannot report an unroutable message)
+    /// and the properties carrying its dead-letter record.
+    async fn dead_letter_target(
         &self,
         lease: &Lease,
         reason: DeadLetterReason,
-    ) -> Result<()> {
+    ) -> Result<(String, lapin::BasicProperties)> {
         let queue = &lease.queue;
         let dlq = self.dead_letter_queue(queue)?;
         let reason_json = serde_json::to_string(&reason).unwrap_or_default();
@@ -250,22 +271,18 @@ impl Inner {
                 ),
             ],
         );
-        let item = vec![(lease.payload.clone(), props.clone())];
-        let published = self
-            .publish_confirmed("", dlq.as_str(), true, item, Some(&dlq))
-            .await;
-        if !matches!(published, Err(MessagingError::QueueNotFound { .. })) {
-            return published;
-        }
         let link = self.link().await?;
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), self.queue_type_arg());
-        let ch = link.admin(self.errors()).await?;
-        let r = ch.queue_declare(dlq.as_str().into(), durable(), args).await;
-        link.give_back(ch);
-        r.map_err(|e| self.map("queue.declare", Some(&dlq), e))?;
-        let item = vec![(lease.payload.clone(), props)];
-        self.publish_confirmed("", dlq.as_str(), true, item, Some(&dlq))
-            .await
+        match self.ready_count(&link, &dlq).await {
+            Ok(_) => {}
+            Err(MessagingError::QueueNotFound { .. }) => {
+                let args = self.dead_letter_queue_args(link.broker);
+                let ch = link.admin(self.errors()).await?;
+                let r = ch.queue_declare(dlq.as_str().into(), durable(), args).await;
+                link.give_back(ch);
+                r.map_err(|e| self.map("queue.declare", Some(&dlq), e))?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok((dlq.as_str().to_owned(), props))
     }
 }

@@ -116,7 +116,9 @@ impl Inner {
             return Ok(out);
         }
         let link = self.link().await?;
-        let lc = link.queue_channel(queue, self.errors()).await?;
+        // Classic queues move a message on every release: their channel stays transactional.
+        let classic = self.settings.queue_type == crate::config::RabbitMqQueueType::Classic;
+        let lc = link.queue_channel(queue, self.errors(), classic).await?;
         let _in_order = lc.receive.lock().await;
         let get = || {
             lc.channel
