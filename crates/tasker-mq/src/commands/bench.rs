@@ -218,8 +218,9 @@ fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn Bench
         #[cfg(feature = "rabbitmq")]
         ProviderKind::Rabbitmq => Ok(Some(Box::new(raw_rabbitmq::RawLapin::from_config(config)?))),
         #[cfg(feature = "redis")]
-        ProviderKind::Redis => Ok(raw_redis::RawRedis::from_config(config)?
-            .map(|raw| Box::new(raw) as Box<dyn Bench>)),
+        ProviderKind::Redis => Ok(
+            raw_redis::RawRedis::from_config(config)?.map(|raw| Box::new(raw) as Box<dyn Bench>)
+        ),
         // Providers register their raw client here as they land.
         _ => Ok(None),
     }

@@ -79,9 +79,7 @@ impl Target for RawRedis {
 
     async fn create_queue(&self, queue: &QueueName) -> anyhow::Result<()> {
         let mut conn = self.conn(false).await?;
-        let _: () = conn
-            .xgroup_create_mkstream(key(queue), GROUP, "$")
-            .await?;
+        let _: () = conn.xgroup_create_mkstream(key(queue), GROUP, "$").await?;
         Ok(())
     }
 
@@ -91,7 +89,12 @@ impl Target for RawRedis {
         Ok(())
     }
 
-    async fn client(&self, queue: &QueueName, step: Step, plan: &Plan) -> anyhow::Result<RedisClient> {
+    async fn client(
+        &self,
+        queue: &QueueName,
+        step: Step,
+        plan: &Plan,
+    ) -> anyhow::Result<RedisClient> {
         Ok(RedisClient {
             conn: self.conn(true).await?,
             key: key(queue),
@@ -109,7 +112,8 @@ impl Target for RawRedis {
                 .count(1)
                 .block(0);
             loop {
-                let reply: StreamReadReply = match conn.xread_options(&[&key], &[">"], &opts).await {
+                let reply: StreamReadReply = match conn.xread_options(&[&key], &[">"], &opts).await
+                {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = seen.send(Err(e.into()));
@@ -119,9 +123,9 @@ impl Target for RawRedis {
                 let at = Instant::now();
                 for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
                     let id = match entry.map.get("id") {
-                        Some(Value::BulkString(b)) => {
-                            std::str::from_utf8(b).ok().and_then(|s| s.parse::<MessageId>().ok())
-                        }
+                        Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                            .ok()
+                            .and_then(|s| s.parse::<MessageId>().ok()),
                         _ => None,
                     };
                     let _ = seen.send(Ok((id, at)));
@@ -153,9 +157,15 @@ impl RedisClient {
     fn xadd(pipe: &mut redis::Pipeline, key: &str, m: &OutgoingMessage) {
         let mut id = [0u8; 36];
         let mut cid = [0u8; 36];
-        let cmd = pipe.cmd("XADD").arg(key).arg("*").arg("id").arg(&*m.message_id.0.hyphenated().encode_lower(&mut id));
+        let cmd = pipe
+            .cmd("XADD")
+            .arg(key)
+            .arg("*")
+            .arg("id")
+            .arg(&*m.message_id.0.hyphenated().encode_lower(&mut id));
         if let Some(c) = m.correlation_id {
-            cmd.arg("cid").arg(&*c.0.hyphenated().encode_lower(&mut cid));
+            cmd.arg("cid")
+                .arg(&*c.0.hyphenated().encode_lower(&mut cid));
         }
         cmd.arg("body").arg(&m.payload[..]);
     }
@@ -167,10 +177,8 @@ impl RedisClient {
         if let Some(ms) = block_ms {
             opts = opts.block(ms);
         }
-        let reply: Option<StreamReadReply> = self
-            .conn
-            .xread_options(&[&self.key], &[">"], &opts)
-            .await?;
+        let reply: Option<StreamReadReply> =
+            self.conn.xread_options(&[&self.key], &[">"], &opts).await?;
         let ids: Vec<String> = reply
             .into_iter()
             .flat_map(|r| r.keys)
