@@ -65,15 +65,12 @@ impl RedisMessageService {
         tokio::pin!(notified);
         notified.as_mut().enable();
         let mut conn = link.conn();
-        let next: i64 = match PEEK
+        let next: i64 = PEEK
             .key(&info.keys.meta)
             .arg(&info.keys.base)
             .invoke_async(&mut conn)
             .await
-        {
-            Ok(n) => n,
-            Err(_) => -1,
-        };
+            .unwrap_or(-1);
         let until = match next {
             0 => return,
             n if n > 0 => {
