@@ -47,8 +47,8 @@ async fn a_provider_message_reads_with_plain_commands_and_back() {
         .unwrap();
     assert!(dlq_meta, "the dead-letter queue shares the hash tag");
 
-    // The message: ready at its sequence, one hash with the documented fields.
-    let ready: Vec<String> = raw.zrange(format!("{base}ready"), 0, -1).await.unwrap();
+    // The message: its sequence in the ready list, one hash with the documented fields.
+    let ready: Vec<String> = raw.lrange(format!("{base}ready"), 0, -1).await.unwrap();
     assert_eq!(ready, vec!["1".to_owned()]);
     let m: std::collections::HashMap<String, Vec<u8>> =
         raw.hgetall(format!("{base}m:1")).await.unwrap();
@@ -94,7 +94,7 @@ async fn a_provider_message_reads_with_plain_commands_and_back() {
             ],
         )
         .ignore()
-        .zadd(format!("{base}ready"), seq, seq)
+        .rpush(format!("{base}ready"), seq)
         .ignore()
         .query_async(&mut raw)
         .await

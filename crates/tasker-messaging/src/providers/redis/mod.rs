@@ -37,7 +37,7 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `<base>meta` | hash | `inc` (tag), `mrc` (max receive count), `dlq` (`1`/`0`), `seq`, `tok`, `created` |
-//! | `<base>ready` | zset | sequences receivable now, scored by sequence (FIFO) |
+//! | `<base>ready` | list | sequences receivable now: sends `RPUSH`ed (FIFO), ended leases and releases pushed to the head |
 //! | `<base>leased` | zset | leased sequences, scored by lease end (ms) |
 //! | `<base>delayed` | zset | delayed sequences, scored by due time (ms) |
 //! | `<base>moved` | zset | sequences moved to the DLQ in the last 24 h (their receipts are refused) |

@@ -2,8 +2,9 @@
 //!
 //! Each script gets the queue's `meta` key as `KEYS[1]` (the slot redis-rs routes by) and the
 //! queue's key base `tmq:{root}:name:` as `ARGV[1]`; the other keys are that base plus a part
-//! (`ready`, `leased`, `delayed`, `moved`, `m:<seq>`, the channel `wake`), all in the same
-//! slot, as are the dead-letter queue's (see `keys.rs`). Time is the server's (`TIME`), read
+//! (`ready` a list, `leased` / `delayed` / `moved` sorted sets, `m:<seq>`, the channel
+//! `wake`), all in the same slot, as are the dead-letter queue's (see `keys.rs`). Time is the
+//! server's (`TIME`), read
 //! once per script, so every process sees one clock per queue. Numbers stay below 2^53 (Lua's
 //! doubles) and 10^14 (printed without an exponent): sequences and tokens count up from 1.
 
@@ -30,18 +31,25 @@ local function zadd_pairs(key, list)
   end
 end
 
-local function back_to_ready(base, from, now)
+-- Due delayed messages go to the tail of `ready`, ended leases to its head.
+local function back_to_ready(base, from, push, now)
   local due = redis.call('ZRANGEBYSCORE', base .. from, '-inf', now, 'LIMIT', 0, 1000)
   if #due == 0 then return 0 end
-  local list = {}
-  for i, s in ipairs(due) do list[2 * i - 1] = s; list[2 * i] = s end
-  zadd_pairs(base .. 'ready', list)
+  redis.call(push, base .. 'ready', unpack(due))
   redis.call('ZREM', base .. from, unpack(due))
   return #due
 end
 
 local function promote(base, now)
-  return back_to_ready(base, 'delayed', now) + back_to_ready(base, 'leased', now)
+  return back_to_ready(base, 'delayed', 'RPUSH', now) + back_to_ready(base, 'leased', 'LPUSH', now)
+end
+
+-- A message a receipt acts on is leased, or (its lease ended, nobody received it since) back
+-- in `ready`; take it out of whichever holds it (LREM only on that rare path).
+local function unlease(base, seq)
+  if redis.call('ZREM', base .. 'leased', seq) == 0 then
+    redis.call('LREM', base .. 'ready', 1, seq)
+  end
 end
 
 local function check_receipt(base, inc, tag, seq, tok32)
@@ -75,7 +83,7 @@ local function move_to_dlq(base, seq, f, dlq, src, kind, reason, rc, now)
   if f[3] then args[#args + 1] = 'cid'; args[#args + 1] = f[3] end
   if reason ~= '' then args[#args + 1] = 'dlr'; args[#args + 1] = reason end
   redis.call('HSET', dlq .. 'm:' .. dseq, unpack(args))
-  redis.call('ZADD', dlq .. 'ready', dseq, dseq)
+  redis.call('RPUSH', dlq .. 'ready', dseq)
   redis.call('DEL', base .. 'm:' .. seq)
   redis.call('ZADD', base .. 'moved', now, seq)
   redis.call('ZREMRANGEBYSCORE', base .. 'moved', '-inf', now - 86400000)
@@ -84,7 +92,16 @@ end
 
 local function purge(base)
   local n = 0
-  for _, part in ipairs({'ready', 'leased', 'delayed'}) do
+  while true do
+    local seqs = redis.call('LRANGE', base .. 'ready', 0, 999)
+    if #seqs == 0 then break end
+    local keys = {}
+    for i, s in ipairs(seqs) do keys[i] = base .. 'm:' .. s end
+    redis.call('DEL', unpack(keys))
+    redis.call('LTRIM', base .. 'ready', #seqs, -1)
+    n = n + #seqs
+  end
+  for _, part in ipairs({'leased', 'delayed'}) do
     local key = base .. part
     while true do
       local seqs = redis.call('ZRANGE', key, 0, 999)
@@ -153,11 +170,11 @@ for i = 0, n - 1 do
   if d > 0 then
     delayed[#delayed + 1] = now + d; delayed[#delayed + 1] = seq
   else
-    ready[#ready + 1] = seq; ready[#ready + 1] = seq
+    ready[#ready + 1] = seq
   end
 end
 if #ready > 0 then
-  zadd_pairs(base .. 'ready', ready)
+  redis.call('RPUSH', base .. 'ready', unpack(ready))
   redis.call('PUBLISH', base .. 'wake', '1')
 end
 if #delayed > 0 then zadd_pairs(base .. 'delayed', delayed) end
@@ -186,12 +203,11 @@ local deadline = now + vt
 local leased = {}
 local got = 0
 while got < max do
-  local popped = redis.call('ZPOPMIN', base .. 'ready', max - got)
-  local n = #popped / 2
-  if n == 0 then break end
+  local popped = redis.call('LPOP', base .. 'ready', max - got)
+  if not popped then break end
+  local n = #popped
   local tok = redis.call('HINCRBY', KEYS[1], 'tok', n) - n
-  for i = 1, #popped, 2 do
-    local seq = popped[i]
+  for _, seq in ipairs(popped) do
     local key = base .. 'm:' .. seq
     local f = redis.call('HMGET', key, 'rc', 'id', 'cid', 'at', 'body', 'dls', 'dlk', 'dlr',
       'dlc', 'dla', 'dlo')
@@ -236,8 +252,10 @@ for i = 3, #ARGV, 2 do
 end
 if #keys > 0 then
   redis.call('DEL', unpack(keys))
-  redis.call('ZREM', base .. 'leased', unpack(seqs))
-  redis.call('ZREM', base .. 'ready', unpack(seqs))
+  if redis.call('ZREM', base .. 'leased', unpack(seqs)) < #seqs then
+    -- Some leases had ended and their messages were back in ready (rare): take them out.
+    for _, seq in ipairs(seqs) do redis.call('LREM', base .. 'ready', 1, seq) end
+  end
 end
 return res
 "#
@@ -256,12 +274,14 @@ local base, seq, vt = ARGV[1], ARGV[3], tonumber(ARGV[5])
 local code = check_receipt(base, inc, ARGV[2], seq, ARGV[4])
 if code ~= 1 then return code end
 if vt <= 0 then
-  redis.call('ZREM', base .. 'leased', seq)
-  redis.call('ZADD', base .. 'ready', seq, seq)
+  -- Released to the head of ready (unless its ended lease already put it there).
+  if redis.call('ZREM', base .. 'leased', seq) == 1 then
+    redis.call('LPUSH', base .. 'ready', seq)
+  end
   redis.call('PUBLISH', base .. 'wake', '1')
-else
-  redis.call('ZREM', base .. 'ready', seq)
-  redis.call('ZADD', base .. 'leased', now_ms() + vt, seq)
+elseif redis.call('ZADD', base .. 'leased', now_ms() + vt, seq) == 1 then
+  -- Its ended lease had put it back in ready: it is leased again, so out of ready.
+  redis.call('LREM', base .. 'ready', 1, seq)
 end
 return 1
 "#
@@ -281,8 +301,7 @@ local code = check_receipt(base, meta[1], ARGV[2], seq, ARGV[4])
 if code ~= 1 then return code end
 if meta[2] ~= '1' or dlq == '' then return -4 end
 local f = redis.call('HMGET', base .. 'm:' .. seq, 'rc', 'id', 'cid', 'at', 'body')
-redis.call('ZREM', base .. 'leased', seq)
-redis.call('ZREM', base .. 'ready', seq)
+unlease(base, seq)
 move_to_dlq(base, seq, f, dlq, ARGV[6], 'rejected', ARGV[7], tonumber(f[1]) or 0, now_ms())
 return 1
 "#
@@ -302,11 +321,10 @@ if dlq == '' or redis.call('EXISTS', dlq .. 'meta') == 0 then
 end
 local now = now_ms()
 promote(dlq, now)
-local popped = redis.call('ZPOPMIN', dlq .. 'ready', max)
+local popped = redis.call('LPOP', dlq .. 'ready', max) or {}
 local ready = {}
 local moved = 0
-for i = 1, #popped, 2 do
-  local dseq = popped[i]
+for _, dseq in ipairs(popped) do
   local dkey = dlq .. 'm:' .. dseq
   local f = redis.call('HMGET', dkey, 'id', 'cid', 'body', 'dlo', 'at')
   if f[1] or f[3] then
@@ -314,14 +332,14 @@ for i = 1, #popped, 2 do
     local args = {'id', f[1] or '', 'at', f[4] or f[5] or now, 'rc', 0, 'body', f[3] or ''}
     if f[2] then args[#args + 1] = 'cid'; args[#args + 1] = f[2] end
     redis.call('HSET', base .. 'm:' .. seq, unpack(args))
-    ready[#ready + 1] = seq; ready[#ready + 1] = seq
+    ready[#ready + 1] = seq
     redis.call('DEL', dkey)
     redis.call('ZADD', dlq .. 'moved', now, dseq)
     moved = moved + 1
   end
 end
 if moved > 0 then
-  zadd_pairs(base .. 'ready', ready)
+  redis.call('RPUSH', base .. 'ready', unpack(ready))
   redis.call('PUBLISH', base .. 'wake', '1')
 end
 return moved
@@ -367,14 +385,14 @@ pub(super) static STATS: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('TMQ_NOQUEUE') end
 local base, dlq = ARGV[1], ARGV[2]
 local now = now_ms()
-local ready = redis.call('ZCARD', base .. 'ready')
+local ready = redis.call('LLEN', base .. 'ready')
 local lease_due = redis.call('ZCOUNT', base .. 'leased', '-inf', now)
 local leased = redis.call('ZCARD', base .. 'leased')
 local delay_due = redis.call('ZCOUNT', base .. 'delayed', '-inf', now)
 local delayed = redis.call('ZCARD', base .. 'delayed')
 local oldest = nil
-local first = redis.call('ZRANGE', base .. 'ready', 0, 0)
-if first[1] then oldest = tonumber(first[1]) end
+local first = redis.call('LINDEX', base .. 'ready', 0)
+if first then oldest = tonumber(first) end
 for _, part in ipairs({'leased', 'delayed'}) do
   for _, s in ipairs(redis.call('ZRANGE', base .. part, 0, 9999)) do
     local v = tonumber(s)
@@ -385,7 +403,7 @@ local oldest_at = false
 if oldest then oldest_at = redis.call('HGET', base .. 'm:' .. oldest, 'at') or false end
 local dead = -1
 if dlq ~= '' and redis.call('EXISTS', dlq .. 'meta') == 1 then
-  dead = redis.call('ZCARD', dlq .. 'ready') + redis.call('ZCARD', dlq .. 'leased')
+  dead = redis.call('LLEN', dlq .. 'ready') + redis.call('ZCARD', dlq .. 'leased')
     + redis.call('ZCARD', dlq .. 'delayed')
 end
 return {ready + lease_due + delay_due, leased - lease_due, delayed - delay_due, oldest_at, dead, now}
@@ -401,7 +419,7 @@ pub(super) static PEEK: LazyLock<Script> = LazyLock::new(|| {
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local base = ARGV[1]
-if redis.call('ZCARD', base .. 'ready') > 0 then return 0 end
+if redis.call('LLEN', base .. 'ready') > 0 then return 0 end
 local now = now_ms()
 local next_at = nil
 for _, part in ipairs({'delayed', 'leased'}) do
