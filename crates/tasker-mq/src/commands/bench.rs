@@ -52,6 +52,8 @@ use crate::provider::GlobalOpts;
 mod raw_pgmq;
 #[cfg(feature = "rabbitmq")]
 mod raw_rabbitmq;
+#[cfg(feature = "redis")]
+mod raw_redis;
 mod report;
 mod service;
 mod target;
@@ -215,6 +217,10 @@ fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn Bench
         ProviderKind::Pgmq => Ok(Some(Box::new(raw_pgmq::RawPgmq::from_config(config)?))),
         #[cfg(feature = "rabbitmq")]
         ProviderKind::Rabbitmq => Ok(Some(Box::new(raw_rabbitmq::RawLapin::from_config(config)?))),
+        #[cfg(feature = "redis")]
+        ProviderKind::Redis => Ok(
+            raw_redis::RawRedis::from_config(config)?.map(|raw| Box::new(raw) as Box<dyn Bench>)
+        ),
         // Providers register their raw client here as they land.
         _ => Ok(None),
     }
