@@ -172,7 +172,12 @@ impl MessagingError {
 
     // Providers build these; a build without any provider has no caller.
     #[cfg_attr(
-        not(any(feature = "in-memory", feature = "pgmq", feature = "rabbitmq")),
+        not(any(
+            feature = "in-memory",
+            feature = "pgmq",
+            feature = "rabbitmq",
+            feature = "sqs"
+        )),
         allow(dead_code)
     )]
     pub(crate) fn queue_not_found(queue: &str) -> Self {
@@ -183,7 +188,12 @@ impl MessagingError {
 
     // Providers build these; a build without any provider has no caller.
     #[cfg_attr(
-        not(any(feature = "in-memory", feature = "pgmq", feature = "rabbitmq")),
+        not(any(
+            feature = "in-memory",
+            feature = "pgmq",
+            feature = "rabbitmq",
+            feature = "sqs"
+        )),
         allow(dead_code)
     )]
     pub(crate) fn invalid_receipt(queue: &str, reason: impl Into<String>) -> Self {

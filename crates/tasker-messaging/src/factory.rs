@@ -35,7 +35,8 @@ fn is_available(provider: ProviderKind) -> bool {
         ProviderKind::InMemory => cfg!(feature = "in-memory"),
         ProviderKind::Pgmq => cfg!(feature = "pgmq"),
         ProviderKind::Rabbitmq => cfg!(feature = "rabbitmq"),
-        ProviderKind::Sqs | ProviderKind::Redis | ProviderKind::Kafka | ProviderKind::Nats => false,
+        ProviderKind::Sqs => cfg!(feature = "sqs"),
+        ProviderKind::Redis | ProviderKind::Kafka | ProviderKind::Nats => false,
     }
 }
 
@@ -56,6 +57,10 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
         #[cfg(feature = "rabbitmq")]
         ProviderKind::Rabbitmq => Ok(Arc::new(
             crate::providers::rabbitmq::RabbitMqMessageService::from_config(config)?,
+        )),
+        #[cfg(feature = "sqs")]
+        ProviderKind::Sqs => Ok(Arc::new(
+            crate::providers::sqs::SqsMessageService::from_config(config)?,
         )),
         other => Err(MessagingError::ProviderUnavailable { provider: other }),
     }
