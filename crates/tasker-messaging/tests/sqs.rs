@@ -19,7 +19,10 @@ async fn settings_service_and_errors_never_show_the_secret() {
     let mut fast = settings.clone();
     fast.operation_timeout = Duration::from_secs(2);
     let svc = SqsMessageService::new(fast).unwrap();
-    let err = svc.initialize().await.expect_err("nothing listens on port 1");
+    let err = svc
+        .initialize()
+        .await
+        .expect_err("nothing listens on port 1");
     assert!(err.is_retryable(), "{err:?}");
     for text in [
         format!("{settings:?}"),

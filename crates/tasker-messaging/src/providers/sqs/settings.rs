@@ -37,6 +37,10 @@ impl SqsCredentials {
     }
 
     /// The secret, for the SDK's signer only.
+    pub fn secret_access_key(&self) -> &str {
+        &self.secret_access_key
+    }
+
     pub(super) fn secret(&self) -> &str {
         &self.secret_access_key
     }
@@ -168,7 +172,7 @@ impl SqsSettings {
     }
 
     /// The endpoint without user info, and the credentials it carried (if any).
-    pub(super) fn endpoint_parts(&self) -> Result<Option<(String, Option<SqsCredentials>)>> {
+    pub fn endpoint_parts(&self) -> Result<Option<(String, Option<SqsCredentials>)>> {
         let Some(url) = &self.endpoint_url else {
             return Ok(None);
         };
