@@ -8,12 +8,14 @@
 //! | --- | --- |
 //! | send | `SendMessage` |
 //! | send_batch(B) | `SendMessageBatch` in chunks of 10, all chunks at once |
-//! | receive(B) + delete | `ReceiveMessage` (at most 10, no long poll, attributes `All`) + `DeleteMessageBatch` |
+//! | receive(B) + delete | `ReceiveMessage` (at most 10, no long poll) + `DeleteMessageBatch` |
 //! | consume + ack | the same loop (SQS has no push consumer) |
 //! | send_batch + receive + delete | the two above, in turn, per task |
 //! | latency | `SendMessage`; time until a polling consumer has the message |
 //!
-//! An empty receive is followed by a 5 ms pause (the provider's `idle` waits as long).
+//! A receive asks for what the provider hands out: the message attributes (ids) and the
+//! system attributes `SentTimestamp` and `ApproximateReceiveCount` (enqueue time, receive
+//! count). An empty receive is followed by a 5 ms pause (the provider's `idle` waits as long).
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,8 @@ use anyhow::Context;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sqs::config::Credentials;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, QueueAttributeName,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName,
     SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client as SqsClient;
@@ -219,6 +222,8 @@ impl RawSqsClient {
             .visibility_timeout(LEASE_SECS)
             .wait_time_seconds(0)
             .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await?;
         Ok(out
