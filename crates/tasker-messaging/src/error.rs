@@ -176,7 +176,10 @@ impl MessagingError {
             feature = "in-memory",
             feature = "pgmq",
             feature = "rabbitmq",
-            feature = "redis"
+            feature = "redis",
+            feature = "sqs",
+            feature = "nats",
+            feature = "kafka"
         )),
         allow(dead_code)
     )]
@@ -192,7 +195,10 @@ impl MessagingError {
             feature = "in-memory",
             feature = "pgmq",
             feature = "rabbitmq",
-            feature = "redis"
+            feature = "redis",
+            feature = "sqs",
+            feature = "nats",
+            feature = "kafka"
         )),
         allow(dead_code)
     )]

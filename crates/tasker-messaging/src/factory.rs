@@ -36,7 +36,9 @@ fn is_available(provider: ProviderKind) -> bool {
         ProviderKind::Pgmq => cfg!(feature = "pgmq"),
         ProviderKind::Rabbitmq => cfg!(feature = "rabbitmq"),
         ProviderKind::Redis => cfg!(feature = "redis"),
-        ProviderKind::Sqs | ProviderKind::Kafka | ProviderKind::Nats => false,
+        ProviderKind::Sqs => cfg!(feature = "sqs"),
+        ProviderKind::Nats => cfg!(feature = "nats"),
+        ProviderKind::Kafka => cfg!(feature = "kafka"),
     }
 }
 
@@ -61,6 +63,10 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
         #[cfg(feature = "redis")]
         ProviderKind::Redis => Ok(Arc::new(
             crate::providers::redis::RedisMessageService::from_config(config)?,
+        )),
+        #[cfg(feature = "sqs")]
+        ProviderKind::Sqs => Ok(Arc::new(
+            crate::providers::sqs::SqsMessageService::from_config(config)?,
         )),
         other => Err(MessagingError::ProviderUnavailable { provider: other }),
     }

@@ -88,6 +88,11 @@ pub use providers::pgmq::{InstallOutcome, PgmqInstallation, PgmqMessageService, 
 pub use providers::rabbitmq::{RabbitMqMessageService, RabbitMqSettings, RabbitMqTls};
 #[cfg(feature = "redis")]
 pub use providers::redis::{RedisMessageService, RedisPersistence, RedisSettings};
+#[cfg(feature = "sqs")]
+pub use providers::sqs::{
+    SqsCredentials, SqsMessageGroups, SqsMessageService, SqsSettings, ATTR_CORRELATION_ID,
+    ATTR_DEAD_LETTER, ATTR_ENCODING, ATTR_MESSAGE_ID, SQS_MAX_MESSAGE_BYTES, SQS_MAX_PAYLOAD_BYTES,
+};
 
 /// Compiles the README's examples as doc tests, so they stay true.
 #[cfg(doctest)]

@@ -72,7 +72,14 @@ pub fn redact_url(raw: &str) -> String {
 /// for error messages from client libraries and servers, which may echo either.
 /// Used by the network providers (none is compiled in a build with only the in-memory one).
 #[cfg_attr(
-    not(any(feature = "pgmq", feature = "rabbitmq", feature = "redis")),
+    not(any(
+        feature = "pgmq",
+        feature = "rabbitmq",
+        feature = "redis",
+        feature = "sqs",
+        feature = "nats",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 pub fn scrub(text: &str, secret: &SecretUrl) -> String {

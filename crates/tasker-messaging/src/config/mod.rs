@@ -147,6 +147,9 @@ pub struct SqsConnectionConfig {
     pub endpoint_url: Option<SecretUrl>,
     #[serde(default = "default_region")]
     pub region: String,
+    /// Every queue is a FIFO queue (`<name>.fifo`): send order kept, no per-message delay.
+    #[serde(default)]
+    pub fifo: bool,
 }
 
 fn default_region() -> String {

@@ -54,6 +54,8 @@ mod raw_pgmq;
 mod raw_rabbitmq;
 #[cfg(feature = "redis")]
 mod raw_redis;
+#[cfg(feature = "sqs")]
+mod raw_sqs;
 mod report;
 mod service;
 mod target;
@@ -221,6 +223,8 @@ fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn Bench
         ProviderKind::Redis => Ok(
             raw_redis::RawRedis::from_config(config)?.map(|raw| Box::new(raw) as Box<dyn Bench>)
         ),
+        #[cfg(feature = "sqs")]
+        ProviderKind::Sqs => Ok(Some(Box::new(raw_sqs::RawSqs::from_config(config)?))),
         // Providers register their raw client here as they land.
         _ => Ok(None),
     }
