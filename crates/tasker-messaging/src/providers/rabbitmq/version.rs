@@ -132,6 +132,27 @@ pub(crate) fn parse_connection_start(frame: &[u8]) -> Option<ServerProperties> {
     })
 }
 
+/// Versions this process read, by broker address.
+static KNOWN: std::sync::Mutex<Vec<(String, u16, BrokerVersion)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The version this process last read from the broker at `uri`'s address.
+pub(crate) fn known(uri: &AMQPUri) -> Option<BrokerVersion> {
+    let known = KNOWN.lock().ok()?;
+    known
+        .iter()
+        .find(|(h, p, _)| *h == uri.authority.host && *p == uri.authority.port)
+        .map(|(_, _, v)| *v)
+}
+
+fn remember(uri: &AMQPUri, version: BrokerVersion) {
+    if let Ok(mut known) = KNOWN.lock() {
+        let (host, port) = (&uri.authority.host, uri.authority.port);
+        known.retain(|(h, p, _)| !(h == host && *p == port));
+        known.push((host.clone(), port, version));
+    }
+}
+
 /// Opens a connection to the broker, reads its `connection.start` and closes (see the module
 /// docs). `None` when it cannot: the caller treats the version as unknown.
 pub(crate) async fn probe(
@@ -160,7 +181,11 @@ pub(crate) async fn probe(
         let _ = stream.close().await;
         parse_connection_start(&frame)
     };
-    tokio::time::timeout(limit, attempt).await.ok().flatten()
+    let server = tokio::time::timeout(limit, attempt).await.ok().flatten();
+    if let Some(v) = server.as_ref().and_then(|s| s.version) {
+        remember(uri, v);
+    }
+    server
 }
 
 #[cfg(test)]
