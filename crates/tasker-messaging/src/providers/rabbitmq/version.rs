@@ -1,7 +1,7 @@
 //! The broker's version, and the queue arguments that depend on it.
 //!
-//! lapin does not expose the server properties of `connection.start`, so each new connection
-//! is accompanied by a short probe: a second TCP (or TLS) connection that sends the AMQP
+//! lapin does not expose the server properties of `connection.start`, so the first connection
+//! of a process to a broker address, and every reconnect, is accompanied by a short probe: a second TCP (or TLS) connection that sends the AMQP
 //! protocol header, reads the `connection.start` frame, parses its server-properties table
 //! (`product`, `version`) with lapin's own field-table parser, and closes. It never
 //! authenticates. A probe that fails leaves the version unknown, which is treated as a broker
