@@ -361,7 +361,23 @@ impl Connector {
         // The version comes from a probe beside the connection (lapin keeps the server
         // properties to itself); read again on every connection, as a broker can be upgraded
         // while the service is disconnected.
-        let probe = version::probe(&self.uri, &self.tls, self.connect_timeout);
+        // A first connection of this process to this broker asks once (many services start
+        // at once in one process); a reconnect always asks again.
+        let first = self.epoch.load(Ordering::Relaxed) == 0;
+        let known = if first {
+            version::known(&self.uri)
+        } else {
+            None
+        };
+        let probe = async {
+            match known {
+                Some(v) => Some(version::ServerProperties {
+                    product: None,
+                    version: Some(v),
+                }),
+                None => version::probe(&self.uri, &self.tls, self.connect_timeout).await,
+            }
+        };
         let (connected, server) =
             tokio::join!(tokio::time::timeout(self.connect_timeout, attempt), probe);
         let broker = server.as_ref().and_then(|s| s.version);

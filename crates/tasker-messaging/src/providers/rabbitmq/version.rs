@@ -1,7 +1,7 @@
 //! The broker's version, and the queue arguments that depend on it.
 //!
-//! lapin does not expose the server properties of `connection.start`, so each new connection
-//! is accompanied by a short probe: a second TCP (or TLS) connection that sends the AMQP
+//! lapin does not expose the server properties of `connection.start`, so the first connection
+//! of a process to a broker address, and every reconnect, is accompanied by a short probe: a second TCP (or TLS) connection that sends the AMQP
 //! protocol header, reads the `connection.start` frame, parses its server-properties table
 //! (`product`, `version`) with lapin's own field-table parser, and closes. It never
 //! authenticates. A probe that fails leaves the version unknown, which is treated as a broker
@@ -132,6 +132,27 @@ pub(crate) fn parse_connection_start(frame: &[u8]) -> Option<ServerProperties> {
     })
 }
 
+/// Versions this process read, by broker address.
+static KNOWN: std::sync::Mutex<Vec<(String, u16, BrokerVersion)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The version this process last read from the broker at `uri`'s address.
+pub(crate) fn known(uri: &AMQPUri) -> Option<BrokerVersion> {
+    let known = KNOWN.lock().ok()?;
+    known
+        .iter()
+        .find(|(h, p, _)| *h == uri.authority.host && *p == uri.authority.port)
+        .map(|(_, _, v)| *v)
+}
+
+fn remember(uri: &AMQPUri, version: BrokerVersion) {
+    if let Ok(mut known) = KNOWN.lock() {
+        let (host, port) = (&uri.authority.host, uri.authority.port);
+        known.retain(|(h, p, _)| !(h == host && *p == port));
+        known.push((host.clone(), port, version));
+    }
+}
+
 /// Opens a connection to the broker, reads its `connection.start` and closes (see the module
 /// docs). `None` when it cannot: the caller treats the version as unknown.
 pub(crate) async fn probe(
@@ -160,7 +181,11 @@ pub(crate) async fn probe(
         let _ = stream.close().await;
         parse_connection_start(&frame)
     };
-    tokio::time::timeout(limit, attempt).await.ok().flatten()
+    let server = tokio::time::timeout(limit, attempt).await.ok().flatten();
+    if let Some(v) = server.as_ref().and_then(|s| s.version) {
+        remember(uri, v);
+    }
+    server
 }
 
 #[cfg(test)]
