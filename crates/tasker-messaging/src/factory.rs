@@ -35,7 +35,8 @@ fn is_available(provider: ProviderKind) -> bool {
         ProviderKind::InMemory => cfg!(feature = "in-memory"),
         ProviderKind::Pgmq => cfg!(feature = "pgmq"),
         ProviderKind::Rabbitmq => cfg!(feature = "rabbitmq"),
-        ProviderKind::Sqs | ProviderKind::Redis | ProviderKind::Kafka | ProviderKind::Nats => false,
+        ProviderKind::Kafka => cfg!(feature = "kafka"),
+        ProviderKind::Sqs | ProviderKind::Redis | ProviderKind::Nats => false,
     }
 }
 
@@ -56,6 +57,10 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
         #[cfg(feature = "rabbitmq")]
         ProviderKind::Rabbitmq => Ok(Arc::new(
             crate::providers::rabbitmq::RabbitMqMessageService::from_config(config)?,
+        )),
+        #[cfg(feature = "kafka")]
+        ProviderKind::Kafka => Ok(Arc::new(
+            crate::providers::kafka::KafkaMessageService::from_config(config)?,
         )),
         other => Err(MessagingError::ProviderUnavailable { provider: other }),
     }
@@ -160,6 +165,7 @@ mod tests {
         );
     }
 
+    #[cfg(not(feature = "kafka"))]
     #[tokio::test]
     async fn a_provider_not_in_this_build_is_a_typed_error() {
         let config = MessagingConfig::from_toml_str(

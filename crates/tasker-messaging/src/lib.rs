@@ -86,6 +86,8 @@ pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
 pub use providers::pgmq::{InstallOutcome, PgmqInstallation, PgmqMessageService, PgmqSettings};
 #[cfg(feature = "rabbitmq")]
 pub use providers::rabbitmq::{RabbitMqMessageService, RabbitMqSettings, RabbitMqTls};
+#[cfg(feature = "kafka")]
+pub use providers::kafka::{KafkaMessageService, KafkaSettings};
 
 /// Compiles the README's examples as doc tests, so they stay true.
 #[cfg(doctest)]
