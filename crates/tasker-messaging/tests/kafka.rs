@@ -67,7 +67,11 @@ async fn a_restarted_consumer_gets_every_unacked_message_again() {
         .await
         .unwrap();
     let got = receive_until(&first, &q, 25, Duration::from_secs(20)).await;
-    assert!(got.len() >= 25, "received {} of 40 before the restart", got.len());
+    assert!(
+        got.len() >= 25,
+        "received {} of 40 before the restart",
+        got.len()
+    );
     // Ack every other one of those received: the committed prefix stops at the first gap.
     let acked: Vec<_> = got.iter().step_by(2).collect();
     let receipts: Vec<_> = acked.iter().map(|m| m.receipt().clone()).collect();
@@ -170,8 +174,7 @@ async fn plain_clients_interoperate() {
 
 #[test]
 fn settings_refuse_credentials_without_showing_them() {
-    let e = KafkaMessageService::new(KafkaSettings::new("user:s3cret@127.0.0.1:9092"))
-        .unwrap_err();
+    let e = KafkaMessageService::new(KafkaSettings::new("user:s3cret@127.0.0.1:9092")).unwrap_err();
     assert!(!e.to_string().contains("s3cret"), "{e}");
     let svc = KafkaMessageService::new(KafkaSettings::new("127.0.0.1:9092")).unwrap();
     assert!(format!("{svc:?}").contains("127.0.0.1:9092"));

@@ -6,9 +6,9 @@
 #[cfg(feature = "in-memory")]
 pub mod in_memory;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "pgmq")]
 pub mod pgmq;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
-#[cfg(feature = "kafka")]
-pub mod kafka;

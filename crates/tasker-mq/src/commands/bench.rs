@@ -48,6 +48,8 @@ use tasker_messaging::{
 
 use crate::provider::GlobalOpts;
 
+#[cfg(feature = "kafka")]
+mod raw_kafka;
 #[cfg(feature = "pgmq")]
 mod raw_pgmq;
 #[cfg(feature = "rabbitmq")]
@@ -215,6 +217,8 @@ fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn Bench
         ProviderKind::Pgmq => Ok(Some(Box::new(raw_pgmq::RawPgmq::from_config(config)?))),
         #[cfg(feature = "rabbitmq")]
         ProviderKind::Rabbitmq => Ok(Some(Box::new(raw_rabbitmq::RawLapin::from_config(config)?))),
+        #[cfg(feature = "kafka")]
+        ProviderKind::Kafka => Ok(Some(Box::new(raw_kafka::RawKafka::from_config(config)?))),
         // Providers register their raw client here as they land.
         _ => Ok(None),
     }

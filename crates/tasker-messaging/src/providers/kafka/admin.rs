@@ -31,6 +31,9 @@ struct Meta {
     max_receive_count: u32,
 }
 
+/// How long redrive waits for a just-opened dead-letter consumer to read what is there.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
 fn meta_topic(queue: &QueueName) -> String {
     format!("{queue}-meta")
 }
@@ -69,7 +72,11 @@ impl KafkaMessageService {
             .collect()
     }
 
-    pub(super) async fn create_with(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
+    pub(super) async fn create_with(
+        &self,
+        queue: &QueueName,
+        options: &QueueOptions,
+    ) -> Result<()> {
         self.check_open()?;
         let max = options
             .max_receive_count
@@ -89,7 +96,12 @@ impl KafkaMessageService {
                 )
                 .await
                 .map_err(|(e, _)| {
-                    errors::map("create queue", Some(queue), &e, self.settings.operation_timeout)
+                    errors::map(
+                        "create queue",
+                        Some(queue),
+                        &e,
+                        self.settings.operation_timeout,
+                    )
                 })?;
             max
         } else {
@@ -115,7 +127,8 @@ impl KafkaMessageService {
 
     /// The number of partitions of a topic; `QueueNotFound` when it does not exist.
     async fn partitions_of(&self, queue: &QueueName) -> Result<i32> {
-        self.partitions_of_topic(queue.as_str().to_owned(), queue).await
+        self.partitions_of_topic(queue.as_str().to_owned(), queue)
+            .await
     }
 
     async fn partitions_of_topic(&self, name: String, queue: &QueueName) -> Result<i32> {
@@ -155,13 +168,17 @@ impl KafkaMessageService {
                 .set("allow.auto.create.topics", "false")
                 .set("log_level", "3")
                 .create()
-                .map_err(|e| errors::map("read queue options", None, &e, settings.operation_timeout))?;
+                .map_err(|e| {
+                    errors::map("read queue options", None, &e, settings.operation_timeout)
+                })?;
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&topic, 0, Offset::Beginning)
-                .map_err(|e| errors::map("read queue options", None, &e, settings.operation_timeout))?;
-            consumer
-                .assign(&tpl)
-                .map_err(|e| errors::map("read queue options", None, &e, settings.operation_timeout))?;
+                .map_err(|e| {
+                    errors::map("read queue options", None, &e, settings.operation_timeout)
+                })?;
+            consumer.assign(&tpl).map_err(|e| {
+                errors::map("read queue options", None, &e, settings.operation_timeout)
+            })?;
             let deadline = std::time::Instant::now() + Duration::from_secs(3);
             while std::time::Instant::now() < deadline {
                 match consumer.poll(Duration::from_millis(100)) {
@@ -172,10 +189,7 @@ impl KafkaMessageService {
                         return Ok(meta.map(|m| m.max_receive_count));
                     }
                     Some(Err(e)) => {
-                        if e
-                            .rdkafka_error_code()
-                            .is_some_and(errors::is_missing_topic)
-                        {
+                        if e.rdkafka_error_code().is_some_and(errors::is_missing_topic) {
                             return Ok(None);
                         }
                     }
@@ -243,7 +257,14 @@ impl KafkaMessageService {
             .admin
             .delete_topics(&[queue.as_str(), dlq.as_str(), &meta], &opts)
             .await
-            .map_err(|e| errors::map("delete queue", Some(queue), &e, self.settings.operation_timeout))?;
+            .map_err(|e| {
+                errors::map(
+                    "delete queue",
+                    Some(queue),
+                    &e,
+                    self.settings.operation_timeout,
+                )
+            })?;
         for r in results {
             if let Err((topic, code)) = r {
                 if !errors::is_missing_topic(code) {
@@ -261,7 +282,9 @@ impl KafkaMessageService {
     /// High watermark per partition, and the commit point of those this table has not read.
     async fn ends(&self, handle: &QueueHandle) -> Result<Vec<(i32, i64, i64)>> {
         let Some(consumer) = handle.consumer() else {
-            return Err(MessagingError::NotInitialized("the queue's consumer was closed".into()));
+            return Err(MessagingError::NotInitialized(
+                "the queue's consumer was closed".into(),
+            ));
         };
         let topic = handle.name.clone();
         let partitions = handle.info.partitions;
@@ -292,6 +315,33 @@ impl KafkaMessageService {
         })
         .await
         .map_err(|e| errors::provider("stats", e.to_string()))?
+    }
+
+    /// Waits (at most `within`) until the table has fetched every record that was in the
+    /// topic when called, so an admin operation sees what a just-opened consumer has not
+    /// read yet.
+    async fn catch_up(&self, handle: &QueueHandle, within: Duration) -> Result<()> {
+        let ends = self.ends(handle).await?;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = handle.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let behind = {
+                let leases = handle.leases.lock();
+                ends.iter()
+                    .any(|&(p, high, from)| leases.next_fetch(p).unwrap_or(from) < high)
+            };
+            let now = tokio::time::Instant::now();
+            if !behind || now >= deadline {
+                return Ok(());
+            }
+            let pause = (now + Duration::from_millis(50)).min(deadline);
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(pause) => {}
+            }
+        }
     }
 
     pub(super) async fn stats(&self, queue: &QueueName) -> Result<QueueStats> {
@@ -326,7 +376,6 @@ impl KafkaMessageService {
     pub(super) async fn purge(&self, queue: &QueueName) -> Result<u64> {
         let handle = self.open(queue).await?;
         let ends = self.ends(&handle).await?;
-        let ends: Vec<(i32, i64)> = ends.into_iter().map(|(p, high, _)| (p, high)).collect();
         let (removed, commits) = handle.leases.lock().purge(&ends);
         handle.store(queue.as_str(), &commits);
         Ok(removed)
@@ -338,6 +387,7 @@ impl KafkaMessageService {
             return Ok(0);
         };
         let handle = self.open(&dlq).await?;
+        self.catch_up(&handle, CATCH_UP).await?;
         let moving = {
             let mut leases = handle.leases.lock();
             leases.expire(tokio::time::Instant::now());

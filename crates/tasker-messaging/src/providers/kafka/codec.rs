@@ -49,7 +49,9 @@ pub(super) struct Extra<'a> {
 pub(super) fn headers(extra: &Extra<'_>) -> Option<OwnedHeaders> {
     let mut h: Option<OwnedHeaders> = None;
     let mut add = |key: &str, value: &[u8]| {
-        let current = h.take().unwrap_or_else(|| OwnedHeaders::new_with_capacity(2));
+        let current = h
+            .take()
+            .unwrap_or_else(|| OwnedHeaders::new_with_capacity(2));
         h = Some(current.insert(Header {
             key,
             value: Some(value),
@@ -126,7 +128,9 @@ pub(super) fn decode(record: &BorrowedMessage<'_>) -> (Entry, Option<Instant>) {
                     }
                 }
                 DEAD_LETTER => {
-                    dead_letter = serde_json::from_slice::<DeadLetterInfo>(v).ok().map(Box::new)
+                    dead_letter = serde_json::from_slice::<DeadLetterInfo>(v)
+                        .ok()
+                        .map(Box::new)
                 }
                 _ => {}
             }

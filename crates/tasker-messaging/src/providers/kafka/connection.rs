@@ -19,9 +19,7 @@ use parking_lot::Mutex;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::Notify;
@@ -118,9 +116,10 @@ impl Shared {
             .set("acks", "all")
             .create()
             .map_err(|e| errors::map("create producer", None, &e, settings.operation_timeout))?;
-        let admin: AdminClient<DefaultClientContext> = base_config(settings)
-            .create()
-            .map_err(|e| errors::map("create admin client", None, &e, settings.operation_timeout))?;
+        let admin: AdminClient<DefaultClientContext> =
+            base_config(settings).create().map_err(|e| {
+                errors::map("create admin client", None, &e, settings.operation_timeout)
+            })?;
         let shared = Arc::new(Shared {
             settings: settings.clone(),
             producer,
@@ -203,7 +202,9 @@ impl QueueHandle {
             return Ok(());
         }
         let Some(consumer) = self.consumer() else {
-            return Err(MessagingError::NotInitialized("the queue's consumer was closed".into()));
+            return Err(MessagingError::NotInitialized(
+                "the queue's consumer was closed".into(),
+            ));
         };
         consumer.subscribe(&[self.name.as_str()]).map_err(|e| {
             self.subscribed.store(false, Ordering::Release);
@@ -372,10 +373,7 @@ impl KafkaMessageService {
             }
             let shared = self.shared.clone();
             let timeout = self.settings.operation_timeout;
-            let _ = tokio::task::spawn_blocking(move || {
-                shared.producer.flush(timeout)
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || shared.producer.flush(timeout)).await;
         }
         Ok(())
     }

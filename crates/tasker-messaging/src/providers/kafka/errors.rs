@@ -96,8 +96,10 @@ pub(super) fn provider(operation: &'static str, message: impl Into<String>) -> M
 /// A receipt the lease table refused.
 pub(super) fn refused(queue: &QueueName, why: Refused) -> MessagingError {
     let reason = match why {
-        Refused::NotThisQueue => "not a receipt of this queue (another queue, an earlier queue \
-                                  of this name, or malformed)",
+        Refused::NotThisQueue => {
+            "not a receipt of this queue (another queue, an earlier queue \
+                                  of this name, or malformed)"
+        }
         Refused::Stale => "the lease ended and the message was received again",
         Refused::DeadLettered => "the message was moved to the dead-letter queue",
         Refused::Moving => "the message is being moved to another queue",

@@ -16,8 +16,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use crate::message::{
-    CorrelationId, DeadLetterInfo, MessageId, QueuedMessageMetadata, ReceiptHandle,
-    ReceivedMessage,
+    CorrelationId, DeadLetterInfo, MessageId, QueuedMessageMetadata, ReceiptHandle, ReceivedMessage,
 };
 
 /// Sequence bits of a receipt's first number; the bits above them are the queue's tag.
@@ -161,7 +160,9 @@ impl Leases {
                 continue;
             };
             match e.state {
-                State::Leased(end) if end <= now && e.generation == generation && generation > 0 => {
+                State::Leased(end)
+                    if end <= now && e.generation == generation && generation > 0 =>
+                {
                     e.state = State::Ready;
                     self.leased -= 1;
                     self.ready.insert(seq);
@@ -385,7 +386,7 @@ impl Leases {
     /// Purges: every record not being moved is done, and records below `ends` (per
     /// partition, the high watermark) that were not fetched yet are skipped. Returns how many
     /// were removed and the commit points to store.
-    pub fn purge(&mut self, ends: &[(i32, i64)]) -> (u64, Vec<(i32, i64)>) {
+    pub fn purge(&mut self, ends: &[(i32, i64, i64)]) -> (u64, Vec<(i32, i64)>) {
         let mut removed = 0u64;
         let seqs: Vec<u64> = self.entries.keys().copied().collect();
         for seq in seqs {
@@ -403,9 +404,9 @@ impl Leases {
         self.leased = 0;
         self.delayed = 0;
         let mut commits = Vec::new();
-        for &(partition, end) in ends {
+        for &(partition, end, committed) in ends {
             let part = self.partitions.entry(partition).or_default();
-            let from = part.next_fetch.unwrap_or(part.skip_below);
+            let from = part.next_fetch.unwrap_or(committed);
             removed += (end - from.max(part.skip_below)).max(0) as u64;
             part.skip_below = part.skip_below.max(end);
         }
@@ -551,7 +552,7 @@ mod tests {
     async fn purge_skips_what_was_not_fetched() {
         let mut l = Leases::new(1);
         l.ingest(entry(0, 0), None);
-        let (removed, commits) = l.purge(&[(0, 10)]);
+        let (removed, commits) = l.purge(&[(0, 10, 0)]);
         assert_eq!(removed, 10);
         assert_eq!(commits, vec![(0, 10)]);
         assert!(!l.ingest(entry(0, 5), None));

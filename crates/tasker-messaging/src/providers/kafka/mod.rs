@@ -77,6 +77,9 @@ use crate::service::{
     QueueStats,
 };
 
+/// The largest payload accepted, below Kafka's default 1 MB record limit.
+const MAX_RECORD_PAYLOAD: usize = 960 * 1024;
+
 /// The Kafka `MessagingService`.
 pub struct KafkaMessageService {
     shared: Arc<Shared>,
@@ -95,8 +98,11 @@ impl std::fmt::Debug for KafkaMessageService {
 
 impl KafkaMessageService {
     /// Builds the service (clients are created, nothing is asked of the brokers yet).
-    pub fn new(settings: KafkaSettings) -> Result<Self> {
+    pub fn new(mut settings: KafkaSettings) -> Result<Self> {
         settings.validate()?;
+        // A record (payload, key, headers) must fit librdkafka's and the broker's default
+        // message size (1 MB).
+        settings.max_payload_bytes = settings.max_payload_bytes.min(MAX_RECORD_PAYLOAD);
         let shared = Shared::get(&settings)?;
         let capabilities = Capabilities {
             delayed_send: true,

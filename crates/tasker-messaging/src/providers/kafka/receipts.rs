@@ -51,7 +51,12 @@ impl KafkaMessageService {
         let Some(handle) = self.leased_handle(queue).await? else {
             outcome.rejected = receipts
                 .iter()
-                .map(|r| (r.clone(), errors::refused(queue, super::leases::Refused::NotThisQueue)))
+                .map(|r| {
+                    (
+                        r.clone(),
+                        errors::refused(queue, super::leases::Refused::NotThisQueue),
+                    )
+                })
                 .collect();
             return Ok(outcome);
         };
@@ -67,7 +72,9 @@ impl KafkaMessageService {
                             *e = (*e).max(o);
                         }
                     }
-                    Err(why) => outcome.rejected.push((r.clone(), errors::refused(queue, why))),
+                    Err(why) => outcome
+                        .rejected
+                        .push((r.clone(), errors::refused(queue, why))),
                 }
             }
         }

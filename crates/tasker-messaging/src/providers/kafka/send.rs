@@ -119,7 +119,7 @@ impl KafkaMessageService {
         pending: std::result::Result<DeliveryFuture, MessagingError>,
         timeout: std::time::Duration,
     ) -> Result<()> {
-        match pending? .await {
+        match pending?.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((e, _))) => Err(errors::map("send", Some(queue), &e, timeout)),
             Err(_) => Err(errors::provider("send", "the producer was dropped")),

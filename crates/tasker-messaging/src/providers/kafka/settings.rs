@@ -48,14 +48,15 @@ impl KafkaSettings {
     }
 
     pub fn from_config(config: &MessagingConfig) -> Result<Self> {
-        let section = config
-            .connection
-            .kafka
-            .as_ref()
-            .ok_or_else(|| MessagingError::Configuration {
-                key: "connection.kafka.brokers".into(),
-                message: "missing (set KAFKA_BROKERS)".into(),
-            })?;
+        let section =
+            config
+                .connection
+                .kafka
+                .as_ref()
+                .ok_or_else(|| MessagingError::Configuration {
+                    key: "connection.kafka.brokers".into(),
+                    message: "missing (set KAFKA_BROKERS)".into(),
+                })?;
         let settings = Self::with_queues(section.brokers.clone(), config);
         settings.validate()?;
         Ok(settings)
