@@ -188,12 +188,12 @@ impl KafkaMessageService {
                             .and_then(|p| serde_json::from_slice::<Meta>(p).ok());
                         return Ok(meta.map(|m| m.max_receive_count));
                     }
-                    Some(Err(e)) => {
-                        if e.rdkafka_error_code().is_some_and(errors::is_missing_topic) {
-                            return Ok(None);
-                        }
+                    Some(Err(e))
+                        if e.rdkafka_error_code().is_some_and(errors::is_missing_topic) =>
+                    {
+                        return Ok(None);
                     }
-                    None => {}
+                    Some(Err(_)) | None => {}
                 }
             }
             Ok(None)

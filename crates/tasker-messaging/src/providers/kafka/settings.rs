@@ -41,9 +41,9 @@ impl KafkaSettings {
             dead_letter_suffix: config.queues.dead_letter_queue_suffix.clone(),
             max_payload_bytes: config.queues.max_payload_bytes,
             operation_timeout: Duration::from_secs(10),
-            fetch_wait: Duration::from_millis(100),
+            fetch_wait: Duration::from_millis(20),
             commit_interval: Duration::from_millis(200),
-            max_buffered: 10_000,
+            max_buffered: 50_000,
         }
     }
 
