@@ -375,6 +375,7 @@ impl KafkaMessageService {
 
     pub(super) async fn purge(&self, queue: &QueueName) -> Result<u64> {
         let handle = self.open(queue).await?;
+        self.catch_up(&handle, CATCH_UP).await?;
         let ends = self.ends(&handle).await?;
         let (removed, commits) = handle.leases.lock().purge(&ends);
         handle.store(queue.as_str(), &commits);
