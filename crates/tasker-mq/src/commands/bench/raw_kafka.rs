@@ -2,7 +2,7 @@
 //! `--provider kafka`: one producer (as the provider has), its own one-partition topics
 //! (`bench_<run>_<step>_raw`, deleted afterwards), the same payloads, the message id as the
 //! record key and the correlation id in a header, with the producer and consumer settings the
-//! provider uses (`acks=all`, `linger.ms=1`, `fetch.wait.max.ms=100`).
+//! provider uses (`acks=all`, `linger.ms=1`, `fetch.wait.max.ms=20`).
 //!
 //! | step | raw rdkafka |
 //! | --- | --- |
@@ -74,7 +74,7 @@ impl RawKafka {
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "200")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "100")
+            .set("fetch.wait.max.ms", "20")
             .create()?;
         consumer.subscribe(&[queue.as_str()])?;
         Ok(consumer)
