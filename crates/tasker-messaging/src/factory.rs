@@ -68,6 +68,10 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
         ProviderKind::Sqs => Ok(Arc::new(
             crate::providers::sqs::SqsMessageService::from_config(config)?,
         )),
+        #[cfg(feature = "kafka")]
+        ProviderKind::Kafka => Ok(Arc::new(
+            crate::providers::kafka::KafkaMessageService::from_config(config)?,
+        )),
         other => Err(MessagingError::ProviderUnavailable { provider: other }),
     }
 }
@@ -171,6 +175,7 @@ mod tests {
         );
     }
 
+    #[cfg(not(feature = "kafka"))]
     #[tokio::test]
     async fn a_provider_not_in_this_build_is_a_typed_error() {
         let config = MessagingConfig::from_toml_str(

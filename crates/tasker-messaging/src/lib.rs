@@ -82,6 +82,8 @@ pub use typed::{ConsumerExt, MessagingServiceExt, UndecodableMessage};
 #[cfg(feature = "in-memory")]
 pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
 
+#[cfg(feature = "kafka")]
+pub use providers::kafka::{KafkaMessageService, KafkaSettings};
 #[cfg(feature = "pgmq")]
 pub use providers::pgmq::{InstallOutcome, PgmqInstallation, PgmqMessageService, PgmqSettings};
 #[cfg(feature = "rabbitmq")]

@@ -6,6 +6,8 @@
 #[cfg(feature = "in-memory")]
 pub mod in_memory;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "pgmq")]
 pub mod pgmq;
 #[cfg(feature = "rabbitmq")]

@@ -149,7 +149,6 @@ pub async fn build_service_with_fallback(
 mod tests {
     use super::*;
     use crate::providers::in_memory::InMemoryMessageService;
-    use crate::queue_name::QueueName;
     use crate::resilience::fault::{FaultControl, FaultInjectingService};
     use crate::resilience::Op;
 
@@ -163,6 +162,7 @@ mod tests {
         (Arc::new(fault), control)
     }
 
+    #[cfg(not(feature = "kafka"))]
     #[tokio::test]
     async fn configured_fallback_takes_over_when_the_primary_is_not_available() {
         // Kafka is not compiled into this build: the primary cannot start.
@@ -180,7 +180,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let q = QueueName::new("fallback_q").unwrap();
+        let q = crate::queue_name::QueueName::new("fallback_q").unwrap();
         svc.create_queue(&q).await.unwrap();
         svc.send(&q, crate::OutgoingMessage::new("works"))
             .await

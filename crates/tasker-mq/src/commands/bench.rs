@@ -48,6 +48,8 @@ use tasker_messaging::{
 
 use crate::provider::GlobalOpts;
 
+#[cfg(feature = "kafka")]
+mod raw_kafka;
 #[cfg(feature = "pgmq")]
 mod raw_pgmq;
 #[cfg(feature = "rabbitmq")]
@@ -225,6 +227,8 @@ fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn Bench
         ),
         #[cfg(feature = "sqs")]
         ProviderKind::Sqs => Ok(Some(Box::new(raw_sqs::RawSqs::from_config(config)?))),
+        #[cfg(feature = "kafka")]
+        ProviderKind::Kafka => Ok(Some(Box::new(raw_kafka::RawKafka::from_config(config)?))),
         // Providers register their raw client here as they land.
         _ => Ok(None),
     }
