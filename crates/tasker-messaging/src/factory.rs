@@ -35,7 +35,8 @@ fn is_available(provider: ProviderKind) -> bool {
         ProviderKind::InMemory => cfg!(feature = "in-memory"),
         ProviderKind::Pgmq => cfg!(feature = "pgmq"),
         ProviderKind::Rabbitmq => cfg!(feature = "rabbitmq"),
-        ProviderKind::Sqs | ProviderKind::Redis | ProviderKind::Kafka | ProviderKind::Nats => false,
+        ProviderKind::Nats => cfg!(feature = "nats"),
+        ProviderKind::Sqs | ProviderKind::Redis | ProviderKind::Kafka => false,
     }
 }
 
@@ -56,6 +57,10 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
         #[cfg(feature = "rabbitmq")]
         ProviderKind::Rabbitmq => Ok(Arc::new(
             crate::providers::rabbitmq::RabbitMqMessageService::from_config(config)?,
+        )),
+        #[cfg(feature = "nats")]
+        ProviderKind::Nats => Ok(Arc::new(
+            crate::providers::nats::NatsMessageService::from_config(config)?,
         )),
         other => Err(MessagingError::ProviderUnavailable { provider: other }),
     }

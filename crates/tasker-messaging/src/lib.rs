@@ -86,6 +86,8 @@ pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
 pub use providers::pgmq::{InstallOutcome, PgmqInstallation, PgmqMessageService, PgmqSettings};
 #[cfg(feature = "rabbitmq")]
 pub use providers::rabbitmq::{RabbitMqMessageService, RabbitMqSettings, RabbitMqTls};
+#[cfg(feature = "nats")]
+pub use providers::nats::{NatsMessageService, NatsSettings};
 
 /// Compiles the README's examples as doc tests, so they stay true.
 #[cfg(doctest)]

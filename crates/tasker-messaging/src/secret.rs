@@ -71,7 +71,10 @@ pub fn redact_url(raw: &str) -> String {
 /// percent-decoded, the form client libraries print), then whatever `scrub_known` removes:
 /// for error messages from client libraries and servers, which may echo either.
 /// Used by the network providers (none is compiled in a build with only the in-memory one).
-#[cfg_attr(not(any(feature = "pgmq", feature = "rabbitmq")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "pgmq", feature = "rabbitmq", feature = "nats")),
+    allow(dead_code)
+)]
 pub fn scrub(text: &str, secret: &SecretUrl) -> String {
     let mut out = text.replace(secret.expose(), &secret.redacted());
     for value in secret_values(secret.expose()) {

@@ -10,3 +10,5 @@ pub mod in_memory;
 pub mod pgmq;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "nats")]
+pub mod nats;
