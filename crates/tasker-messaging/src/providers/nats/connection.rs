@@ -65,7 +65,9 @@ impl NatsMessageService {
             .request_timeout(Some(s.request_timeout))
             // Messages a fetch brings arrive on its own subscription; keep room for a batch.
             .subscription_capacity(16 * 1024);
-        let connect = options.connect(s.url.expose());
+        // One server or a comma-separated list (a cluster's nodes).
+        let servers: Vec<&str> = s.url.expose().split(',').map(str::trim).collect();
+        let connect = options.connect(servers);
         let client = tokio::time::timeout(s.connection_timeout + Duration::from_secs(1), connect)
             .await
             .map_err(|_| MessagingError::Timeout {
