@@ -52,6 +52,8 @@ use crate::provider::GlobalOpts;
 mod raw_pgmq;
 #[cfg(feature = "rabbitmq")]
 mod raw_rabbitmq;
+#[cfg(feature = "nats")]
+mod raw_nats;
 mod report;
 mod service;
 mod target;
@@ -215,6 +217,8 @@ fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn Bench
         ProviderKind::Pgmq => Ok(Some(Box::new(raw_pgmq::RawPgmq::from_config(config)?))),
         #[cfg(feature = "rabbitmq")]
         ProviderKind::Rabbitmq => Ok(Some(Box::new(raw_rabbitmq::RawLapin::from_config(config)?))),
+        #[cfg(feature = "nats")]
+        ProviderKind::Nats => Ok(Some(Box::new(raw_nats::RawNats::from_config(config)?))),
         // Providers register their raw client here as they land.
         _ => Ok(None),
     }

@@ -53,11 +53,17 @@ pub(super) struct AckMeta<'a> {
 /// Parses an ack subject; `None` when it is not one.
 pub(super) fn parse_ack_subject(subject: &str) -> Option<AckMeta<'_>> {
     let rest = subject.strip_prefix("$JS.ACK.")?;
-    let tokens: Vec<&str> = rest.split('.').collect();
+    // No allocation: this runs for every received message and every receipt.
+    let mut tokens: [&str; 10] = [""; 10];
+    let mut n = 0;
+    for token in rest.split('.') {
+        *tokens.get_mut(n)? = token;
+        n += 1;
+    }
     // v1: stream consumer delivered sseq dseq ts pending (7 tokens);
     // v2: domain acchash stream consumer delivered sseq dseq ts pending [token] (9 or 10).
-    let t = match tokens.len() {
-        7 => &tokens[..],
+    let t = match n {
+        7 => &tokens[..7],
         9 | 10 => &tokens[2..9],
         _ => return None,
     };
