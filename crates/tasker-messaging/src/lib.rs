@@ -82,12 +82,12 @@ pub use typed::{ConsumerExt, MessagingServiceExt, UndecodableMessage};
 #[cfg(feature = "in-memory")]
 pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
 
+#[cfg(feature = "nats")]
+pub use providers::nats::{NatsMessageService, NatsSettings};
 #[cfg(feature = "pgmq")]
 pub use providers::pgmq::{InstallOutcome, PgmqInstallation, PgmqMessageService, PgmqSettings};
 #[cfg(feature = "rabbitmq")]
 pub use providers::rabbitmq::{RabbitMqMessageService, RabbitMqSettings, RabbitMqTls};
-#[cfg(feature = "nats")]
-pub use providers::nats::{NatsMessageService, NatsSettings};
 
 /// Compiles the README's examples as doc tests, so they stay true.
 #[cfg(doctest)]

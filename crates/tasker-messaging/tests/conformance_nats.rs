@@ -48,10 +48,9 @@ async fn conformance_nats() {
     if nats_support::service().await.is_none() {
         return;
     }
-    let Some(_auth) = nats_support::start_server(
-        AUTH_PORT,
-        &["--user", "tasker", "--pass", "right-password"],
-    ) else {
+    let Some(_auth) =
+        nats_support::start_server(AUTH_PORT, &["--user", "tasker", "--pass", "right-password"])
+    else {
         return;
     };
     suite("nats", nats_support::settings(), AUTH_PORT)

@@ -33,9 +33,21 @@ fn start_cluster() -> Option<Vec<PrivateServer>> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).ok()?;
         let child = Command::new(nats_support::nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &CLIENT[i].to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &CLIENT[i].to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(&dir)
-            .args(["--server_name", &format!("f{}", i + 1), "--cluster_name", "failover"])
+            .args([
+                "--server_name",
+                &format!("f{}", i + 1),
+                "--cluster_name",
+                "failover",
+            ])
             .args(["--cluster", &format!("nats://127.0.0.1:{}", ROUTE[i])])
             .args(["--routes", &routes])
             .stdout(Stdio::null())
@@ -62,7 +74,11 @@ fn start_cluster() -> Option<Vec<PrivateServer>> {
 
 /// Sends `n` messages one batch of 10 at a time, retrying a batch that failed with a
 /// retryable error (the cluster electing a new leader); returns the ids the server took.
-async fn send_all(svc: &NatsMessageService, q: &tasker_messaging::QueueName, n: usize) -> Vec<MessageId> {
+async fn send_all(
+    svc: &NatsMessageService,
+    q: &tasker_messaging::QueueName,
+    n: usize,
+) -> Vec<MessageId> {
     let mut ids = Vec::new();
     for chunk in 0..n / 10 {
         let batch: Vec<_> = (0..10)

@@ -6,9 +6,9 @@
 #[cfg(feature = "in-memory")]
 pub mod in_memory;
 
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "pgmq")]
 pub mod pgmq;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
-#[cfg(feature = "nats")]
-pub mod nats;

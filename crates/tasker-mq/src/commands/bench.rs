@@ -48,12 +48,12 @@ use tasker_messaging::{
 
 use crate::provider::GlobalOpts;
 
+#[cfg(feature = "nats")]
+mod raw_nats;
 #[cfg(feature = "pgmq")]
 mod raw_pgmq;
 #[cfg(feature = "rabbitmq")]
 mod raw_rabbitmq;
-#[cfg(feature = "nats")]
-mod raw_nats;
 mod report;
 mod service;
 mod target;

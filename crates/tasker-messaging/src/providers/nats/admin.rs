@@ -238,7 +238,11 @@ impl NatsMessageService {
         Ok(())
     }
 
-    pub(super) async fn create_with(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
+    pub(super) async fn create_with(
+        &self,
+        queue: &QueueName,
+        options: &QueueOptions,
+    ) -> Result<()> {
         self.link()?;
         let max = options
             .max_receive_count
@@ -257,7 +261,11 @@ impl NatsMessageService {
 
     async fn delete_stream(&self, queue: &QueueName) -> Result<bool> {
         match self
-            .api::<Deleted, _>("delete stream", format!("STREAM.DELETE.{queue}"), &json!({}))
+            .api::<Deleted, _>(
+                "delete stream",
+                format!("STREAM.DELETE.{queue}"),
+                &json!({}),
+            )
             .await?
         {
             Ok(_) => Ok(true),

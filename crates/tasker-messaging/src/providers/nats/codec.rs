@@ -31,7 +31,10 @@ pub(super) const DEAD_LETTER: &str = "Tasker-Dead-Letter";
 pub(super) fn headers(message: &OutgoingMessage) -> HeaderMap {
     let mut h = HeaderMap::new();
     let mut buf = uuid::Uuid::encode_buffer();
-    h.insert(ID, &*message.message_id.0.hyphenated().encode_lower(&mut buf));
+    h.insert(
+        ID,
+        &*message.message_id.0.hyphenated().encode_lower(&mut buf),
+    );
     if let Some(c) = message.correlation_id {
         h.insert(CORRELATION, &*c.0.hyphenated().encode_lower(&mut buf));
     }
@@ -155,7 +158,6 @@ pub(super) fn moved_headers(
     h
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,12 +165,21 @@ mod tests {
     #[test]
     fn ack_subjects_parse_in_both_forms() {
         let v1 = parse_ack_subject("$JS.ACK.orders.tasker.3.17.20.1700000000000000000.4").unwrap();
-        assert_eq!((v1.stream, v1.consumer, v1.delivered, v1.stream_seq), ("orders", "tasker", 3, 17));
+        assert_eq!(
+            (v1.stream, v1.consumer, v1.delivered, v1.stream_seq),
+            ("orders", "tasker", 3, 17)
+        );
         let v2 =
             parse_ack_subject("$JS.ACK.dom.hash.orders.tasker.1.2.3.1700000000000000000.0.tok")
                 .unwrap();
         assert_eq!((v2.stream, v2.delivered, v2.stream_seq), ("orders", 1, 2));
-        for bad in ["", "$JS.ACK.", "$JS.ACK.a.b.c.d.e.f.g", "x.y", "$JS.ACK.a.b.1.2.3.4"] {
+        for bad in [
+            "",
+            "$JS.ACK.",
+            "$JS.ACK.a.b.c.d.e.f.g",
+            "x.y",
+            "$JS.ACK.a.b.1.2.3.4",
+        ] {
             assert!(parse_ack_subject(bad).is_none(), "{bad}");
         }
     }

@@ -38,7 +38,8 @@ impl NatsMessageService {
         }
         self.settings.check()?;
         self.link.get_or_try_init(|| self.open()).await?;
-        self.account_info("initialize (JetStream account info)").await
+        self.account_info("initialize (JetStream account info)")
+            .await
     }
 
     /// Asks JetStream for the account's info: an error when JetStream is off or not ready.

@@ -280,9 +280,8 @@ mod tests {
 
     #[test]
     fn service_debug_never_shows_the_password() {
-        let svc =
-            NatsMessageService::new(NatsSettings::new("nats://u:pa55-w0rd@127.0.0.1:4222"))
-                .unwrap();
+        let svc = NatsMessageService::new(NatsSettings::new("nats://u:pa55-w0rd@127.0.0.1:4222"))
+            .unwrap();
         let shown = format!("{svc:?}");
         assert!(!shown.contains("pa55-w0rd"), "{shown}");
     }

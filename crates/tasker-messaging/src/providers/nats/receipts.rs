@@ -146,7 +146,9 @@ impl NatsMessageService {
                 {
                     return Err(invalid(queue, "the message is no longer in the queue"));
                 }
-                return Err(self.note_missing(queue, self.err("dead_letter_message", Some(queue), e)));
+                return Err(
+                    self.note_missing(queue, self.err("dead_letter_message", Some(queue), e))
+                );
             }
         };
         let info = DeadLetterInfo {

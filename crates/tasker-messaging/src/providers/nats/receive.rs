@@ -122,8 +122,7 @@ impl NatsMessageService {
                     tracing::warn!(queue = %queue, "a delivery without an ack subject was skipped");
                     continue;
                 };
-                if meta.max_receive_count > 0 && r.metadata.receive_count > meta.max_receive_count
-                {
+                if meta.max_receive_count > 0 && r.metadata.receive_count > meta.max_receive_count {
                     over.push((m, r));
                 } else {
                     out.push(r);
@@ -166,7 +165,10 @@ impl NatsMessageService {
             if let Ok(link) = self.link() {
                 for (m, _) in &over {
                     if let Some(reply) = &m.reply {
-                        let _ = link.client.publish(reply.clone(), nak_for(Duration::ZERO)).await;
+                        let _ = link
+                            .client
+                            .publish(reply.clone(), nak_for(Duration::ZERO))
+                            .await;
                     }
                 }
             }

@@ -111,6 +111,9 @@ mod tests {
     fn missing_section_names_the_key_and_variable() {
         let config = MessagingConfig::default();
         let err = NatsSettings::from_config(&config).unwrap_err().to_string();
-        assert!(err.contains("connection.nats.url") && err.contains("NATS_URL"), "{err}");
+        assert!(
+            err.contains("connection.nats.url") && err.contains("NATS_URL"),
+            "{err}"
+        );
     }
 }

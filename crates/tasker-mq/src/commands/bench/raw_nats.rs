@@ -57,7 +57,11 @@ impl RawNats {
                     .connect(servers)
                     .await
                     .map_err(|e| {
-                        anyhow::anyhow!("raw async-nats cannot connect to {}: {}", self.shown, e.kind())
+                        anyhow::anyhow!(
+                            "raw async-nats cannot connect to {}: {}",
+                            self.shown,
+                            e.kind()
+                        )
                     })?;
                 let js = async_nats::jetstream::new(client.clone());
                 Ok::<_, anyhow::Error>((client, js))
@@ -120,11 +124,15 @@ async fn ack(client: &Client, messages: &[async_nats::Message]) -> anyhow::Resul
     };
     for m in rest {
         if let Some(r) = &m.reply {
-            client.publish(r.clone(), Bytes::from_static(b"+ACK")).await?;
+            client
+                .publish(r.clone(), Bytes::from_static(b"+ACK"))
+                .await?;
         }
     }
     if let Some(r) = &last.reply {
-        client.request(r.clone(), Bytes::from_static(b"+ACK")).await?;
+        client
+            .request(r.clone(), Bytes::from_static(b"+ACK"))
+            .await?;
     }
     Ok(())
 }
@@ -158,7 +166,12 @@ impl Target for RawNats {
         self.api(format!("STREAM.DELETE.{queue}"), json!({})).await
     }
 
-    async fn client(&self, queue: &QueueName, _step: Step, plan: &Plan) -> anyhow::Result<NatsClient> {
+    async fn client(
+        &self,
+        queue: &QueueName,
+        _step: Step,
+        plan: &Plan,
+    ) -> anyhow::Result<NatsClient> {
         let (client, js) = self.link().await?;
         Ok(NatsClient {
             client: client.clone(),
