@@ -72,6 +72,10 @@ pub fn create_service(config: &MessagingConfig) -> Result<Arc<dyn MessagingServi
         ProviderKind::Kafka => Ok(Arc::new(
             crate::providers::kafka::KafkaMessageService::from_config(config)?,
         )),
+        #[cfg(feature = "nats")]
+        ProviderKind::Nats => Ok(Arc::new(
+            crate::providers::nats::NatsMessageService::from_config(config)?,
+        )),
         other => Err(MessagingError::ProviderUnavailable { provider: other }),
     }
 }

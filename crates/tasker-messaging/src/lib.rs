@@ -84,6 +84,8 @@ pub use providers::in_memory::{InMemoryMessageService, InMemorySettings};
 
 #[cfg(feature = "kafka")]
 pub use providers::kafka::{KafkaMessageService, KafkaSettings};
+#[cfg(feature = "nats")]
+pub use providers::nats::{NatsMessageService, NatsSettings};
 #[cfg(feature = "pgmq")]
 pub use providers::pgmq::{InstallOutcome, PgmqInstallation, PgmqMessageService, PgmqSettings};
 #[cfg(feature = "rabbitmq")]

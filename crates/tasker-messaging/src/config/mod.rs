@@ -178,6 +178,13 @@ pub struct KafkaConnectionConfig {
 #[serde(deny_unknown_fields)]
 pub struct NatsConnectionConfig {
     pub url: SecretUrl,
+    /// Replicas of each stream the NATS provider creates (3 on a three-node cluster).
+    #[serde(default = "default_nats_replicas")]
+    pub replicas: usize,
+}
+
+fn default_nats_replicas() -> usize {
+    1
 }
 
 /// Queue naming and lifecycle defaults.

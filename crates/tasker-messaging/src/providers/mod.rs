@@ -8,6 +8,8 @@ pub mod in_memory;
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "pgmq")]
 pub mod pgmq;
 #[cfg(feature = "rabbitmq")]

@@ -50,6 +50,8 @@ use crate::provider::GlobalOpts;
 
 #[cfg(feature = "kafka")]
 mod raw_kafka;
+#[cfg(feature = "nats")]
+mod raw_nats;
 #[cfg(feature = "pgmq")]
 mod raw_pgmq;
 #[cfg(feature = "rabbitmq")]
@@ -229,6 +231,8 @@ fn raw_baseline(config: &MessagingConfig) -> anyhow::Result<Option<Box<dyn Bench
         ProviderKind::Sqs => Ok(Some(Box::new(raw_sqs::RawSqs::from_config(config)?))),
         #[cfg(feature = "kafka")]
         ProviderKind::Kafka => Ok(Some(Box::new(raw_kafka::RawKafka::from_config(config)?))),
+        #[cfg(feature = "nats")]
+        ProviderKind::Nats => Ok(Some(Box::new(raw_nats::RawNats::from_config(config)?))),
         // Providers register their raw client here as they land.
         _ => Ok(None),
     }
