@@ -16,7 +16,7 @@ use crate::service::{QueueOptions, QueueStats};
 
 /// The part of a stream's info the provider reads.
 #[derive(Deserialize)]
-struct StreamInfo {
+pub(super) struct StreamInfo {
     #[serde(default)]
     created: Option<String>,
     state: StreamState,
@@ -145,7 +145,7 @@ impl NatsMessageService {
         .map_err(|e| self.note_missing(queue, self.api_err("consumer info", queue, &e)))
     }
 
-    async fn stream_info(&self, queue: &QueueName) -> Result<StreamInfo> {
+    pub(super) async fn stream_info(&self, queue: &QueueName) -> Result<StreamInfo> {
         self.api::<StreamInfo, _>("stream info", format!("STREAM.INFO.{queue}"), &json!({}))
             .await?
             .map_err(|e| self.note_missing(queue, self.api_err("stream info", queue, &e)))

@@ -50,14 +50,43 @@ impl NatsMessageService {
             let ack = link
                 .js
                 .publish_with_headers(subject.clone(), headers, m.payload)
-                .await
-                .map_err(|e| self.note_missing(queue, self.err("send", Some(queue), e)))?;
-            acks.push(ack);
+                .await;
+            match ack {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    return Err(self
+                        .send_error(queue, self.err("send", Some(queue), e))
+                        .await)
+                }
+            }
         }
         for ack in acks {
-            ack.await
-                .map_err(|e| self.note_missing(queue, self.err("send (ack)", Some(queue), e)))?;
+            if let Err(e) = ack.await {
+                return Err(self
+                    .send_error(queue, self.err("send (ack)", Some(queue), e))
+                    .await);
+            }
         }
         Ok(ids)
+    }
+
+    /// A publish nobody answered reads as a missing stream, but a replicated stream that is
+    /// electing a leader (a node just died, or the stream was just created) does not answer
+    /// either: ask the stream itself, and call it retryable while the stream exists.
+    async fn send_error(&self, queue: &QueueName, error: MessagingError) -> MessagingError {
+        if !matches!(error, MessagingError::QueueNotFound { .. }) {
+            return error;
+        }
+        match self.stream_info(queue).await {
+            Ok(_) => MessagingError::Provider {
+                provider: ProviderKind::Nats,
+                operation: "send",
+                message: "the stream exists but no leader answered the publish (electing?)".into(),
+                retryable: true,
+            },
+            Err(MessagingError::QueueNotFound { .. }) => self.note_missing(queue, error),
+            Err(other) if other.is_retryable() => other,
+            Err(_) => self.note_missing(queue, error),
+        }
     }
 }
