@@ -61,11 +61,21 @@ impl SuiteReport {
     pub fn assert_passed(&self) {
         println!("{self}");
         if self.failed() > 0 {
+            // The failures again, in the panic message: CI logs often keep only the tail.
+            let failures: Vec<String> = self
+                .cases
+                .iter()
+                .filter_map(|c| match &c.outcome {
+                    Outcome::Failed(why) => Some(format!("{}: {why}", c.id)),
+                    _ => None,
+                })
+                .collect();
             panic!(
-                "conformance [{}]: {} of {} cases failed",
+                "conformance [{}]: {} of {} cases failed: {}",
                 self.provider,
                 self.failed(),
-                self.cases.len()
+                self.cases.len(),
+                failures.join("; ")
             );
         }
     }
