@@ -61,23 +61,38 @@ impl RedisMessageService {
                 return;
             }
         };
-        let notified = notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
         let mut conn = link.conn();
-        let next: i64 = PEEK
-            .key(&info.keys.meta)
-            .arg(&info.keys.base)
-            .invoke_async(&mut conn)
-            .await
-            .unwrap_or(-1);
-        let until = match next {
-            0 => return,
-            n if n > 0 => {
-                deadline.min(tokio::time::Instant::now() + Duration::from_millis(n as u64))
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let disconnects = link.wakeups.disconnects();
+            let next: i64 = PEEK
+                .key(&info.keys.meta)
+                .arg(&info.keys.base)
+                .invoke_async(&mut conn)
+                .await
+                .unwrap_or(-1);
+            let until = match next {
+                0 => return,
+                n if n > 0 => {
+                    deadline.min(tokio::time::Instant::now() + Duration::from_millis(n as u64))
+                }
+                _ => deadline,
+            };
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return; // the time is up, or a lease or delay came due
             }
-            _ => deadline,
-        };
-        let _ = tokio::time::timeout_at(until, notified).await;
+            if next != -1 && link.wakeups.disconnects() == disconnects {
+                return; // a message arrived
+            }
+            // Woken by the subscriber's disconnect (a message may have been missed meanwhile),
+            // or while the queue did not exist: a publish from before it was deleted can reach
+            // this node late (a cluster forwards publishes between nodes), and returning with
+            // no queue would make a loop around `wait` spin. Look at the queue again.
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! every node, so the subscriber talks to the URL's first node.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -23,6 +24,9 @@ pub(super) struct Wakeups {
     node: SecretUrl,
     url: SecretUrl,
     waiters: Waiters,
+    /// Counts the subscriber's disconnects: a waiter woken while it changed was woken by a
+    /// disconnect, not by a message, and looks at its queue again instead of returning.
+    disconnects: Arc<AtomicU64>,
     subscriber: OnceCell<ConnectionManager>,
     subscribed: Mutex<std::collections::HashSet<String>>,
 }
@@ -33,6 +37,7 @@ impl Wakeups {
             node,
             url,
             waiters: Arc::default(),
+            disconnects: Arc::default(),
             subscriber: OnceCell::new(),
             subscribed: Mutex::default(),
         }
@@ -66,6 +71,12 @@ impl Wakeups {
         Ok(notify)
     }
 
+    /// How many times the subscriber has lost its connection so far.
+    #[inline]
+    pub(super) fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::Acquire)
+    }
+
     async fn subscriber(&self) -> Result<&ConnectionManager> {
         self.subscriber
             .get_or_try_init(|| async {
@@ -77,11 +88,12 @@ impl Wakeups {
                     .set_protocol(ProtocolVersion::RESP3);
                 let client = redis::Client::open(info.set_redis_settings(redis)).map_err(map)?;
                 let waiters = self.waiters.clone();
+                let disconnects = self.disconnects.clone();
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
                     .set_response_timeout(Some(std::time::Duration::from_secs(10)))
                     .set_automatic_resubscription()
-                    .set_push_sender(move |push: PushInfo| deliver(&waiters, push));
+                    .set_push_sender(move |push: PushInfo| deliver(&waiters, &disconnects, push));
                 client
                     .get_connection_manager_with_config(config)
                     .await
@@ -93,7 +105,11 @@ impl Wakeups {
 
 /// Wakes the waiters of the channel a message arrived on; a disconnect wakes every waiter
 /// (they look at their queue again: a spurious return is allowed, a lost one is not).
-fn deliver(waiters: &Waiters, push: PushInfo) -> std::result::Result<(), std::convert::Infallible> {
+fn deliver(
+    waiters: &Waiters,
+    disconnects: &AtomicU64,
+    push: PushInfo,
+) -> std::result::Result<(), std::convert::Infallible> {
     match push.kind {
         PushKind::Message => {
             if let Some(Value::BulkString(channel)) = push.data.first() {
@@ -103,6 +119,8 @@ fn deliver(waiters: &Waiters, push: PushInfo) -> std::result::Result<(), std::co
             }
         }
         PushKind::Disconnection => {
+            disconnects.fetch_add(1, Ordering::AcqRel);
+            tracing::debug!("redis wakeup subscriber disconnected; waiters look again");
             for n in waiters.read().values() {
                 n.notify_waiters();
             }
