@@ -19,7 +19,15 @@ use crate::service::{QueueOptions, QueueStats};
 pub(super) struct StreamInfo {
     #[serde(default)]
     created: Option<String>,
+    #[serde(default)]
+    config: StreamConfig,
     state: StreamState,
+}
+
+#[derive(Deserialize, Default)]
+struct StreamConfig {
+    #[serde(default)]
+    num_replicas: usize,
 }
 
 fn rfc3339_ns(text: Option<&str>) -> Option<i128> {
@@ -117,6 +125,7 @@ impl NatsMessageService {
             dead_letter_queue,
             ack_wait: Duration::from_nanos(info.config.ack_wait),
             created_ns: rfc3339_ns(stream.created.as_deref()).unwrap_or(0),
+            replicated: stream.config.num_replicas > 1,
         });
         self.queues.write().insert(queue.clone(), meta.clone());
         Ok(meta)
@@ -361,7 +370,7 @@ impl NatsMessageService {
                     .map_err(|e| self.err("redrive (publish ack)", Some(queue), e))?;
             }
             let receipts: Vec<_> = batch.iter().filter_map(|m| m.reply.clone()).collect();
-            self.ack_subjects(&dlq, &receipts).await?;
+            self.ack_subjects(&dlq, &dlq_meta, &receipts).await?;
             moved += n as u64;
             left = left.saturating_sub(n);
             if n < asked {

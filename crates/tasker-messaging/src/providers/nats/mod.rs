@@ -108,6 +108,9 @@ struct QueueMeta {
     /// When the stream was created (ns since the epoch): a receipt for a message stored
     /// before it names an earlier queue of the same name, whose sequences restarted.
     created_ns: i128,
+    /// The stream has more than one replica: an ack's answer comes before the stream leader
+    /// has removed the message, so deletes confirm the removal (see `receipts.rs`).
+    replicated: bool,
 }
 
 /// The subject a queue's stream captures.

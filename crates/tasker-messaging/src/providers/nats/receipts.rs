@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::codec::{self, parse_ack_subject, AckMeta};
 use super::errors::{invalid, NO_MESSAGE_FOUND};
 use super::receive::nak_for;
@@ -13,6 +15,11 @@ use crate::error::{MessagingError, Result};
 use crate::message::{DeadLetterInfo, DeadLetterReason, ReceiptHandle};
 use crate::queue_name::QueueName;
 use crate::service::DeleteOutcome;
+
+/// The first wait before asking a replicated stream again whether acked messages are gone.
+const REMOVAL_FIRST_BACKOFF: Duration = Duration::from_millis(1);
+/// The longest wait between two such questions.
+const REMOVAL_MAX_BACKOFF: Duration = Duration::from_millis(32);
 
 impl NatsMessageService {
     /// The receipt's ack subject, when it names a delivery of this queue's consumer, of the
@@ -41,10 +48,13 @@ impl NatsMessageService {
 
     /// Publishes `+ACK` to every subject and waits for the server's answer to the last one:
     /// the server handles one connection's acks in order, so all are done when it answers.
+    /// On a replicated stream that answer comes before the stream has removed the messages,
+    /// so their removal is then confirmed ([`Self::confirm_removed`]).
     /// No answer at all (no consumer) is `QueueNotFound`.
     pub(super) async fn ack_subjects(
         &self,
         queue: &QueueName,
+        meta: &QueueMeta,
         subjects: &[async_nats::Subject],
     ) -> Result<()> {
         let link = self.link()?;
@@ -58,7 +68,89 @@ impl NatsMessageService {
                 .map_err(|e| self.err("ack", Some(queue), e))?;
         }
         self.confirm(queue, last.clone(), bytes::Bytes::from_static(b"+ACK"))
-            .await
+            .await?;
+        if meta.replicated {
+            let seqs = subjects
+                .iter()
+                .filter_map(|s| parse_ack_subject(s.as_str()).map(|p| p.stream_seq))
+                .collect();
+            self.confirm_removed(queue, meta, seqs).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the stream leader (which answers stats) no longer holds any of `seqs`.
+    ///
+    /// In a clustered JetStream (2.9) the consumer leader answers an ack once it has proposed
+    /// it to the consumer's replicas; each server removes a work-queue message from its own
+    /// copy of the stream when its consumer replica applies the ack. So the answer can come
+    /// before the stream leader has removed the message. This asks the stream leader for the
+    /// first stored message at or after the lowest unconfirmed sequence (`next_by_subj`, one
+    /// request skips every acked sequence already gone), and while one of `seqs` is still
+    /// there, waits a short, doubling backoff and asks again, until `request_timeout`: then a
+    /// retryable `Timeout` (the acks stand; deleting the same receipts again is harmless).
+    pub(super) async fn confirm_removed(
+        &self,
+        queue: &QueueName,
+        meta: &QueueMeta,
+        mut seqs: Vec<u64>,
+    ) -> Result<()> {
+        seqs.sort_unstable();
+        seqs.dedup();
+        let deadline = Instant::now() + self.settings.request_timeout;
+        let mut backoff = REMOVAL_FIRST_BACKOFF;
+        let mut i = 0;
+        while let Some(&from) = seqs.get(i) {
+            let Some(found) = self.next_stored(queue, meta, from).await? else {
+                return Ok(());
+            };
+            // Every acked sequence below `found` is gone.
+            i = seqs.partition_point(|&s| s < found);
+            if seqs.get(i) == Some(&found) {
+                let now = Instant::now();
+                if now + backoff > deadline {
+                    return Err(MessagingError::Timeout {
+                        operation: "delete (the replicated stream still holds an acked message)",
+                        after: self.settings.request_timeout,
+                    });
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(REMOVAL_MAX_BACKOFF);
+            }
+        }
+        Ok(())
+    }
+
+    /// The sequence of the first message the stream (its leader) stores at or after `from`,
+    /// if any.
+    async fn next_stored(
+        &self,
+        queue: &QueueName,
+        meta: &QueueMeta,
+        from: u64,
+    ) -> Result<Option<u64>> {
+        #[derive(serde::Deserialize)]
+        struct Got {
+            message: Stored,
+        }
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            seq: u64,
+        }
+        let answer = self
+            .api::<Got, _>(
+                "delete (confirm removal)",
+                format!("STREAM.MSG.GET.{queue}"),
+                &serde_json::json!({"seq": from, "next_by_subj": meta.subject.as_str()}),
+            )
+            .await?;
+        match answer {
+            Ok(got) => Ok(Some(got.message.seq)),
+            Err(e) if e.error_code().0 == NO_MESSAGE_FOUND => Ok(None),
+            Err(e) => {
+                Err(self.note_missing(queue, self.api_err("delete (confirm removal)", queue, &e)))
+            }
+        }
     }
 
     /// Sends `body` to an ack subject and waits for the server's answer.
@@ -92,7 +184,7 @@ impl NatsMessageService {
         if subjects.is_empty() {
             return Ok(outcome);
         }
-        self.ack_subjects(queue, &subjects).await?;
+        self.ack_subjects(queue, &meta, &subjects).await?;
         outcome.deleted = subjects.len();
         Ok(outcome)
     }
@@ -168,7 +260,7 @@ impl NatsMessageService {
             .await
             .map_err(|e| self.err("dead_letter_message (publish ack)", Some(&dlq), e))?;
         let subject = async_nats::Subject::from(receipt.as_text().unwrap_or_default());
-        self.confirm(queue, subject, bytes::Bytes::from_static(b"+ACK"))
+        self.ack_subjects(queue, &meta, std::slice::from_ref(&subject))
             .await
     }
 }
