@@ -200,9 +200,20 @@ impl NatsMessageService {
             "max_msg_size": -1,
             "max_consumers": -1,
         });
-        let created = self
-            .api::<serde_json::Value, _>("create stream", format!("STREAM.CREATE.{queue}"), &stream)
-            .await?;
+        let subject = format!("STREAM.CREATE.{queue}");
+        let created = match self
+            .api::<serde_json::Value, _>("create stream", subject.clone(), &stream)
+            .await
+        {
+            // A replicated stream is answered once its group has elected a leader, which on
+            // a busy cluster can outlast the request (the creation still goes on): asked once
+            // more, a creation with the same configuration answers as soon as it is done.
+            Err(MessagingError::Timeout { .. }) if self.settings.replicas > 1 => {
+                self.api::<serde_json::Value, _>("create stream", subject, &stream)
+                    .await?
+            }
+            other => other?,
+        };
         if let Err(e) = created {
             if e.error_code().0 != STREAM_NAME_EXISTS {
                 return Err(self.api_err("create stream", queue, &e));
@@ -231,13 +242,30 @@ impl NatsMessageService {
                 "max_waiting": 512,
             }
         });
-        let created = self
-            .api::<serde_json::Value, _>(
-                "create consumer",
-                format!("CONSUMER.DURABLE.CREATE.{queue}.{CONSUMER}"),
-                &consumer,
-            )
-            .await?;
+        // On a cluster the stream's own servers answer its creation; the meta leader, which
+        // answers the consumer's, may not have applied the stream's assignment yet and calls
+        // the stream missing: asked again after a short, doubling wait, up to request_timeout.
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        let mut wait = Duration::from_millis(10);
+        let created = loop {
+            let created = self
+                .api::<serde_json::Value, _>(
+                    "create consumer",
+                    format!("CONSUMER.DURABLE.CREATE.{queue}.{CONSUMER}"),
+                    &consumer,
+                )
+                .await?;
+            match &created {
+                Err(e)
+                    if e.error_code().0 == STREAM_NOT_FOUND
+                        && tokio::time::Instant::now() + wait < deadline =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(200));
+                }
+                _ => break created,
+            }
+        };
         if let Err(e) = created {
             // Already there with another configuration (a first creation's options stay).
             if self.consumer_info(queue).await.is_err() {
