@@ -87,8 +87,9 @@ impl NatsMessageService {
     /// before the stream leader has removed the message. This asks the stream leader for the
     /// first stored message at or after the lowest unconfirmed sequence (`next_by_subj`, one
     /// request skips every acked sequence already gone), and while one of `seqs` is still
-    /// there, waits a short, doubling backoff and asks again, until `request_timeout`: then a
-    /// retryable `Timeout` (the acks stand; deleting the same receipts again is harmless).
+    /// there (or the question failed retryably: the stream electing a leader), waits a short,
+    /// doubling backoff and asks again, until `request_timeout`: then a retryable `Timeout`
+    /// (the acks stand; deleting the same receipts again is harmless).
     pub(super) async fn confirm_removed(
         &self,
         queue: &QueueName,
@@ -101,14 +102,19 @@ impl NatsMessageService {
         let mut backoff = REMOVAL_FIRST_BACKOFF;
         let mut i = 0;
         while let Some(&from) = seqs.get(i) {
-            let Some(found) = self.next_stored(queue, meta, from).await? else {
-                return Ok(());
+            let still_there = match self.next_stored(queue, meta, from).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(found)) => {
+                    // Every acked sequence below `found` is gone.
+                    i = seqs.partition_point(|&s| s < found);
+                    seqs.get(i) == Some(&found)
+                }
+                // The stream electing a leader (a node died): asked again, within the time.
+                Err(e) if e.is_retryable() && Instant::now() + backoff <= deadline => true,
+                Err(e) => return Err(e),
             };
-            // Every acked sequence below `found` is gone.
-            i = seqs.partition_point(|&s| s < found);
-            if seqs.get(i) == Some(&found) {
-                let now = Instant::now();
-                if now + backoff > deadline {
+            if still_there {
+                if Instant::now() + backoff > deadline {
                     return Err(MessagingError::Timeout {
                         operation: "delete (the replicated stream still holds an acked message)",
                         after: self.settings.request_timeout,
