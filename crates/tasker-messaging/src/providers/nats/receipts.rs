@@ -21,6 +21,16 @@ const REMOVAL_FIRST_BACKOFF: Duration = Duration::from_millis(1);
 /// The longest wait between two such questions.
 const REMOVAL_MAX_BACKOFF: Duration = Duration::from_millis(32);
 
+/// Given the sorted acked sequences and `found`, the first message the stream still stores at
+/// or after the lowest one asked about: every acked sequence below `found` is gone, so the
+/// next to ask about is the first at or after it, and whether that one is `found` itself
+/// (still there).
+#[inline]
+fn skip_gone(seqs: &[u64], found: u64) -> (usize, bool) {
+    let i = seqs.partition_point(|&s| s < found);
+    (i, seqs.get(i) == Some(&found))
+}
+
 impl NatsMessageService {
     /// The receipt's ack subject, when it names a delivery of this queue's consumer, of the
     /// queue as it is now (not an earlier queue of the same name).
@@ -105,9 +115,9 @@ impl NatsMessageService {
             let still_there = match self.next_stored(queue, meta, from).await {
                 Ok(None) => return Ok(()),
                 Ok(Some(found)) => {
-                    // Every acked sequence below `found` is gone.
-                    i = seqs.partition_point(|&s| s < found);
-                    seqs.get(i) == Some(&found)
+                    let (next, there) = skip_gone(&seqs, found);
+                    i = next;
+                    there
                 }
                 // The stream electing a leader (a node died): asked again, within the time.
                 Err(e) if e.is_retryable() && Instant::now() + backoff <= deadline => true,
@@ -268,5 +278,23 @@ impl NatsMessageService {
         let subject = async_nats::Subject::from(receipt.as_text().unwrap_or_default());
         self.ack_subjects(queue, &meta, std::slice::from_ref(&subject))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_gone;
+
+    #[test]
+    fn one_answer_skips_every_acked_sequence_already_gone() {
+        let acked = [3, 4, 5, 9, 10];
+        // 3..=5 gone, 6 is someone else's message: ask next about 9.
+        assert_eq!(skip_gone(&acked, 6), (3, false));
+        // 9 still stored: wait and ask about 9 again.
+        assert_eq!(skip_gone(&acked, 9), (3, true));
+        // The lowest is still there.
+        assert_eq!(skip_gone(&acked, 3), (0, true));
+        // Everything acked is below the first stored message: done.
+        assert_eq!(skip_gone(&acked, 11), (5, false));
     }
 }
