@@ -59,12 +59,9 @@ async fn conformance_nats() {
         .assert_passed();
 }
 
-/// Not in the default run (issue 16 is open on it): on a 3-replica stream the server answers
-/// an ack before the replicated stream has removed the message, so a stats call straight
-/// after a delete can still count it (C3.5, C3.6 fail intermittently). Run it with
-/// `cargo test --all-features --test conformance_nats -- --ignored --nocapture`.
+/// The same suite on the three-node cluster, streams of three replicas. (A delete there
+/// confirms that the stream leader removed the acked messages before it returns, issue 16.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "C3.5/C3.6 fail intermittently on a 3-replica stream: ack before removal (issue 16)"]
 async fn conformance_nats_cluster() {
     let settings = NatsSettings::new(nats_support::cluster_url())
         .with_connection_timeout(std::time::Duration::from_secs(3))

@@ -19,7 +19,15 @@ use crate::service::{QueueOptions, QueueStats};
 pub(super) struct StreamInfo {
     #[serde(default)]
     created: Option<String>,
+    #[serde(default)]
+    config: StreamConfig,
     state: StreamState,
+}
+
+#[derive(Deserialize, Default)]
+struct StreamConfig {
+    #[serde(default)]
+    num_replicas: usize,
 }
 
 fn rfc3339_ns(text: Option<&str>) -> Option<i128> {
@@ -117,6 +125,7 @@ impl NatsMessageService {
             dead_letter_queue,
             ack_wait: Duration::from_nanos(info.config.ack_wait),
             created_ns: rfc3339_ns(stream.created.as_deref()).unwrap_or(0),
+            replicated: stream.config.num_replicas > 1,
         });
         self.queues.write().insert(queue.clone(), meta.clone());
         Ok(meta)
@@ -191,9 +200,20 @@ impl NatsMessageService {
             "max_msg_size": -1,
             "max_consumers": -1,
         });
-        let created = self
-            .api::<serde_json::Value, _>("create stream", format!("STREAM.CREATE.{queue}"), &stream)
-            .await?;
+        let subject = format!("STREAM.CREATE.{queue}");
+        let created = match self
+            .api::<serde_json::Value, _>("create stream", subject.clone(), &stream)
+            .await
+        {
+            // A replicated stream is answered once its group has elected a leader, which on
+            // a busy cluster can outlast the request (the creation still goes on): asked once
+            // more, a creation with the same configuration answers as soon as it is done.
+            Err(MessagingError::Timeout { .. }) if self.settings.replicas > 1 => {
+                self.api::<serde_json::Value, _>("create stream", subject, &stream)
+                    .await?
+            }
+            other => other?,
+        };
         if let Err(e) = created {
             if e.error_code().0 != STREAM_NAME_EXISTS {
                 return Err(self.api_err("create stream", queue, &e));
@@ -222,13 +242,30 @@ impl NatsMessageService {
                 "max_waiting": 512,
             }
         });
-        let created = self
-            .api::<serde_json::Value, _>(
-                "create consumer",
-                format!("CONSUMER.DURABLE.CREATE.{queue}.{CONSUMER}"),
-                &consumer,
-            )
-            .await?;
+        // On a cluster the stream's own servers answer its creation; the meta leader, which
+        // answers the consumer's, may not have applied the stream's assignment yet and calls
+        // the stream missing: asked again after a short, doubling wait, up to request_timeout.
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        let mut wait = Duration::from_millis(10);
+        let created = loop {
+            let created = self
+                .api::<serde_json::Value, _>(
+                    "create consumer",
+                    format!("CONSUMER.DURABLE.CREATE.{queue}.{CONSUMER}"),
+                    &consumer,
+                )
+                .await?;
+            match &created {
+                Err(e)
+                    if e.error_code().0 == STREAM_NOT_FOUND
+                        && tokio::time::Instant::now() + wait < deadline =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(200));
+                }
+                _ => break created,
+            }
+        };
         if let Err(e) = created {
             // Already there with another configuration (a first creation's options stay).
             if self.consumer_info(queue).await.is_err() {
@@ -361,7 +398,7 @@ impl NatsMessageService {
                     .map_err(|e| self.err("redrive (publish ack)", Some(queue), e))?;
             }
             let receipts: Vec<_> = batch.iter().filter_map(|m| m.reply.clone()).collect();
-            self.ack_subjects(&dlq, &receipts).await?;
+            self.ack_subjects(&dlq, &dlq_meta, &receipts).await?;
             moved += n as u64;
             left = left.saturating_sub(n);
             if n < asked {

@@ -17,7 +17,10 @@
 //!   once). The server keeps the entries when the receiver disconnects (`durable_leases`).
 //! * **Receive counts** are the server's delivery count from the ack subject.
 //! * **Delete** is `+ACK`; a batch publishes its acks and waits for the server's reply to the
-//!   last (acks on one connection are handled in order), one round trip per batch.
+//!   last (acks on one connection are handled in order), one round trip per batch. On a
+//!   stream with more than one replica the server answers an ack before the stream leader
+//!   has removed the message, so the delete then confirms the removal (usually one more
+//!   request; see `receipts.rs`), and stats read after it never count a deleted message.
 //! * **Dead letters.** `MaxDeliver` is unlimited: a message at JetStream's `MaxDeliver` would
 //!   stay in the work-queue stream, never delivered again, announced only by an advisory
 //!   nobody may be listening to. Instead a receive that gets a delivery over the queue's
@@ -108,6 +111,9 @@ struct QueueMeta {
     /// When the stream was created (ns since the epoch): a receipt for a message stored
     /// before it names an earlier queue of the same name, whose sequences restarted.
     created_ns: i128,
+    /// The stream has more than one replica: an ack's answer comes before the stream leader
+    /// has removed the message, so deletes confirm the removal (see `receipts.rs`).
+    replicated: bool,
 }
 
 /// The subject a queue's stream captures.

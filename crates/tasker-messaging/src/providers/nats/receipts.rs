@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::codec::{self, parse_ack_subject, AckMeta};
 use super::errors::{invalid, NO_MESSAGE_FOUND};
 use super::receive::nak_for;
@@ -13,6 +15,21 @@ use crate::error::{MessagingError, Result};
 use crate::message::{DeadLetterInfo, DeadLetterReason, ReceiptHandle};
 use crate::queue_name::QueueName;
 use crate::service::DeleteOutcome;
+
+/// The first wait before asking a replicated stream again whether acked messages are gone.
+const REMOVAL_FIRST_BACKOFF: Duration = Duration::from_millis(1);
+/// The longest wait between two such questions.
+const REMOVAL_MAX_BACKOFF: Duration = Duration::from_millis(32);
+
+/// Given the sorted acked sequences and `found`, the first message the stream still stores at
+/// or after the lowest one asked about: every acked sequence below `found` is gone, so the
+/// next to ask about is the first at or after it, and whether that one is `found` itself
+/// (still there).
+#[inline]
+fn skip_gone(seqs: &[u64], found: u64) -> (usize, bool) {
+    let i = seqs.partition_point(|&s| s < found);
+    (i, seqs.get(i) == Some(&found))
+}
 
 impl NatsMessageService {
     /// The receipt's ack subject, when it names a delivery of this queue's consumer, of the
@@ -41,10 +58,13 @@ impl NatsMessageService {
 
     /// Publishes `+ACK` to every subject and waits for the server's answer to the last one:
     /// the server handles one connection's acks in order, so all are done when it answers.
+    /// On a replicated stream that answer comes before the stream has removed the messages,
+    /// so their removal is then confirmed ([`Self::confirm_removed`]).
     /// No answer at all (no consumer) is `QueueNotFound`.
     pub(super) async fn ack_subjects(
         &self,
         queue: &QueueName,
+        meta: &QueueMeta,
         subjects: &[async_nats::Subject],
     ) -> Result<()> {
         let link = self.link()?;
@@ -58,7 +78,95 @@ impl NatsMessageService {
                 .map_err(|e| self.err("ack", Some(queue), e))?;
         }
         self.confirm(queue, last.clone(), bytes::Bytes::from_static(b"+ACK"))
-            .await
+            .await?;
+        if meta.replicated {
+            let seqs = subjects
+                .iter()
+                .filter_map(|s| parse_ack_subject(s.as_str()).map(|p| p.stream_seq))
+                .collect();
+            self.confirm_removed(queue, meta, seqs).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the stream leader (which answers stats) no longer holds any of `seqs`.
+    ///
+    /// In a clustered JetStream (2.9) the consumer leader answers an ack once it has proposed
+    /// it to the consumer's replicas; each server removes a work-queue message from its own
+    /// copy of the stream when its consumer replica applies the ack. So the answer can come
+    /// before the stream leader has removed the message. This asks the stream leader for the
+    /// first stored message at or after the lowest unconfirmed sequence (`next_by_subj`, one
+    /// request skips every acked sequence already gone), and while one of `seqs` is still
+    /// there (or the question failed retryably: the stream electing a leader), waits a short,
+    /// doubling backoff and asks again, until `request_timeout`: then a retryable `Timeout`
+    /// (the acks stand; deleting the same receipts again is harmless).
+    pub(super) async fn confirm_removed(
+        &self,
+        queue: &QueueName,
+        meta: &QueueMeta,
+        mut seqs: Vec<u64>,
+    ) -> Result<()> {
+        seqs.sort_unstable();
+        seqs.dedup();
+        let deadline = Instant::now() + self.settings.request_timeout;
+        let mut backoff = REMOVAL_FIRST_BACKOFF;
+        let mut i = 0;
+        while let Some(&from) = seqs.get(i) {
+            let still_there = match self.next_stored(queue, meta, from).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(found)) => {
+                    let (next, there) = skip_gone(&seqs, found);
+                    i = next;
+                    there
+                }
+                // The stream electing a leader (a node died): asked again, within the time.
+                Err(e) if e.is_retryable() && Instant::now() + backoff <= deadline => true,
+                Err(e) => return Err(e),
+            };
+            if still_there {
+                if Instant::now() + backoff > deadline {
+                    return Err(MessagingError::Timeout {
+                        operation: "delete (the replicated stream still holds an acked message)",
+                        after: self.settings.request_timeout,
+                    });
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(REMOVAL_MAX_BACKOFF);
+            }
+        }
+        Ok(())
+    }
+
+    /// The sequence of the first message the stream (its leader) stores at or after `from`,
+    /// if any.
+    async fn next_stored(
+        &self,
+        queue: &QueueName,
+        meta: &QueueMeta,
+        from: u64,
+    ) -> Result<Option<u64>> {
+        #[derive(serde::Deserialize)]
+        struct Got {
+            message: Stored,
+        }
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            seq: u64,
+        }
+        let answer = self
+            .api::<Got, _>(
+                "delete (confirm removal)",
+                format!("STREAM.MSG.GET.{queue}"),
+                &serde_json::json!({"seq": from, "next_by_subj": meta.subject.as_str()}),
+            )
+            .await?;
+        match answer {
+            Ok(got) => Ok(Some(got.message.seq)),
+            Err(e) if e.error_code().0 == NO_MESSAGE_FOUND => Ok(None),
+            Err(e) => {
+                Err(self.note_missing(queue, self.api_err("delete (confirm removal)", queue, &e)))
+            }
+        }
     }
 
     /// Sends `body` to an ack subject and waits for the server's answer.
@@ -92,7 +200,7 @@ impl NatsMessageService {
         if subjects.is_empty() {
             return Ok(outcome);
         }
-        self.ack_subjects(queue, &subjects).await?;
+        self.ack_subjects(queue, &meta, &subjects).await?;
         outcome.deleted = subjects.len();
         Ok(outcome)
     }
@@ -168,7 +276,25 @@ impl NatsMessageService {
             .await
             .map_err(|e| self.err("dead_letter_message (publish ack)", Some(&dlq), e))?;
         let subject = async_nats::Subject::from(receipt.as_text().unwrap_or_default());
-        self.confirm(queue, subject, bytes::Bytes::from_static(b"+ACK"))
+        self.ack_subjects(queue, &meta, std::slice::from_ref(&subject))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_gone;
+
+    #[test]
+    fn one_answer_skips_every_acked_sequence_already_gone() {
+        let acked = [3, 4, 5, 9, 10];
+        // 3..=5 gone, 6 is someone else's message: ask next about 9.
+        assert_eq!(skip_gone(&acked, 6), (3, false));
+        // 9 still stored: wait and ask about 9 again.
+        assert_eq!(skip_gone(&acked, 9), (3, true));
+        // The lowest is still there.
+        assert_eq!(skip_gone(&acked, 3), (0, true));
+        // Everything acked is below the first stored message: done.
+        assert_eq!(skip_gone(&acked, 11), (5, false));
     }
 }

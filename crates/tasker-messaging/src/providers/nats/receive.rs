@@ -211,7 +211,7 @@ impl NatsMessageService {
                 .map_err(|e| self.err("dead-letter (publish ack)", Some(dlq), e))?;
         }
         let receipts: Vec<_> = over.iter().filter_map(|(m, _)| m.reply.clone()).collect();
-        self.ack_subjects(queue, &receipts).await
+        self.ack_subjects(queue, meta, &receipts).await
     }
 
     /// Returns when a message may be receivable on `queue`, at most after `max_wait`: at
