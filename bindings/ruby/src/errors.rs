@@ -23,19 +23,16 @@ fn class(ruby: &Ruby, name: &str) -> ExceptionClass {
 
 fn raise_with(ruby: &Ruby, name: &str, message: String, fields: &[(&str, Value)]) -> Error {
     let class = class(ruby, name);
-    match class.new_instance((message.clone(),)) {
-        Ok(exception) => {
-            let exception: Value = exception;
-            for (field, value) in fields {
-                let _ = exception.ivar_set(format!("@{field}").as_str(), *value);
-            }
-            match magnus::Exception::from_value(exception) {
-                Some(e) => Error::from(e),
-                None => Error::new(class, message),
-            }
-        }
-        Err(e) => e,
+    let exception = match class.new_instance((message.clone(),)) {
+        Ok(exception) => exception,
+        Err(_) => return Error::new(class, message),
+    };
+    for (field, value) in fields {
+        let _: Result<Value, Error> = exception
+            .as_value()
+            .funcall("instance_variable_set", (format!("@{field}"), *value));
     }
+    Error::from(exception)
 }
 
 /// The Ruby exception for `error`.

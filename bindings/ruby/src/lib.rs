@@ -16,7 +16,7 @@ fn runtime_pid() -> Option<u32> {
     runtime::runtime_pid()
 }
 
-#[magnus::init]
+#[magnus::init(name = "tasker_messaging_native")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
     let core = ruby.define_module("TaskerCore")?;
     let native = core.define_module("Native")?;

@@ -3,7 +3,7 @@
 //! The Ruby side adds `payload` (the decoded JSON) to the class.
 
 use chrono::{DateTime, Utc};
-use magnus::{prelude::*, value::ReprValue, Error, RHash, RString, Ruby, Value};
+use magnus::{prelude::*, value::ReprValue, Error, RString, Ruby, Value};
 use tasker_messaging::{DeadLetterReason, ReceiptHandle, ReceivedMessage};
 
 #[magnus::wrap(class = "TaskerCore::Messaging::ReceivedMessage", free_immediately, size)]
@@ -76,13 +76,12 @@ impl RbReceivedMessage {
         let Some(info) = rb_self.message.metadata.dead_letter.as_deref() else {
             return Ok(ruby.qnil().as_value());
         };
-        let hash = RHash::new();
+        let hash = ruby.hash_new();
         hash.aset(ruby.to_symbol("source_queue"), info.source_queue.as_str())?;
         let kind = match &info.reason {
             DeadLetterReason::MaxReceiveCountExceeded { .. } => "max_receive_count_exceeded",
             DeadLetterReason::Rejected { .. } => "rejected",
             DeadLetterReason::Undecodable { .. } => "undecodable",
-            _ => "other",
         };
         hash.aset(ruby.to_symbol("kind"), ruby.to_symbol(kind))?;
         hash.aset(ruby.to_symbol("reason"), info.reason.to_string())?;

@@ -15,6 +15,7 @@ use std::ffi::c_void;
 use std::future::Future;
 use std::sync::Arc;
 
+use magnus::rb_sys::AsRawValue;
 use magnus::{Error, Ruby};
 use parking_lot::Mutex;
 use tokio::runtime::Runtime;
@@ -141,10 +142,11 @@ where
         Some(Err(_panic)) => Err(native_error(ruby, "the native extension panicked")),
         None => {
             // Interrupted: let Ruby raise what interrupted us (Thread#raise, kill, signal).
+            let nil = ruby.qnil().as_raw();
             magnus::rb_sys::protect(|| {
                 // SAFETY: called with the GVL held; protect catches the raise.
                 unsafe { rb_sys::rb_thread_check_ints() };
-                rb_sys::Qnil as rb_sys::VALUE
+                nil
             })?;
             Err(interrupted_error(ruby))
         }

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use magnus::{
-    prelude::*, typed_data::Obj, value::ReprValue, Error, RArray, RHash, RString, Ruby, Value,
+    prelude::*, typed_data::Obj, value::ReprValue, Error, RArray, RHash, RString, Ruby,
+    Value,
 };
 use parking_lot::Mutex;
 use tasker_messaging::{
@@ -65,7 +66,7 @@ fn receipt(ruby: &Ruby, value: Value) -> Outcome<ReceiptHandle> {
 }
 
 fn health_hash(ruby: &Ruby, health: MessagingHealth) -> Outcome<RHash> {
-    let hash = RHash::new();
+    let hash = ruby.hash_new();
     match health {
         MessagingHealth::Healthy {
             queue_depth,
@@ -154,7 +155,7 @@ impl RbService {
     fn capabilities(ruby: &Ruby, rb_self: &Self) -> Outcome<RHash> {
         let service = rb_self.service(ruby)?;
         let caps = service.capabilities();
-        let hash = RHash::new();
+        let hash = ruby.hash_new();
         for (capability, supported) in caps.flags() {
             hash.aset(ruby.to_symbol(capability.to_string()), supported)?;
         }
@@ -173,7 +174,7 @@ impl RbService {
     }
 
     fn default_visibility_timeout(&self) -> f64 {
-        self.config.default_visibility_timeout().as_secs_f64()
+        self.config.queues.default_visibility_timeout().as_secs_f64()
     }
 
     fn dead_letter_queue_name(ruby: &Ruby, rb_self: &Self, name: String) -> Outcome<String> {
@@ -291,7 +292,12 @@ impl RbService {
     }
 
     /// `delete_batch(queue, receipts)`: `[deleted, [[receipt_text, exception], ...]]`.
-    fn delete_batch(ruby: &Ruby, rb_self: &Self, name: String, list: RArray) -> Outcome<RArray> {
+    fn delete_batch(
+        ruby: &Ruby,
+        rb_self: &Self,
+        name: String,
+        list: RArray,
+    ) -> Outcome<(usize, RArray)> {
         let q = queue(ruby, name)?;
         let mut receipts = Vec::with_capacity(list.len());
         for i in 0..list.len() {
@@ -307,10 +313,7 @@ impl RbService {
                 .unwrap_or_else(|| ruby.qnil().as_value());
             rejected.push((r.to_string(), exception))?;
         }
-        Ok(ruby.ary_from_vec(vec![
-            outcome.deleted.into_value_with(ruby),
-            rejected.as_value(),
-        ]))
+        Ok((outcome.deleted, rejected))
     }
 
     fn change_visibility(
@@ -350,7 +353,7 @@ impl RbService {
     fn stats(ruby: &Ruby, rb_self: &Self, name: String) -> Outcome<RHash> {
         let q = queue(ruby, name)?;
         let stats = rb_self.call(ruby, |s| async move { s.get_queue_stats(&q).await })?;
-        let hash = RHash::new();
+        let hash = ruby.hash_new();
         hash.aset(ruby.to_symbol("queue_name"), stats.queue_name.as_str())?;
         hash.aset(ruby.to_symbol("message_count"), stats.message_count)?;
         hash.aset(ruby.to_symbol("in_flight_count"), stats.in_flight_count)?;

@@ -124,8 +124,11 @@ module ServiceContract
     @service.send_message(@queue, { "ok" => true })
     got = receive_all(@queue, 1, max_messages: 10)
     assert_equal [{ "ok" => true }], got.map(&:payload)
-    dead = receive_all(@service.dead_letter_queue_name(@queue), 1).first
-    refute_nil dead
+    dlq = @service.dead_letter_queue_name(@queue)
+    dead = nil
+    deadline = monotonic + 10
+    dead = @service.receive_raw(dlq, wait: 0.5).first while dead.nil? && monotonic < deadline
+    refute_nil dead, "the undecodable message is not in the dead-letter queue"
     assert_equal "not json {", dead.body
     assert_match(/undecodable/, dead.dead_letter[:reason])
   end
