@@ -6,7 +6,11 @@ use chrono::{DateTime, Utc};
 use magnus::{prelude::*, value::ReprValue, Error, RString, Ruby, Value};
 use tasker_messaging::{DeadLetterReason, ReceiptHandle, ReceivedMessage};
 
-#[magnus::wrap(class = "TaskerCore::Messaging::ReceivedMessage", free_immediately, size)]
+#[magnus::wrap(
+    class = "TaskerCore::Messaging::ReceivedMessage",
+    free_immediately,
+    size
+)]
 pub struct RbReceivedMessage {
     pub queue: String,
     pub message: ReceivedMessage,
@@ -119,7 +123,10 @@ pub fn define(ruby: &Ruby, messaging: magnus::RModule) -> Result<(), Error> {
         "correlation_id",
         method!(RbReceivedMessage::correlation_id, 0),
     )?;
-    class.define_method("receive_count", method!(RbReceivedMessage::receive_count, 0))?;
+    class.define_method(
+        "receive_count",
+        method!(RbReceivedMessage::receive_count, 0),
+    )?;
     class.define_method(
         "receipt_handle",
         method!(RbReceivedMessage::receipt_handle, 0),

@@ -67,7 +67,7 @@ pub fn runtime() -> std::io::Result<Arc<Runtime>> {
     Ok(runtime)
 }
 
-/// How many runtimes this process has built (a fork makes the child build its own), for tests.
+/// The pid the current runtime was built in (a forked child builds its own), for tests.
 pub fn runtime_pid() -> Option<u32> {
     RUNTIME.lock().as_ref().map(|s| s.pid)
 }
@@ -114,41 +114,53 @@ unsafe extern "C" fn unblock(data: *mut c_void) {
 
 /// Runs `future` on the shared runtime with the GVL released. An interrupt cancels it and
 /// raises Ruby's pending exception (or `Interrupted` if there is none).
+///
+/// `rb_thread_call_without_gvl2` is used because it never raises itself (the plain form checks
+/// interrupts on the way out and may raise across this Rust frame); interrupts are checked
+/// here, under `protect`, once the future is finished or dropped.
 pub fn block_on<F>(ruby: &Ruby, future: F) -> Result<F::Output, Error>
 where
     F: Future + Send,
     F::Output: Send,
 {
     let runtime = runtime().map_err(|e| native_error(ruby, format!("tokio runtime: {e}")))?;
-    let cancel = CancellationToken::new();
     let mut call = Call {
         runtime,
         future: Some(future),
-        cancel: cancel.clone(),
+        cancel: CancellationToken::new(),
         output: None,
     };
-    // SAFETY: both pointers outlive the call; `run_call` touches no Ruby object, and `unblock`
-    // only cancels a token (thread-safe).
-    unsafe {
-        rb_sys::rb_thread_call_without_gvl(
-            Some(run_call::<F>),
-            &mut call as *mut Call<F> as *mut c_void,
-            Some(unblock),
-            &cancel as *const CancellationToken as *mut c_void,
-        );
-    }
-    match call.output.take() {
-        Some(Ok(out)) => Ok(out),
-        Some(Err(_panic)) => Err(native_error(ruby, "the native extension panicked")),
-        None => {
-            // Interrupted: let Ruby raise what interrupted us (Thread#raise, kill, signal).
-            let nil = ruby.qnil().as_raw();
-            magnus::rb_sys::protect(|| {
-                // SAFETY: called with the GVL held; protect catches the raise.
-                unsafe { rb_sys::rb_thread_check_ints() };
-                nil
-            })?;
-            Err(interrupted_error(ruby))
+    loop {
+        let cancel = call.cancel.clone();
+        // SAFETY: both pointers outlive the call; `run_call` touches no Ruby object, and
+        // `unblock` only cancels a token (thread-safe).
+        unsafe {
+            rb_sys::rb_thread_call_without_gvl2(
+                Some(run_call::<F>),
+                &mut call as *mut Call<F> as *mut c_void,
+                Some(unblock),
+                &cancel as *const CancellationToken as *mut c_void,
+            );
         }
+        match call.output.take() {
+            Some(Ok(out)) => return Ok(out),
+            Some(Err(_panic)) => return Err(native_error(ruby, "the native extension panicked")),
+            None => {}
+        }
+        // Interrupted (the future was dropped), or not started because an interrupt was
+        // pending: let Ruby raise it (Thread#raise, kill, a signal's exception).
+        let nil = ruby.qnil().as_raw();
+        magnus::rb_sys::protect(|| {
+            // SAFETY: called with the GVL held; protect catches the raise.
+            unsafe { rb_sys::rb_thread_check_ints() };
+            nil
+        })?;
+        if call.future.is_none() {
+            // Cancelled and nothing to raise (a trap handler ran): the work may be half done,
+            // so it is not repeated.
+            return Err(interrupted_error(ruby));
+        }
+        // Never started and the interrupt needed no exception: run it now.
+        call.cancel = CancellationToken::new();
     }
 }

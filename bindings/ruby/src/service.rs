@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use magnus::{
-    prelude::*, typed_data::Obj, value::ReprValue, Error, RArray, RHash, RString, Ruby,
-    Value,
+    prelude::*, typed_data::Obj, value::ReprValue, Error, RArray, RHash, RString, Ruby, Value,
 };
 use parking_lot::Mutex;
 use tasker_messaging::{
@@ -159,7 +158,10 @@ impl RbService {
         for (capability, supported) in caps.flags() {
             hash.aset(ruby.to_symbol(capability.to_string()), supported)?;
         }
-        hash.aset(ruby.to_symbol("native_dead_letter"), caps.native_dead_letter)?;
+        hash.aset(
+            ruby.to_symbol("native_dead_letter"),
+            caps.native_dead_letter,
+        )?;
         hash.aset(ruby.to_symbol("max_payload_bytes"), caps.max_payload_bytes)?;
         hash.aset(ruby.to_symbol("max_batch_size"), caps.max_batch_size)?;
         hash.aset(
@@ -174,7 +176,10 @@ impl RbService {
     }
 
     fn default_visibility_timeout(&self) -> f64 {
-        self.config.queues.default_visibility_timeout().as_secs_f64()
+        self.config
+            .queues
+            .default_visibility_timeout()
+            .as_secs_f64()
     }
 
     fn dead_letter_queue_name(ruby: &Ruby, rb_self: &Self, name: String) -> Outcome<String> {
@@ -199,7 +204,10 @@ impl RbService {
     ) -> Outcome<()> {
         let q = queue(ruby, name)?;
         let options = QueueOptions { max_receive_count };
-        rb_self.call(ruby, |s| async move { s.create_queue_with(&q, &options).await })
+        rb_self.call(
+            ruby,
+            |s| async move { s.create_queue_with(&q, &options).await },
+        )
     }
 
     /// `send_batch(queue, payloads, message_ids_or_nil, correlation_ids_or_nil, delay_secs)`:
@@ -216,8 +224,10 @@ impl RbService {
         let q = queue(ruby, name)?;
         let delay = seconds(ruby, "delay", delay)?;
         let n = payloads.len();
-        for (what, ids) in [("message_ids", &message_ids), ("correlation_ids", &correlation_ids)]
-        {
+        for (what, ids) in [
+            ("message_ids", &message_ids),
+            ("correlation_ids", &correlation_ids),
+        ] {
             if let Some(ids) = ids {
                 if ids.len() != n {
                     return Err(arg_error(
@@ -303,9 +313,10 @@ impl RbService {
         for i in 0..list.len() {
             receipts.push(receipt(ruby, list.entry(i as isize)?)?);
         }
-        let outcome = rb_self.call(ruby, |s| async move {
-            s.delete_messages(&q, &receipts).await
-        })?;
+        let outcome = rb_self.call(
+            ruby,
+            |s| async move { s.delete_messages(&q, &receipts).await },
+        )?;
         let rejected = ruby.ary_new_capa(outcome.rejected.len());
         for (r, error) in outcome.rejected {
             let exception = to_ruby(ruby, error)
@@ -347,7 +358,10 @@ impl RbService {
 
     fn redrive(ruby: &Ruby, rb_self: &Self, name: String, max: usize) -> Outcome<u64> {
         let q = queue(ruby, name)?;
-        rb_self.call(ruby, |s| async move { s.redrive_dead_letters(&q, max).await })
+        rb_self.call(
+            ruby,
+            |s| async move { s.redrive_dead_letters(&q, max).await },
+        )
     }
 
     fn stats(ruby: &Ruby, rb_self: &Self, name: String) -> Outcome<RHash> {

@@ -206,6 +206,7 @@ module TaskerCore
                   max_attempts: nil, backoff: 1.0, max_backoff: 60.0, limit: nil,
                   idle_timeout: nil, &handler)
         raise ArgumentError, "consume needs a block" unless handler
+        return 0 if limit && limit <= 0
 
         queue = name(queue)
         vt = lease(visibility_timeout)
