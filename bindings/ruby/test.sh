@@ -6,7 +6,7 @@
 #
 # The PGMQ and RabbitMQ tests use DATABASE_URL and AMQP_URL (local defaults); they skip when the
 # server is unreachable, and fail instead under CI=true. The interop tests use the CLI,
-# TASKER_MQ_BIN or target/debug/tasker-mq (built here when missing).
+# TASKER_CLI_BIN or target/debug/tasker-mq (built here when missing).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -14,9 +14,9 @@ root="$(cd "$here/../.." && pwd)"
 "$here/build.sh"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
-if [ -z "${TASKER_MQ_BIN:-}" ]; then
-  export TASKER_MQ_BIN="$CARGO_TARGET_DIR/debug/tasker-mq"
-  if [ ! -x "$TASKER_MQ_BIN" ]; then
+if [ -z "${TASKER_CLI_BIN:-}" ]; then
+  export TASKER_CLI_BIN="$CARGO_TARGET_DIR/debug/tasker-mq"
+  if [ ! -x "$TASKER_CLI_BIN" ]; then
     echo "test.sh: building the tasker-mq CLI for the interop tests"
     (cd "$root" && cargo build --workspace --all-features --bin tasker-mq)
   fi

@@ -404,7 +404,7 @@ impl RbService {
     /// measuring the per-call overhead.
     fn native_sleep(ruby: &Ruby, secs: f64) -> Outcome<()> {
         let d = seconds(ruby, "sleep", secs)?;
-        block_on(ruby, tokio::time::sleep(d))
+        block_on(ruby, async move { tokio::time::sleep(d).await })
     }
 
     fn shutdown(ruby: &Ruby, rb_self: &Self) -> Outcome<()> {

@@ -41,7 +41,7 @@ module TestSupport
 
   # The CLI, built by the main workspace.
   def tasker_mq(*args, env: {})
-    bin = ENV.fetch("TASKER_MQ_BIN") { File.expand_path("../../../target/debug/tasker-mq", __dir__) }
+    bin = ENV.fetch("TASKER_CLI_BIN") { File.expand_path("../../../target/debug/tasker-mq", __dir__) }
     unless File.executable?(bin)
       flunk("tasker-mq CLI not built at #{bin}") if ENV["CI"] == "true"
       skip("tasker-mq CLI not built at #{bin} (bindings/ruby/test.sh builds it)")

@@ -18,6 +18,9 @@ module TaskerCore
         @task_uuid = check(:task_uuid, task_uuid)
         @step_uuid = check(:step_uuid, step_uuid)
         @correlation_id = check(:correlation_id, correlation_id)
+        # UUIDs need no escaping: the JSON is built once, in the Rust field order.
+        @json = %({"task_uuid":"#{@task_uuid}","step_uuid":"#{@step_uuid}",) +
+                %("correlation_id":"#{@correlation_id}"})
         freeze
       end
 
@@ -45,8 +48,9 @@ module TaskerCore
         { task_uuid: task_uuid, step_uuid: step_uuid, correlation_id: correlation_id }
       end
 
-      def to_json(*args)
-        to_h.to_json(*args)
+      # The JSON the Rust typed layer writes for StepMessage, byte for byte.
+      def to_json(*_args)
+        @json
       end
 
       def ==(other)
@@ -61,10 +65,10 @@ module TaskerCore
       private
 
       def check(field, value)
-        value = value.to_s.downcase
-        raise ArgumentError, "#{field} is not a UUID" unless UUID.match?(value)
+        raise ArgumentError, "#{field} is not a UUID" unless value.is_a?(String) && UUID.match?(value)
 
-        value.freeze
+        value = value.downcase if value.match?(/[A-F]/)
+        value.frozen? ? value : value.dup.freeze
       end
     end
   end
