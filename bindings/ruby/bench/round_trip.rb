@@ -84,7 +84,7 @@ end
 
 # 4. Per-call overhead: a call that does nothing but cross into Rust, release the GVL, run an
 # empty future on the shared runtime and come back.
-calls = 200_000
+calls = Integer(ENV.fetch("CALLS", "50000"))
 rate = best("native call that releases the GVL (sleep 0)", "calls/s") do
   started = now
   calls.times { TaskerCore::Native::Service.sleep(0.0) }
