@@ -21,6 +21,12 @@ done
 echo "== unit and integration tests"
 cargo test --workspace --all-features --no-fail-fast -- --skip conformance_
 
+# The Ruby binding (bindings/ruby): builds the extension into this target dir, reusing the
+# dependencies compiled above, then runs its minitest suite (in-memory, PGMQ, RabbitMQ, and
+# the CLI as the Rust end of the interop tests). scripts/services/ruby.sh installed Ruby.
+echo "== ruby binding"
+bindings/ruby/test.sh
+
 echo "== conformance suite (one line per case)"
 cargo test --workspace --all-features --no-fail-fast --test 'conformance_*' -- --nocapture --test-threads 1
 

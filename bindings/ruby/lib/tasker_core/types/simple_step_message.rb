@@ -1,0 +1,75 @@
+# frozen_string_literal: true
+
+require "securerandom"
+
+module TaskerCore
+  module Types
+    # The orchestrator's canonical message: three UUIDs (PostgreSQL holds the state). On the
+    # wire it is the JSON the Rust typed layer writes for StepMessage, byte for byte
+    # ({"task_uuid":...,"step_uuid":...,"correlation_id":...}), and its correlation_id travels
+    # as the message's correlation id too.
+    class SimpleStepMessage
+      FIELDS = %i[task_uuid step_uuid correlation_id].freeze
+      UUID = /\A\h{8}-\h{4}-\h{4}-\h{4}-\h{12}\z/
+
+      attr_reader(*FIELDS)
+
+      def initialize(task_uuid:, step_uuid:, correlation_id:)
+        @task_uuid = check(:task_uuid, task_uuid)
+        @step_uuid = check(:step_uuid, step_uuid)
+        @correlation_id = check(:correlation_id, correlation_id)
+        # UUIDs need no escaping: the JSON is built once, in the Rust field order.
+        @json = %({"task_uuid":"#{@task_uuid}","step_uuid":"#{@step_uuid}",) +
+                %("correlation_id":"#{@correlation_id}"})
+        freeze
+      end
+
+      # Random ids, for tests and benchmarks.
+      def self.random
+        new(task_uuid: SecureRandom.uuid, step_uuid: SecureRandom.uuid,
+            correlation_id: SecureRandom.uuid)
+      end
+
+      # From a decoded payload (String or Symbol keys). Raises SerializationError when a field
+      # is missing or not a UUID.
+      def self.from_hash(hash)
+        raise Messaging::SerializationError, "decoding of SimpleStepMessage failed: not an object" \
+          unless hash.is_a?(Hash)
+
+        fields = FIELDS.to_h do |field|
+          [field, hash.fetch(field.to_s) { hash.fetch(field, nil) }]
+        end
+        new(**fields)
+      rescue ArgumentError => e
+        raise Messaging::SerializationError, "decoding of SimpleStepMessage failed: #{e.message}"
+      end
+
+      def to_h
+        { task_uuid: task_uuid, step_uuid: step_uuid, correlation_id: correlation_id }
+      end
+
+      # The JSON the Rust typed layer writes for StepMessage, byte for byte.
+      def to_json(*_args)
+        @json
+      end
+
+      def ==(other)
+        other.is_a?(SimpleStepMessage) && to_h == other.to_h
+      end
+      alias eql? ==
+
+      def hash
+        to_h.hash
+      end
+
+      private
+
+      def check(field, value)
+        raise ArgumentError, "#{field} is not a UUID" unless value.is_a?(String) && UUID.match?(value)
+
+        value = value.downcase if value.match?(/[A-F]/)
+        value.frozen? ? value : value.dup.freeze
+      end
+    end
+  end
+end
