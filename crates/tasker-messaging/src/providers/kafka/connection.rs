@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::Notify;
@@ -69,20 +69,104 @@ pub(super) struct QueueHandle {
     max_buffered: usize,
 }
 
-/// Hands revoked partitions' leases back (another member reads them from the last commit).
+/// The most records the provider's producer puts in one record batch
+/// (`batch.num.messages`), and so how far before a committed offset a consumer starts reading
+/// when it is assigned a partition (see [`QueueContext`]).
+pub(super) const MAX_BATCH_RECORDS: i64 = 1_000;
+
+/// Rewinds newly assigned partitions (below) and hands revoked partitions' leases back
+/// (another member reads them from the last commit).
+///
+/// **Why assigned partitions are rewound.** The committed offset of a partition is the first
+/// unacked record, which usually lies inside a record batch. Kafka answers a fetch at such an
+/// offset with the whole batch (the client drops the records before it); tansu 0.6 (memory
+/// storage) answers only with batches that *start* at or after it, so a consumer starting there
+/// never sees the rest of that batch (issue 17: a restarted consumer got none of the unacked
+/// records). So each assigned partition with a committed offset `c` starts at
+/// `c - MAX_BATCH_RECORDS` (clamped by the broker's `auto.offset.reset=earliest`), where some
+/// batch begins at or before `c` for every batch written by this provider, and the lease table
+/// skips the records below `c`. Against Kafka this re-reads at most that many records per
+/// assignment, never delivers them twice.
 pub(super) struct QueueContext {
     leases: Arc<Mutex<Leases>>,
+    /// Bound on the committed-offset lookup made while assigning.
+    timeout: Duration,
 }
 
 impl ClientContext for QueueContext {}
 
-impl ConsumerContext for QueueContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut leases = self.leases.lock();
-            for e in tpl.elements() {
-                leases.revoke(e.partition());
+impl QueueContext {
+    /// Sets each assigned partition's start offset before its committed one (see above) and
+    /// tells the lease table to skip what lies before the committed one. A partition whose
+    /// committed offset cannot be read keeps librdkafka's own start (the committed offset).
+    fn rewind(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let committed = match consumer.committed_offsets(tpl.clone(), self.timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka: committed offsets unreadable on assignment; not rewinding");
+                return;
             }
+        };
+        let mut leases = self.leases.lock();
+        for e in committed.elements() {
+            let rdkafka::Offset::Offset(c) = e.offset() else {
+                continue;
+            };
+            if c <= 0 || e.error().is_err() {
+                continue;
+            }
+            let start = (c - MAX_BATCH_RECORDS).max(0);
+            if tpl
+                .set_partition_offset(e.topic(), e.partition(), rdkafka::Offset::Offset(start))
+                .is_ok()
+            {
+                leases.skip_to(e.partition(), c);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for QueueContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr as E;
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.rewind(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                let mut leases = self.leases.lock();
+                for e in tpl.elements() {
+                    leases.revoke(e.partition());
+                }
+                result
+            }
+            other => {
+                tracing::warn!(error = ?other, "kafka: rebalance error");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "kafka: applying a rebalance failed");
         }
     }
 }
@@ -113,6 +197,7 @@ impl Shared {
         let producer: FutureProducer = base_config(settings)
             .set("message.timeout.ms", &timeout_ms)
             .set("linger.ms", "1")
+            .set("batch.num.messages", MAX_BATCH_RECORDS.to_string())
             .set("acks", "all")
             .create()
             .map_err(|e| errors::map("create producer", None, &e, settings.operation_timeout))?;
@@ -161,6 +246,7 @@ impl Shared {
             .set("heartbeat.interval.ms", "1000")
             .create_with_context(QueueContext {
                 leases: leases.clone(),
+                timeout: s.operation_timeout,
             })
             .map_err(|e| errors::map("create consumer", Some(queue), &e, s.operation_timeout))?;
         let handle = Arc::new(QueueHandle {

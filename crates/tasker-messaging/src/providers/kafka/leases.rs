@@ -424,6 +424,14 @@ impl Leases {
         (removed, commits)
     }
 
+    /// A partition was assigned with `committed` as its commit point and is read from before
+    /// it (see `connection.rs`): records below it are skipped, and the commit point never goes
+    /// back below it.
+    pub fn skip_to(&mut self, partition: i32, committed: i64) {
+        let part = self.partitions.entry(partition).or_default();
+        part.skip_below = part.skip_below.max(committed);
+    }
+
     /// Forgets a partition another consumer now owns: its leases end here (the new owner
     /// reads its records again from the last commit).
     pub fn revoke(&mut self, partition: i32) {
@@ -546,6 +554,27 @@ mod tests {
             other.receipt_seq(second[0].receipt()),
             Err(Refused::NotThisQueue)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rewound_partition_skips_what_lies_before_its_commit_point() {
+        let mut l = Leases::new(1);
+        l.skip_to(0, 5);
+        for o in 3..5 {
+            assert!(
+                !l.ingest(entry(0, o), None),
+                "offset {o} is before the commit point"
+            );
+        }
+        assert!(l.ingest(entry(0, 5), None));
+        assert!(l.ingest(entry(0, 6), None));
+        let got = take(&mut l, 10, Duration::from_secs(5));
+        assert_eq!(got.len(), 2);
+        assert_eq!(l.ack(got[0].receipt()), Ok(Some((0, 6))));
+        // Revoked and assigned again: the new commit point holds.
+        l.revoke(0);
+        l.skip_to(0, 6);
+        assert!(!l.ingest(entry(0, 5), None));
     }
 
     #[tokio::test(start_paused = true)]

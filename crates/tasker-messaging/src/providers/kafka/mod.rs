@@ -12,6 +12,9 @@
 //!   ready records for their visibility timeout, an ended lease makes the record ready again
 //!   (counted), and acks mark records done: only the contiguous done prefix of a partition is
 //!   committed (stored, and committed every `commit_interval` and on close);
+//! * a consumer assigned a partition starts reading up to 1,000 records before its committed
+//!   offset and skips them (a fetch inside a record batch gets nothing on tansu 0.6; see
+//!   `connection.rs`);
 //! * receive counts are kept in the table (and carried in a `tasker-receive-count` header on
 //!   copies that carry one); a record at its limit is copied to the dead-letter topic with a
 //!   [`DeadLetterInfo`](crate::DeadLetterInfo) header and then acked;
