@@ -1,10 +1,20 @@
 //! One tokio runtime per process, and running futures on it without Ruby's GVL.
 //!
-//! Every blocking call of the binding goes through [`block_on`]: the calling Ruby thread gives
-//! up the GVL (`rb_thread_call_without_gvl`), drives the future on the shared multi-threaded
-//! runtime, and takes the GVL back to build the Ruby result. Other Ruby threads run meanwhile.
-//! An interrupt (`Thread#raise`, `Thread#kill`, Ctrl-C, `Timeout.timeout`) cancels the future
-//! through the unblocking function, and Ruby then raises the pending interrupt.
+//! Every blocking call of the binding goes through [`block_on`]. It first polls the future once
+//! with the GVL held (inside the runtime's context, with a no-op waker): a future that is ready
+//! at once (the in-memory provider, stats, an empty receive) returns without giving up the GVL.
+//! A future that is pending (it waits on I/O, a timer or another thread) is finished the
+//! blocking way: the calling Ruby thread gives up the GVL (`rb_thread_call_without_gvl2`),
+//! drives the future on the shared multi-threaded runtime, and takes the GVL back to build the
+//! Ruby result. Other Ruby threads run meanwhile. An interrupt (`Thread#raise`, `Thread#kill`,
+//! Ctrl-C, `Timeout.timeout`) cancels the future through the unblocking function, and Ruby then
+//! raises the pending interrupt.
+//!
+//! Why the first poll: on Ruby 3.1 giving up and taking back the GVL costs 40-100 µs on the
+//! loaded 2-core test machine even for an empty function (futex hand-offs and a wake-up of
+//! Ruby's timer thread through its pipe, per `strace -c`), while the tokio side (`block_on` of a
+//! ready future from this thread) costs under 1 µs. Paying the GVL hand-off only for futures
+//! that really wait removes almost all of a ready call's cost (docs/benchmarks.md, Ruby binding).
 //!
 //! **Fork.** A forked child has only the forking thread: the parent's runtime threads do not
 //! exist there. The runtime records the pid it was built in; the first call in a child (pid
@@ -13,7 +23,9 @@
 
 use std::ffi::c_void;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use magnus::rb_sys::AsRawValue;
 use magnus::{Error, Ruby};
@@ -74,7 +86,8 @@ pub fn runtime_pid() -> Option<u32> {
 
 struct Call<F: Future> {
     runtime: Arc<Runtime>,
-    future: Option<F>,
+    /// Boxed: it was polled once already (pinned), and `run_call` moves it into `block_on`.
+    future: Option<Pin<Box<F>>>,
     cancel: CancellationToken,
     /// `None`: cancelled by an interrupt; `Some(Err)`: the future panicked.
     output: Option<std::thread::Result<F::Output>>,
@@ -112,8 +125,35 @@ unsafe extern "C" fn unblock(data: *mut c_void) {
     cancel.cancel();
 }
 
-/// Runs `future` on the shared runtime with the GVL released. An interrupt cancels it and
-/// raises Ruby's pending exception (or `Interrupted` if there is none).
+/// What the first poll gave: the output, or the future to finish without the GVL.
+enum FirstPoll<F: Future> {
+    Ready(F::Output),
+    Pending(Pin<Box<F>>),
+}
+
+/// Polls `future` once on this thread, inside the runtime's context (so it may spawn, make
+/// timers, use tokio's I/O), with a waker that does nothing: if it is pending, the caller polls
+/// it again (with a real waker) in `block_on`, which the `Future` contract allows. A panic is
+/// caught (it must not unwind through Ruby's C frames) and the future is dropped with it.
+fn poll_once<F: Future>(
+    runtime: &Runtime,
+    mut future: Pin<Box<F>>,
+) -> std::thread::Result<FirstPoll<F>> {
+    let _context = runtime.enter();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let mut cx = Context::from_waker(Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            // The finished future is dropped here, still inside the runtime's context.
+            Poll::Ready(out) => FirstPoll::Ready(out),
+            Poll::Pending => FirstPoll::Pending(future),
+        }
+    }))
+}
+
+/// Runs `future` on the shared runtime and returns its output. A future that is ready at its
+/// first poll returns with the GVL held all along; otherwise the GVL is released until it is
+/// done. An interrupt cancels a released future and raises Ruby's pending exception (or
+/// `Interrupted` if there is none).
 ///
 /// `rb_thread_call_without_gvl2` is used because it never raises itself (the plain form checks
 /// interrupts on the way out and may raise across this Rust frame); interrupts are checked
@@ -124,6 +164,11 @@ where
     F::Output: Send,
 {
     let runtime = runtime().map_err(|e| native_error(ruby, format!("tokio runtime: {e}")))?;
+    let future = match poll_once(&runtime, Box::pin(future)) {
+        Ok(FirstPoll::Ready(out)) => return Ok(out),
+        Ok(FirstPoll::Pending(future)) => future,
+        Err(_panic) => return Err(native_error(ruby, "the native extension panicked")),
+    };
     let mut call = Call {
         runtime,
         future: Some(future),
@@ -150,17 +195,28 @@ where
         // Interrupted (the future was dropped), or not started because an interrupt was
         // pending: let Ruby raise it (Thread#raise, kill, a signal's exception).
         let nil = ruby.qnil().as_raw();
-        magnus::rb_sys::protect(|| {
+        let raised = magnus::rb_sys::protect(|| {
             // SAFETY: called with the GVL held; protect catches the raise.
             unsafe { rb_sys::rb_thread_check_ints() };
             nil
-        })?;
+        });
+        if let Err(raised) = raised {
+            // A future polled once but not run again is dropped in the runtime's context, as
+            // `run_call` drops a cancelled one (its timers and tasks belong to the runtime).
+            if let Some(future) = call.future.take() {
+                let _context = call.runtime.enter();
+                let _ =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(future)));
+            }
+            return Err(raised);
+        }
         if call.future.is_none() {
             // Cancelled and nothing to raise (a trap handler ran): the work may be half done,
             // so it is not repeated.
             return Err(interrupted_error(ruby));
         }
-        // Never started and the interrupt needed no exception: run it now.
+        // Not run again (an interrupt was pending) and the interrupt needed no exception: go
+        // on with it now.
         call.cancel = CancellationToken::new();
     }
 }

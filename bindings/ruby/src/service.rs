@@ -401,10 +401,17 @@ impl RbService {
     }
 
     /// Sleeps `secs` without the GVL: the binding's own blocking path, for tests and for
-    /// measuring the per-call overhead.
+    /// measuring the per-call overhead. `sleep(0)` yields once instead (pending at the first
+    /// poll, ready at the next, no timer): the cost of a call that gives up the GVL, alone.
     fn native_sleep(ruby: &Ruby, secs: f64) -> Outcome<()> {
         let d = seconds(ruby, "sleep", secs)?;
-        block_on(ruby, async move { tokio::time::sleep(d).await })
+        block_on(ruby, async move {
+            if d.is_zero() {
+                tokio::task::yield_now().await
+            } else {
+                tokio::time::sleep(d).await
+            }
+        })
     }
 
     fn shutdown(ruby: &Ruby, rb_self: &Self) -> Outcome<()> {

@@ -74,6 +74,32 @@ class InMemoryOnlyTest < Minitest::Test
     assert_equal [{ "after" => true }], service.receive_messages(queue).map(&:payload)
   end
 
+  # Calls whose future is ready at the first poll keep the GVL (runtime.rs); a call that is
+  # pending once (sleep(0) yields) takes the GVL-releasing path. Both, from several threads at
+  # once, lose and duplicate nothing.
+  def test_ready_and_once_pending_calls_from_many_threads
+    service = memory_service
+    queue = unique_queue("fast")
+    service.create_queue(queue)
+    threads = Array.new(4) do |t|
+      Thread.new do
+        50.times do |i|
+          service.send_message(queue, { "t" => t, "i" => i })
+          TaskerCore::Native::Service.sleep(0.0)
+        end
+      end
+    end
+    threads.each(&:join)
+    seen = []
+    while (got = service.receive_messages(queue, max_messages: 7)).any?
+      seen.concat(got.map(&:payload))
+      service.ack(queue, got)
+    end
+    assert_equal 200, seen.size
+    assert_equal 200, seen.uniq.size
+    assert_equal 0, service.queue_stats(queue)[:message_count]
+  end
+
   def test_a_forked_child_gets_its_own_runtime_and_service
     service = memory_service
     queue = unique_queue("fork")
