@@ -114,8 +114,32 @@ impl NatsMessageService {
     }
 
     async fn load_meta(&self, queue: &QueueName) -> Result<Arc<QueueMeta>> {
-        let (info, stream) = tokio::join!(self.consumer_info(queue), self.stream_info(queue));
-        let (info, stream) = (info?, stream?);
+        // A cluster answers 503 "JetStream system temporarily unavailable" for a while after a
+        // stream is deleted or while its meta leader changes: asked again after a short,
+        // doubling wait, up to request_timeout, so the caller gets the answer (often
+        // QueueNotFound) rather than the transient.
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        let mut wait = Duration::from_millis(10);
+        let (info, stream) = loop {
+            let (info, stream) = tokio::join!(self.consumer_info(queue), self.stream_info(queue));
+            let transient = [info.as_ref().err(), stream.as_ref().err()]
+                .into_iter()
+                .flatten()
+                .any(|e| {
+                    matches!(
+                        e,
+                        MessagingError::Provider {
+                            retryable: true,
+                            ..
+                        }
+                    )
+                });
+            if !transient || tokio::time::Instant::now() + wait >= deadline {
+                break (info?, stream?);
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(200));
+        };
         let (max_receive_count, dead_letter_queue) =
             parse_description(info.config.description.as_deref().unwrap_or(""));
         let meta = Arc::new(QueueMeta {
