@@ -11,6 +11,8 @@ module TaskerCore
     class SimpleStepMessage
       FIELDS = %i[task_uuid step_uuid correlation_id].freeze
       UUID = /\A\h{8}-\h{4}-\h{4}-\h{4}-\h{12}\z/
+      # Canonical (lower-case) UUID text: one match on the usual path, no case fix needed.
+      LOWER_UUID = /\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\z/
 
       attr_reader(*FIELDS)
 
@@ -18,9 +20,6 @@ module TaskerCore
         @task_uuid = check(:task_uuid, task_uuid)
         @step_uuid = check(:step_uuid, step_uuid)
         @correlation_id = check(:correlation_id, correlation_id)
-        # UUIDs need no escaping: the JSON is built once, in the Rust field order.
-        @json = %({"task_uuid":"#{@task_uuid}","step_uuid":"#{@step_uuid}",) +
-                %("correlation_id":"#{@correlation_id}"})
         freeze
       end
 
@@ -36,10 +35,9 @@ module TaskerCore
         raise Messaging::SerializationError, "decoding of SimpleStepMessage failed: not an object" \
           unless hash.is_a?(Hash)
 
-        fields = FIELDS.to_h do |field|
-          [field, hash.fetch(field.to_s) { hash.fetch(field, nil) }]
-        end
-        new(**fields)
+        new(task_uuid: field(hash, "task_uuid", :task_uuid),
+            step_uuid: field(hash, "step_uuid", :step_uuid),
+            correlation_id: field(hash, "correlation_id", :correlation_id))
       rescue ArgumentError => e
         raise Messaging::SerializationError, "decoding of SimpleStepMessage failed: #{e.message}"
       end
@@ -48,10 +46,17 @@ module TaskerCore
         { task_uuid: task_uuid, step_uuid: step_uuid, correlation_id: correlation_id }
       end
 
-      # The JSON the Rust typed layer writes for StepMessage, byte for byte.
+      # The JSON the Rust typed layer writes for StepMessage, byte for byte (UUIDs need no
+      # escaping; built when asked, so a received message does not pay for it).
       def to_json(*_args)
-        @json
+        %({"task_uuid":"#{@task_uuid}","step_uuid":"#{@step_uuid}",) +
+          %("correlation_id":"#{@correlation_id}"})
       end
+
+      def self.field(hash, name, key)
+        hash.fetch(name) { hash.fetch(key, nil) }
+      end
+      private_class_method :field
 
       def ==(other)
         other.is_a?(SimpleStepMessage) && to_h == other.to_h
@@ -65,10 +70,14 @@ module TaskerCore
       private
 
       def check(field, value)
-        raise ArgumentError, "#{field} is not a UUID" unless value.is_a?(String) && UUID.match?(value)
+        raise ArgumentError, "#{field} is not a UUID" unless value.is_a?(String)
 
-        value = value.downcase if value.match?(/[A-F]/)
-        value.frozen? ? value : value.dup.freeze
+        unless LOWER_UUID.match?(value)
+          raise ArgumentError, "#{field} is not a UUID" unless UUID.match?(value)
+
+          value = value.downcase
+        end
+        -value
       end
     end
   end
