@@ -1,10 +1,9 @@
 //! Configuration: the plan's `MessagingConfig`, read from TOML with environment overrides.
 //!
-//! Sources, later ones winning: built-in defaults, the TOML file, the conventional variables
-//! (`DATABASE_URL`, `AMQP_URL`, `REDIS_URL`, `NATS_URL`, `SQS_ENDPOINT_URL`, `KAFKA_BROKERS`),
-//! then `TASKER_MQ_*` variables where `__` separates levels
-//! (`TASKER_MQ_QUEUES__MAX_RECEIVE_COUNT=3`). Unknown keys are errors, so a typo never silently
-//! falls back to a default; every error names the key.
+//! Sources, later winning: defaults, the TOML file, the conventional variables (`DATABASE_URL`,
+//! `AMQP_URL`, `REDIS_URL`, `NATS_URL`, `SQS_ENDPOINT_URL`, `KAFKA_BROKERS`), then `TASKER_MQ_*`
+//! variables where `__` separates levels (`TASKER_MQ_QUEUES__MAX_RECEIVE_COUNT=3`).
+//! Unknown keys are errors, so a typo never falls back to a default; every error names the key.
 
 use std::path::Path;
 
@@ -92,9 +91,8 @@ pub struct PgmqConnectionConfig {
     /// Install pgmq's SQL API when the database has neither the extension nor the SQL.
     #[serde(default)]
     pub install_sql: bool,
-    /// How long a call waits for a pooled connection (connecting one included) before it
-    /// fails with a retryable `Connection` error. Short, so a PostgreSQL outage fails calls
-    /// fast and the circuit breaker opens, instead of every call hanging.
+    /// Wait for a pooled connection before a retryable `Connection` error: short, so calls
+    /// fail fast in a PostgreSQL outage and the breaker opens.
     #[serde(default = "default_pgmq_acquire_timeout_ms")]
     pub acquire_timeout_ms: u64,
 }
