@@ -151,3 +151,50 @@ async fn the_limit_probe_reads_and_never_creates() {
     reader.shutdown().await.unwrap();
     creator.shutdown().await.unwrap();
 }
+
+/// RabbitMQ closes the whole connection (504 CHANNEL_ERROR "unexpected command while
+/// processing 'tx.commit'") when any command reaches a channel while its transaction's commit
+/// waits for the queue to confirm a publish. Releases on a classic queue are such moves, on
+/// the channel receives use: receives and releases racing on one queue must never break the
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receives_racing_transactional_moves_keep_the_connection() {
+    let Some(svc) = service(RabbitMqQueueType::Classic).await else {
+        return;
+    };
+    let svc = std::sync::Arc::new(svc);
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let q = QueueName::new(format!("rt_txrace_{suffix}")).unwrap();
+    svc.create_queue(&q).await.unwrap();
+    for _ in 0..40 {
+        svc.send(&q, OutgoingMessage::new("m")).await.unwrap();
+    }
+    let epoch = svc.inner.link().await.unwrap().epoch;
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (svc, q) = (svc.clone(), q.clone());
+            tokio::spawn(async move {
+                for _ in 0..60 {
+                    let got = svc.receive(&q, 3, Duration::from_secs(30)).await?;
+                    for m in got {
+                        svc.change_message_visibility(&q, m.receipt(), Duration::ZERO)
+                            .await?;
+                    }
+                }
+                Ok::<_, crate::error::MessagingError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .unwrap()
+            .expect("receive and release on a live connection");
+    }
+    assert_eq!(
+        svc.inner.link().await.unwrap().epoch,
+        epoch,
+        "the connection broke and was reopened"
+    );
+    svc.delete_queue(&q).await.unwrap();
+    svc.shutdown().await.unwrap();
+}

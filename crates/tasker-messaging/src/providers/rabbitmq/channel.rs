@@ -22,6 +22,12 @@ pub(super) struct LeaseChannel {
     settle: tokio::sync::Mutex<()>,
     /// Serializes receives, so tags are registered in delivery order.
     pub receive: tokio::sync::Mutex<()>,
+    /// Held shared by every command sent outside a settle (basic.get, basic.qos,
+    /// basic.consume, basic.cancel; see [`LeaseChannel::command_gate`]) and exclusively across
+    /// a move's transaction: RabbitMQ closes the whole connection (504 CHANNEL_ERROR
+    /// "unexpected command while processing 'tx.commit'") when any command reaches a channel
+    /// while its commit waits for the queue to confirm a publish.
+    commands: tokio::sync::RwLock<()>,
     /// The consumer prefetch last set on the channel (0: never).
     pub prefetch: std::sync::atomic::AtomicU16,
     /// In AMQP transaction mode (`tx.select`), since it first moved a message (see
@@ -37,9 +43,17 @@ impl LeaseChannel {
             outstanding: Mutex::new(HeldTags::default()),
             settle: tokio::sync::Mutex::new(()),
             receive: tokio::sync::Mutex::new(()),
+            commands: tokio::sync::RwLock::new(()),
             prefetch: std::sync::atomic::AtomicU16::new(0),
             transactional: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Hold across any command sent on the channel outside [`LeaseChannel::ack`],
+    /// [`LeaseChannel::release`] and [`LeaseChannel::move_then_ack`] (those serialize among
+    /// themselves): it waits while a move's transaction commits.
+    pub async fn command_gate(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.commands.read().await
     }
 
     pub fn connected(&self) -> bool {
@@ -110,6 +124,8 @@ impl LeaseChannel {
         tag: u64,
     ) -> lapin::Result<()> {
         let _settle = self.settle.lock().await;
+        // No other command may reach the channel until the commit is answered.
+        let _alone = self.commands.write().await;
         if !self.transactional.load(Ordering::Acquire) {
             self.channel.tx_select().await?;
             self.transactional.store(true, Ordering::Release);

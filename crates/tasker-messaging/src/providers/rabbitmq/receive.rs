@@ -120,6 +120,7 @@ impl Inner {
         let classic = self.settings.queue_type == crate::config::RabbitMqQueueType::Classic;
         let lc = link.queue_channel(queue, self.errors(), classic).await?;
         let _in_order = lc.receive.lock().await;
+        let _no_commit = lc.command_gate().await;
         let get = || {
             lc.channel
                 .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })

@@ -85,9 +85,13 @@ impl Drop for Subscription {
             }
             // Bounded: a cancel the broker never confirms must not keep the give-back (and so
             // `shutdown`, which waits for it) waiting; the deliveries below still drain.
-            let cancel = channel
-                .channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+            let cancel = async {
+                let _no_commit = channel.command_gate().await;
+                channel
+                    .channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await
+            };
             if tokio::time::timeout(CANCEL_LIMIT, cancel).await.is_err() {
                 tracing::warn!(queue = %queue, "the broker did not confirm a consumer cancel");
             }

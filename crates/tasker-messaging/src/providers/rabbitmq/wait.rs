@@ -131,17 +131,25 @@ impl Inner {
         deadline: Instant,
     ) -> Result<()> {
         let channel = self.wait_channel(waiter).await?;
-        let (tag, mut consumer) = stream::basic_consume(&channel.channel, queue)
-            .await
-            .map_err(|e| self.map("basic.consume", Some(queue), e))?;
+        // The gate only around each command: a kept message moved meanwhile must not wait
+        // for the whole watch.
+        let subscribed = {
+            let _no_commit = channel.command_gate().await;
+            stream::basic_consume(&channel.channel, queue).await
+        };
+        let (tag, mut consumer) =
+            subscribed.map_err(|e| self.map("basic.consume", Some(queue), e))?;
         let mut arrived = Vec::new();
         if let Ok(Some(Ok(d))) = tokio::time::timeout_at(deadline, consumer.next()).await {
             arrived.push(d);
         }
-        let cancelled = channel
-            .channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        let cancelled = {
+            let _no_commit = channel.command_gate().await;
+            channel
+                .channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await
+        };
         if cancelled.is_ok() {
             // Delivered before the cancel took effect (prefetch 1 bounds it).
             while let Ok(Some(Ok(d))) = tokio::time::timeout(WINDOW_IDLE, consumer.next()).await {
