@@ -127,6 +127,11 @@ pub fn interrupted_error(ruby: &Ruby) -> Error {
     raise_with(ruby, "Interrupted", "the call was interrupted".into(), &[])
 }
 
+/// A payload that does not decode into the type asked for (`SerializationError`).
+pub fn serialization_error(ruby: &Ruby, message: String) -> Error {
+    raise_with(ruby, "SerializationError", message, &[])
+}
+
 /// A bad argument from Ruby (`ArgumentError`).
 pub fn arg_error(ruby: &Ruby, message: impl Into<String>) -> Error {
     Error::new(ruby.exception_arg_error(), message.into())

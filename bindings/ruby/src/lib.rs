@@ -9,6 +9,7 @@ mod errors;
 mod message;
 mod runtime;
 mod service;
+mod step;
 
 use magnus::{function, prelude::*, Error, Ruby};
 
@@ -22,6 +23,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     let native = core.define_module("Native")?;
     let messaging = core.define_module("Messaging")?;
     message::define(ruby, messaging)?;
+    step::define(ruby)?;
     service::define(ruby, native)?;
     native.define_singleton_method("runtime_pid", function!(runtime_pid, 0))?;
     native.const_set("VERSION", env!("CARGO_PKG_VERSION"))?;

@@ -210,6 +210,73 @@ class InMemoryOnlyTest < Minitest::Test
     assert_raises(TaskerCore::Messaging::SerializationError) { message.payload }
   end
 
+  # receive_messages(as: SimpleStepMessage) decodes in Rust; it must accept, normalize and
+  # refuse exactly what SimpleStepMessage.from_hash does, with the same error text.
+  def test_the_native_step_decoder_agrees_with_from_hash
+    service = memory_service
+    queue = unique_queue("steps")
+    service.create_queue(queue)
+    id = SecureRandom.uuid
+    upper = id.upcase
+    payloads = [
+      %({"task_uuid":"#{upper}","step_uuid":"#{id}","correlation_id":"#{id}","extra":[1]}),
+      %({"task_uuid":"bad","task_uuid":"#{id}","step_uuid":"#{id}","correlation_id":"#{id}"}),
+      %({"step_uuid":"#{id}","task_uuid":"#{id}","correlation_id":"\\u0061#{id[1..]}"}),
+      "not json {",
+      "[1]",
+      %({"task_uuid":"#{id}","step_uuid":7,"correlation_id":"#{id}"}),
+      %({"task_uuid":"#{id}","step_uuid":"#{id}"}),
+      %({"task_uuid":"#{id.delete("-")}","step_uuid":"#{id}","correlation_id":"#{id}"}),
+      %({"task_uuid":"#{id}","step_uuid":"#{id}","correlation_id":"#{id}x"})
+    ]
+    payloads.each { |p| service.send_raw(queue, p) }
+    received = service.receive_raw(queue, max_messages: payloads.size)
+    assert_equal payloads.size, received.size
+    accepted = 0
+    received.each do |message|
+      expected = begin
+        TaskerCore::Types::SimpleStepMessage.from_hash(JSON.parse(message.body))
+      rescue JSON::ParserError
+        :not_json
+      rescue TaskerCore::Messaging::SerializationError => e
+        e.message
+      end
+      native = begin
+        message.decode_step_message(TaskerCore::Types::SimpleStepMessage)
+      rescue TaskerCore::Messaging::SerializationError => e
+        e.message
+      end
+      case expected
+      when :not_json then assert_match(/\Adecoding of JSON failed: /, native, message.body)
+      when String then assert_equal expected, native, message.body
+      else
+        accepted += 1
+        assert_equal expected, native, message.body
+        assert native.frozen?
+        assert native.task_uuid.frozen?
+        assert_equal id, native.task_uuid
+        assert_equal expected.to_json, native.to_json
+      end
+    end
+    assert_equal 3, accepted
+    service.delete_messages(queue, received)
+  end
+
+  def test_undecodable_steps_are_dead_lettered_with_the_reason
+    service = memory_service
+    queue = unique_queue("badstep")
+    service.create_queue(queue)
+    good = TaskerCore::Types::SimpleStepMessage.random
+    service.send_raw(queue, %({"task_uuid":"x","step_uuid":"x","correlation_id":"x"}))
+    service.send_message(queue, good)
+    got = service.receive_messages(queue, max_messages: 10, as: TaskerCore::Types::SimpleStepMessage)
+    assert_equal [good], got.map(&:payload)
+    dead = service.receive_raw(service.dead_letter_queue_name(queue), wait: 2).first
+    refute_nil dead, "the undecodable step is not in the dead-letter queue"
+    assert_match(/undecodable: decoding of SimpleStepMessage failed: task_uuid is not a UUID/,
+                 dead.dead_letter[:reason])
+  end
+
   def test_a_shut_down_service_refuses_calls
     service = memory_service
     service.shutdown

@@ -91,7 +91,8 @@ module TaskerCore
 
       # Leases up to max_messages for visibility_timeout seconds and decodes their JSON.
       # wait: seconds to wait for a message when none is there (0: return at once). as: a class
-      # with from_hash (SimpleStepMessage) to turn each payload into. A message whose payload
+      # to turn each payload into: its from_received(message) when it has one
+      # (SimpleStepMessage, decoded natively), else its from_hash(decoded JSON). A message whose payload
       # does not decode is moved to the dead-letter queue ("undecodable: ...") and not
       # returned, as the Rust typed layer does.
       def receive_messages(queue, max_messages: 10, visibility_timeout: nil, wait: 0, as: nil)
@@ -270,9 +271,15 @@ module TaskerCore
         raise Messaging::SerializationError, "encoding of #{message.class} failed: #{e.message}"
       end
 
+      # Sets the message's payload to its decoded JSON, or to an object of type: through
+      # type.from_received (the message) when it has it, from_hash (the decoded Hash) otherwise.
       def decode(message, type)
-        payload = message.payload
-        message.payload = type.from_hash(payload) if type
+        if type.respond_to?(:from_received)
+          message.payload = type.from_received(message)
+        else
+          payload = message.payload
+          message.payload = type.from_hash(payload) if type
+        end
         message
       end
 

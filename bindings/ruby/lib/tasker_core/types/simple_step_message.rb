@@ -42,6 +42,14 @@ module TaskerCore
         raise Messaging::SerializationError, "decoding of SimpleStepMessage failed: #{e.message}"
       end
 
+      # From a received message: its payload decoded natively (the checks and errors of
+      # from_hash, without building a Hash). A subclass decodes through from_hash.
+      def self.from_received(message)
+        return from_hash(message.payload) unless equal?(SimpleStepMessage)
+
+        message.decode_step_message(self)
+      end
+
       def to_h
         { task_uuid: task_uuid, step_uuid: step_uuid, correlation_id: correlation_id }
       end
