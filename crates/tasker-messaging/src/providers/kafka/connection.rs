@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use futures::FutureExt;
 use parking_lot::Mutex;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
@@ -352,6 +353,9 @@ impl Drop for QueueHandle {
     }
 }
 
+/// Records moved into the lease table under one lock, at most.
+const INGEST_BATCH: usize = 256;
+
 /// Moves fetched records into the lease table, waking waiters; pauses while the table holds
 /// `max_buffered` ready records. Waits on the consumer (librdkafka wakes it), never polls.
 async fn fetch(
@@ -363,6 +367,7 @@ async fn fetch(
     stopped: Arc<AtomicBool>,
     max_buffered: usize,
 ) {
+    let mut batch = Vec::with_capacity(INGEST_BATCH);
     while !stopped.load(Ordering::Acquire) {
         if leases.lock().ready_len() >= max_buffered {
             tokio::select! {
@@ -375,8 +380,28 @@ async fn fetch(
             _ = stop.notified() => break,
             record = consumer.recv() => match record {
                 Ok(record) => {
-                    let (entry, not_before) = codec::decode(&record);
-                    let woke = leases.lock().ingest(entry, not_before);
+                    // With the first record, everything the consumer already holds (up to a
+                    // bound): decoded outside the lock, then one lock and one wakeup for all.
+                    batch.push(codec::decode(&record));
+                    drop(record);
+                    while batch.len() < INGEST_BATCH {
+                        match consumer.recv().now_or_never() {
+                            Some(Ok(record)) => batch.push(codec::decode(&record)),
+                            Some(Err(e)) => {
+                                tracing::debug!(error = %e, "kafka consumer error");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let woke = {
+                        let mut table = leases.lock();
+                        batch
+                            .drain(..)
+                            .fold(false, |woke, (entry, not_before)| {
+                                table.ingest(entry, not_before) | woke
+                            })
+                    };
                     if woke {
                         ready.notify_waiters();
                     }
