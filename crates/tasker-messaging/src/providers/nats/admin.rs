@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::connection::Settling;
 use super::errors::{STREAM_NAME_EXISTS, STREAM_NOT_FOUND};
 use super::{codec, subject_of, NatsMessageService, QueueMeta, CONSUMER};
 use crate::error::{MessagingError, Result};
@@ -118,8 +119,7 @@ impl NatsMessageService {
         // stream is deleted or while its meta leader changes: asked again after a short,
         // doubling wait, up to request_timeout, so the caller gets the answer (often
         // QueueNotFound) rather than the transient.
-        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
-        let mut wait = Duration::from_millis(10);
+        let mut settling = Settling::api(self.settings.request_timeout);
         let (info, stream) = loop {
             let (info, stream) = tokio::join!(self.consumer_info(queue), self.stream_info(queue));
             let transient = [info.as_ref().err(), stream.as_ref().err()]
@@ -134,11 +134,9 @@ impl NatsMessageService {
                         }
                     )
                 });
-            if !transient || tokio::time::Instant::now() + wait >= deadline {
+            if !transient || !settling.wait().await {
                 break (info?, stream?);
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(200));
         };
         let (max_receive_count, dead_letter_queue) =
             parse_description(info.config.description.as_deref().unwrap_or(""));
@@ -269,8 +267,7 @@ impl NatsMessageService {
         // On a cluster the stream's own servers answer its creation; the meta leader, which
         // answers the consumer's, may not have applied the stream's assignment yet and calls
         // the stream missing: asked again after a short, doubling wait, up to request_timeout.
-        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
-        let mut wait = Duration::from_millis(10);
+        let mut settling = Settling::api(self.settings.request_timeout);
         let created = loop {
             let created = self
                 .api::<serde_json::Value, _>(
@@ -279,15 +276,9 @@ impl NatsMessageService {
                     &consumer,
                 )
                 .await?;
-            match &created {
-                Err(e)
-                    if e.error_code().0 == STREAM_NOT_FOUND
-                        && tokio::time::Instant::now() + wait < deadline =>
-                {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(200));
-                }
-                _ => break created,
+            let missing = matches!(&created, Err(e) if e.error_code().0 == STREAM_NOT_FOUND);
+            if !missing || !settling.wait().await {
+                break created;
             }
         };
         if let Err(e) = created {

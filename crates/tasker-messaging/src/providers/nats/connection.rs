@@ -152,3 +152,68 @@ impl NatsMessageService {
         Ok(())
     }
 }
+
+/// Asking again while a cluster settles (a stream's leader being elected, an assignment not
+/// yet applied): waits that double from `first` up to `max` (backon's exponential backoff,
+/// no jitter), as long as the next one ends before the deadline.
+pub(super) struct Settling {
+    delays: backon::ExponentialBackoff,
+    deadline: tokio::time::Instant,
+}
+
+impl Settling {
+    /// Waits of 10 ms doubling to 200 ms, for `within` from now (the API lookups).
+    pub fn api(within: Duration) -> Self {
+        Settling::new(
+            Duration::from_millis(10),
+            Duration::from_millis(200),
+            within,
+        )
+    }
+
+    pub fn new(first: Duration, max: Duration, within: Duration) -> Self {
+        use backon::BackoffBuilder;
+        Settling {
+            delays: backon::ExponentialBuilder::default()
+                .with_min_delay(first)
+                .with_max_delay(max)
+                .without_max_times()
+                .build(),
+            deadline: tokio::time::Instant::now() + within,
+        }
+    }
+
+    /// Sleeps the next wait and returns true; false (at once) when it would end at or after
+    /// the deadline: the caller stops asking.
+    pub async fn wait(&mut self) -> bool {
+        match self.delays.next() {
+            Some(d) if tokio::time::Instant::now() + d < self.deadline => {
+                tokio::time::sleep(d).await;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_doubles_to_its_cap_and_stops_before_the_deadline() {
+        let start = tokio::time::Instant::now();
+        let mut settling = Settling::api(Duration::from_secs(1));
+        let mut waits = Vec::new();
+        let mut before = start;
+        while settling.wait().await {
+            let now = tokio::time::Instant::now();
+            waits.push((now - before).as_millis());
+            before = now;
+        }
+        // 10+20+40+80+160+200+200 = 710 ms; the next 200 ms would end at 910 < 1000, so it
+        // is taken too (910 ms); one more would end at 1110 ms, past the deadline.
+        assert_eq!(waits, vec![10, 20, 40, 80, 160, 200, 200, 200]);
+        assert!(tokio::time::Instant::now() - start < Duration::from_secs(1));
+    }
+}

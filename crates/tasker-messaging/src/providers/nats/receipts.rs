@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::codec::{self, parse_ack_subject, AckMeta};
+use super::connection::Settling;
 use super::errors::{invalid, NO_MESSAGE_FOUND};
 use super::receive::nak_for;
 use super::{subject_of, NatsMessageService, QueueMeta, CONSUMER};
@@ -108,8 +107,11 @@ impl NatsMessageService {
     ) -> Result<()> {
         seqs.sort_unstable();
         seqs.dedup();
-        let deadline = Instant::now() + self.settings.request_timeout;
-        let mut backoff = REMOVAL_FIRST_BACKOFF;
+        let mut settling = Settling::new(
+            REMOVAL_FIRST_BACKOFF,
+            REMOVAL_MAX_BACKOFF,
+            self.settings.request_timeout,
+        );
         let mut i = 0;
         while let Some(&from) = seqs.get(i) {
             let still_there = match self.next_stored(queue, meta, from).await {
@@ -120,18 +122,19 @@ impl NatsMessageService {
                     there
                 }
                 // The stream electing a leader (a node died): asked again, within the time.
-                Err(e) if e.is_retryable() && Instant::now() + backoff <= deadline => true,
+                Err(e) if e.is_retryable() => {
+                    if settling.wait().await {
+                        continue;
+                    }
+                    return Err(e);
+                }
                 Err(e) => return Err(e),
             };
-            if still_there {
-                if Instant::now() + backoff > deadline {
-                    return Err(MessagingError::Timeout {
-                        operation: "delete (the replicated stream still holds an acked message)",
-                        after: self.settings.request_timeout,
-                    });
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(REMOVAL_MAX_BACKOFF);
+            if still_there && !settling.wait().await {
+                return Err(MessagingError::Timeout {
+                    operation: "delete (the replicated stream still holds an acked message)",
+                    after: self.settings.request_timeout,
+                });
             }
         }
         Ok(())
