@@ -21,5 +21,7 @@ pub fn bar(visible: bool, len: u64, label: &str) -> ProgressBar {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(label.to_owned());
+    // The clock moves even while the position does not.
+    bar.enable_steady_tick(std::time::Duration::from_millis(500));
     bar
 }

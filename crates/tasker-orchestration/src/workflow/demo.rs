@@ -228,6 +228,9 @@ pub fn plan_failures(rng: &mut impl Rng, steps: usize, config: &DemoConfig) -> V
         .collect()
 }
 
+/// How often the demo reports progress, also while it is still submitting.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
 /// Runs the demo and returns its summary. `progress(done, total)` is called as tasks finish.
 pub async fn run_demo(
     messaging: Arc<dyn MessagingService>,
@@ -270,13 +273,19 @@ pub async fn run_demo(
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut submitted = 0u64;
     let mut finished = 0u64;
+    let window = if config.concurrency == 0 {
+        total
+    } else {
+        config.concurrency as u64
+    };
+    let mut reported = Instant::now();
     while finished < total {
-        let window = if config.concurrency == 0 {
-            total
-        } else {
-            config.concurrency as u64
-        };
-        while submitted < total && submitted - finished < window {
+        // Submitting thousands of tasks takes seconds on a real backend while the first ones
+        // already finish: report progress every PROGRESS_EVERY in between.
+        while submitted < total
+            && submitted - finished < window
+            && reported.elapsed() < PROGRESS_EVERY
+        {
             if let Err(error) =
                 submit_task_until(&*store, &workflow, &queues, &mut rng, &config, until).await
             {
@@ -303,9 +312,15 @@ pub async fn run_demo(
         } else {
             total
         };
-        let wait = (deadline - now).min(Duration::from_millis(200));
+        // More to submit within the window: only read the count, do not wait.
+        let wait = if submitted < total && submitted - finished < window {
+            Duration::ZERO
+        } else {
+            (deadline - now).min(PROGRESS_EVERY)
+        };
         finished = store.wait_finished(target, wait).await?;
         progress(finished, total);
+        reported = Instant::now();
     }
     let elapsed = started.elapsed();
     coordinator.shutdown().await;
