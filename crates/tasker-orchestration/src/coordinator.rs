@@ -38,6 +38,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct CoordinatorConfig {
     /// How often the control loop looks at queues and pools.
     pub interval: Duration,
+    /// While every queue is empty, nothing is in flight, the backend is healthy and no pool
+    /// took a message since the last look, the loop looks less often: its interval doubles
+    /// up to this. A pool whose idle worker receives again wakes it at once
+    /// ([`crate::pool::Pool::activity`]); an outage that begins while idle shows in
+    /// `/health` up to this late.
+    pub idle_interval: Duration,
     /// Visible messages one worker is expected to keep up with; more adds workers.
     pub target_depth_per_worker: u64,
     /// How long shutdown waits for in-flight batches.
@@ -50,6 +56,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
             interval: Duration::from_millis(250),
+            idle_interval: Duration::from_secs(10),
             target_depth_per_worker: 100,
             drain_timeout: Duration::from_secs(10),
             worker_requirements: ResourceRequirements {
@@ -184,17 +191,58 @@ impl OrchestrationLoopCoordinator {
         }
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let stop = self.stop.clone();
-        let interval = self.inner.config.interval;
+        let config = self.inner.config.clone();
+        let activity: Vec<_> = self
+            .inner
+            .pools
+            .iter()
+            .filter_map(|p| p.activity())
+            .collect();
         let handle = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first look at once, then every `interval`, or less often while idle.
+            let idle_waits = || {
+                use backon::BackoffBuilder;
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(config.interval)
+                    .with_max_delay(config.idle_interval.max(config.interval))
+                    .without_max_times()
+                    .build()
+            };
+            let mut idle_delays = idle_waits();
+            let mut wait = Duration::ZERO;
+            let mut work_seen = None;
             loop {
+                let woken = async {
+                    if activity.is_empty() {
+                        std::future::pending::<()>().await;
+                    }
+                    futures::future::select_all(activity.iter().map(|a| Box::pin(a.notified())))
+                        .await;
+                };
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = ticker.tick() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = woken => {}
                 }
                 let Some(inner) = weak.upgrade() else { break };
-                inner.tick().await;
+                let status = inner.tick().await;
+                drop(inner);
+                let work: u64 = status
+                    .pools
+                    .iter()
+                    .map(|p| p.stats.batches + p.stats.errors)
+                    .sum();
+                let idle = status.queue_depth == 0
+                    && status.in_flight == 0
+                    && status.health == HealthState::Healthy
+                    && work_seen == Some(work);
+                work_seen = Some(work);
+                wait = if idle {
+                    idle_delays.next().unwrap_or(config.idle_interval)
+                } else {
+                    idle_delays = idle_waits();
+                    config.interval
+                };
             }
         });
         *self.control.lock() = Some(handle);

@@ -27,8 +27,15 @@ pub struct PoolConfig {
     pub min_workers: usize,
     pub max_workers: usize,
     pub executor: ExecutorConfig,
-    /// Longest wait for messages while idle (bounds latency on providers without wakeups).
+    /// First wait for messages when a receive comes back empty; on providers without
+    /// wakeups (`wakeup_notifications` absent) every idle wait, so it bounds their latency.
     pub idle_wait: Duration,
+    /// On providers with wakeups, an idle worker's wait doubles from `idle_wait` up to this
+    /// while its receives keep coming back empty: a new message still wakes it at once, and
+    /// an idle process costs a receive per pool every few seconds instead of ten a second.
+    /// A message that becomes receivable without arriving (a delay or a lease that ends) is
+    /// seen up to this late by an idle pool; any received message resets the wait.
+    pub idle_wait_max: Duration,
 }
 
 impl Default for PoolConfig {
@@ -38,6 +45,7 @@ impl Default for PoolConfig {
             max_workers: 4,
             executor: ExecutorConfig::default(),
             idle_wait: Duration::from_millis(100),
+            idle_wait_max: Duration::from_secs(5),
         }
     }
 }
@@ -107,6 +115,22 @@ struct Worker {
     handle: JoinHandle<()>,
 }
 
+/// An idle worker's waits: from `idle_wait`, doubling (backon) up to `idle_wait_max` where the
+/// provider wakes waiters on arrival, else `idle_wait` each time.
+fn idle_waits(config: &PoolConfig, wakeups: bool) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    let max = if wakeups {
+        config.idle_wait_max.max(config.idle_wait)
+    } else {
+        config.idle_wait
+    };
+    backon::ExponentialBuilder::default()
+        .with_min_delay(config.idle_wait)
+        .with_max_delay(max)
+        .without_max_times()
+        .build()
+}
+
 /// A type-erased pool, as the coordinator holds them.
 #[async_trait::async_trait]
 pub trait Pool: Send + Sync {
@@ -127,6 +151,11 @@ pub trait Pool: Send + Sync {
     fn fatal_error(&self) -> Option<String> {
         None
     }
+    /// Notified (`notify_one`) when a worker that was idle receives messages again, so a
+    /// coordinator that slowed down while everything was idle looks again at once.
+    fn activity(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Workers of one executor (or one namespace) on one queue.
@@ -142,6 +171,8 @@ pub struct ExecutorPool<T> {
     root: CancellationToken,
     /// The permanent error that stopped the pool's workers, if any.
     fatal: Arc<parking_lot::Mutex<Option<String>>>,
+    /// See [`Pool::activity`].
+    activity: Arc<tokio::sync::Notify>,
 }
 
 impl<T> Drop for ExecutorPool<T> {
@@ -171,6 +202,7 @@ impl<T: QueueMessage + 'static> ExecutorPool<T> {
             workers: tokio::sync::Mutex::new(Vec::new()),
             root: CancellationToken::new(),
             fatal: Arc::new(parking_lot::Mutex::new(None)),
+            activity: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -194,10 +226,15 @@ impl<T: QueueMessage + 'static> ExecutorPool<T> {
         );
         let (token, tracker) = (stop.clone(), leases.clone());
         let (root, fatal, name) = (self.root.clone(), self.fatal.clone(), self.name.clone());
+        let activity = self.activity.clone();
         let handle = tokio::spawn(async move {
             let faults = config.executor.ride.faults.clone();
             // A fresh sequence after every success: the wait grows only while failures last.
             let mut delays = config.executor.ride.backoff.delays();
+            // Likewise the idle wait grows only while receives come back empty.
+            let idle_waits = || idle_waits(&config, messaging.capabilities().wakeup_notifications);
+            let mut idle = idle_waits();
+            let mut was_idle = false;
             while !token.is_cancelled() {
                 let size = batch_size.load(Ordering::Relaxed);
                 let batch = process_tracked(
@@ -215,11 +252,17 @@ impl<T: QueueMessage + 'static> ExecutorPool<T> {
                         delays = config.executor.ride.backoff.delays();
                         if r.received > 0 {
                             stats.record(&r);
+                            if std::mem::take(&mut was_idle) {
+                                idle = idle_waits();
+                                activity.notify_one();
+                            }
                             continue;
                         }
+                        was_idle = true;
+                        let wait = idle.next().unwrap_or(config.idle_wait_max);
                         tokio::select! {
                             _ = token.cancelled() => break,
-                            _ = messaging.wait_for_messages(&queue, config.idle_wait) => {}
+                            _ = messaging.wait_for_messages(&queue, wait) => {}
                         }
                     }
                     Err(error) if error.is_retryable() => {
@@ -267,6 +310,9 @@ impl<T: QueueMessage + 'static> Pool for ExecutorPool<T> {
     }
     fn max_workers(&self) -> usize {
         self.config.max_workers
+    }
+    fn activity(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.activity.clone())
     }
     fn stats(&self) -> PoolSnapshot {
         self.stats.snapshot()
@@ -460,14 +506,30 @@ mod tests {
             "t",
             q.clone(),
             counting.clone() as Arc<dyn MessagingService>,
-            handler,
+            handler.clone(),
             pool_config(1, 1),
         );
         pool.start().await;
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        // idle_wait is 100 ms: about 100 receives in 10 s, not thousands.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        // The wait doubles from idle_wait (100 ms) to idle_wait_max (5 s) on a provider with
+        // wakeups: 7 receives in the first 6.3 s, then one per 5 s; not 600 in a minute.
         let receives = counting.receives();
-        assert!(receives <= 110, "{receives} receives in 10 s idle");
+        assert!(
+            (15..=20).contains(&receives),
+            "{receives} receives in 60 s idle"
+        );
+        // A message still wakes the idle worker at once, and tells the coordinator.
+        let activity = pool.activity().expect("an executor pool reports activity");
+        let sent = tokio::time::Instant::now();
+        messaging
+            .send_messages(&q, &[StepMessage::random()])
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_millis(50), activity.notified())
+            .await
+            .expect("the idle worker took the message at once");
+        assert_eq!(handler.done.load(Ordering::Relaxed), 1);
+        assert!(sent.elapsed() < Duration::from_millis(50));
         pool.shutdown(Duration::from_secs(1)).await;
     }
 

@@ -217,3 +217,52 @@ async fn dropping_the_coordinator_releases_everything() {
         "a task outlived the coordinator"
     );
 }
+
+/// An idle process must not load the backend: with every queue empty the control loop looks
+/// less and less often (up to `idle_interval`), the pools' idle waits grow too, and a message
+/// that arrives still gets the loop's attention at once (the pool wakes it), so scaling
+/// follows a burst without waiting for the slow tick.
+#[tokio::test(start_paused = true)]
+async fn an_idle_coordinator_slows_down_and_wakes_on_work() {
+    let faulty = Arc::new(FaultInjectingService::new(Arc::new(
+        InMemoryMessageService::default(),
+    )));
+    let control = faulty.control();
+    let messaging: Arc<dyn MessagingService> = faulty;
+    let q = queue_with(&messaging, "coord_idle", 0).await;
+    let handler = slow(20);
+    let coordinator = OrchestrationLoopCoordinator::new(
+        messaging.clone(),
+        vec![pool(&messaging, &q, handler.clone(), 4)],
+        CoordinatorConfig::default(),
+    );
+    coordinator.start().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let warm = control.calls();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    // Idle for a minute at the caps: about 6 looks (stats + health) and 12 receives, where
+    // a 250 ms loop and 100 ms waits made about 1,300 calls.
+    let idle_calls = control.calls() - warm;
+    assert!(
+        idle_calls <= 40,
+        "{idle_calls} backend calls in a minute idle"
+    );
+    messaging
+        .send_messages(
+            &q,
+            &(0..1_000)
+                .map(|_| StepMessage::random())
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    // The pool's first receive wakes the loop, which sees the depth and scales up well
+    // before its next slow tick (up to 10 s away).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let workers = coordinator.status().map(|s| s.pools[0].workers);
+    assert!(
+        workers > Some(1),
+        "not scaled up within 500 ms: {workers:?}"
+    );
+    coordinator.shutdown().await;
+}
