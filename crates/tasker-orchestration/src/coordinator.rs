@@ -200,14 +200,8 @@ impl OrchestrationLoopCoordinator {
             .collect();
         let handle = tokio::spawn(async move {
             // The first look at once, then every `interval`, or less often while idle.
-            let idle_waits = || {
-                use backon::BackoffBuilder;
-                backon::ExponentialBuilder::default()
-                    .with_min_delay(config.interval)
-                    .with_max_delay(config.idle_interval.max(config.interval))
-                    .without_max_times()
-                    .build()
-            };
+            let idle_waits =
+                || crate::resilient::doubling_waits(config.interval, config.idle_interval);
             let mut idle_delays = idle_waits();
             let mut wait = Duration::ZERO;
             let mut work_seen = None;

@@ -115,20 +115,15 @@ struct Worker {
     handle: JoinHandle<()>,
 }
 
-/// An idle worker's waits: from `idle_wait`, doubling (backon) up to `idle_wait_max` where the
-/// provider wakes waiters on arrival, else `idle_wait` each time.
+/// An idle worker's waits: from `idle_wait`, doubling up to `idle_wait_max` where the provider
+/// wakes waiters on arrival, else `idle_wait` each time.
 fn idle_waits(config: &PoolConfig, wakeups: bool) -> backon::ExponentialBackoff {
-    use backon::BackoffBuilder;
     let max = if wakeups {
-        config.idle_wait_max.max(config.idle_wait)
+        config.idle_wait_max
     } else {
         config.idle_wait
     };
-    backon::ExponentialBuilder::default()
-        .with_min_delay(config.idle_wait)
-        .with_max_delay(max)
-        .without_max_times()
-        .build()
+    crate::resilient::doubling_waits(config.idle_wait, max)
 }
 
 /// A type-erased pool, as the coordinator holds them.

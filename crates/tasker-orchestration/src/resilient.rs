@@ -170,6 +170,16 @@ impl OutageBackoff {
     }
 }
 
+/// Waits that double from `first` up to `max` and go on at `max` (no jitter, no end): how idle
+/// loops slow down while nothing happens (pool workers, the coordinator's tick).
+pub fn doubling_waits(first: Duration, max: Duration) -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(max.max(first))
+        .without_max_times()
+        .build()
+}
+
 /// How loops retry through outages: the backoff and where they report.
 #[derive(Clone, Debug)]
 pub struct RideThrough {
