@@ -1,4 +1,5 @@
-//! Leases: hidden while held, back counted when they end, released or extended on demand (C2, C4.1, C4.2).
+//! Leases: hidden while held, back counted when they end, released or extended on demand, also
+//! while other receives run (C2, C4.1, C4.2, C4.3).
 
 use crate::conformance::support::prelude::*;
 
@@ -193,5 +194,75 @@ pub(super) async fn c17_durable_leases(ctx: Ctx) -> CaseResultInner {
     svc.delete_message(&q, back[0].receipt())
         .await
         .ctx("delete")?;
+    Ok(())
+}
+
+/// Receivers that release what they took while others receive on the same queue (and the same
+/// service): every call succeeds, and afterwards every message is there exactly once. Caught
+/// a provider whose release (a transactional move) broke the connection under a concurrent
+/// receive.
+pub(super) async fn c4_release_while_receiving(ctx: Ctx) -> CaseResultInner {
+    const MESSAGES: usize = 20;
+    // Each message is received about nine times: no receive limit may dead-letter it.
+    let q = ctx.queue_name("race");
+    ctx.service
+        .create_queue_with(&q, &QueueOptions::with_max_receive_count(0))
+        .await
+        .ctx("create_queue_with(max_receive_count 0)")?;
+    let sent: Vec<_> = (0..MESSAGES)
+        .map(|i| OutgoingMessage::new(format!("race {i}")))
+        .collect();
+    let ids: HashSet<MessageId> = ctx
+        .service
+        .send_batch(&q, sent)
+        .await
+        .ctx("send_batch")?
+        .into_iter()
+        .collect();
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let (svc, q) = (ctx.service.clone(), q.clone());
+            tokio::spawn(async move {
+                for _ in 0..15 {
+                    for m in recv(&*svc, &q, 3, Duration::from_secs(60)).await? {
+                        svc.change_message_visibility(&q, m.receipt(), Duration::ZERO)
+                            .await
+                            .ctx("release while others receive")?;
+                    }
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    for racer in racers {
+        racer
+            .await
+            .map_err(|e| format!("a receiver panicked: {e}"))??;
+    }
+    let back = collect_n(
+        &ctx,
+        &*ctx.service,
+        &q,
+        MESSAGES,
+        10,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let mut seen = HashSet::new();
+    for m in &back {
+        let id = m.metadata.message_id;
+        ensure!(ids.contains(&id), "a message that was never sent: {id}");
+        ensure!(seen.insert(id), "{id} handed out twice within one lease");
+    }
+    ensure!(
+        seen.len() == MESSAGES,
+        "{} of {MESSAGES} messages came back",
+        seen.len()
+    );
+    let receipts: Vec<_> = back.iter().map(|m| m.receipt().clone()).collect();
+    ctx.service
+        .delete_messages(&q, &receipts)
+        .await
+        .ctx("delete_messages")?;
     Ok(())
 }

@@ -105,6 +105,12 @@ pub(crate) fn all() -> Vec<Case> {
             leases::c4_delay_and_extend
         ),
         case!(
+            "C4.3",
+            "releases racing receives on one queue: every call succeeds, nothing lost",
+            [],
+            leases::c4_release_while_receiving
+        ),
+        case!(
             "C5",
             "a delayed send is not receivable before its delay",
             [DelayedSend],
